@@ -1,0 +1,49 @@
+"""Device and dtype resolution: `auto` picks cuda > mps > cpu and says what it chose."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str
+    dtype_name: str  # "float32" | "bfloat16" | "float16"
+    reason: str
+
+    @property
+    def dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+
+def resolve_device(requested: str = "auto", *, half: bool = False) -> DeviceChoice:
+    """Pick a device. `half` asks for bf16 on CUDA (fp16 on MPS); the CPU always runs float32."""
+    import torch
+
+    requested = (requested or "auto").lower()
+    if requested not in DEVICE_CHOICES and not requested.startswith("cuda:"):
+        raise ValueError(f"unknown device {requested!r}; expected one of {', '.join(DEVICE_CHOICES)}")
+    if requested == "auto":
+        if torch.cuda.is_available():
+            device, reason = "cuda", f"auto: CUDA available ({torch.cuda.get_device_name(0)})"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device, reason = "mps", "auto: Apple MPS available"
+        else:
+            device, reason = "cpu", "auto: no GPU found"
+    else:
+        device, reason = requested, "requested"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda was requested but torch sees no CUDA device")
+        if device == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("--device mps was requested but MPS is not available")
+    dtype = "float32"
+    if half and device.startswith("cuda"):
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    elif half and device == "mps":
+        dtype = "float16"
+    return DeviceChoice(device=device, dtype_name=dtype, reason=reason)

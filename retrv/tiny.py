@@ -1,0 +1,136 @@
+"""Real architectures with tiny random weights, built from configs in code (no download).
+
+Tests, benchmarks and the tiny-world recipe use these: a byte-level BPE tokenizer trained in code,
+CLIP/SigLIP dual encoders and a Qwen2.5-VL reasoner, each saved as a directory that the normal
+loaders (`clip:DIR`, `--reasoner DIR`) open like any downloaded model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+REASONER_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>", "<inspection-index-start>", "<inspection-index-end>", "<|icm|>",
+    "<answer>", "</answer>",
+]  # fmt: skip
+
+DEFAULT_CORPUS = [
+    "a photo of a cat", "a cup of coffee on a table", "a rocket launching into the sky",
+    "a small red circle left of a blue square", "a large green triangle above a yellow circle",
+    "Is this candidate relevant to the query? Answer Yes or No.", "Yes", "No", "True", "False",
+    "The ideal result shows the query. Candidate 1 is wrong. Candidate 2 matches. <answer>2</answer>",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 [1] [2] [3] user assistant system",
+]  # fmt: skip
+
+
+def train_byte_bpe_tokenizer(
+    corpus: Iterable[str] = DEFAULT_CORPUS, vocab_size: int = 400, special_tokens: list[str] | None = None
+) -> Any:
+    """A byte-level BPE tokenizer (PreTrainedTokenizerFast) trained on `corpus` in milliseconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", *(special_tokens if special_tokens is not None else REASONER_SPECIAL_TOKENS)]
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tk.train_from_iterator(list(corpus), trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token=specials[1])
+    if "<|im_end|>" in specials:
+        tok.eos_token = "<|im_end|>"
+    tok.add_special_tokens({"additional_special_tokens": specials[2:]})
+    return tok
+
+
+def build_tiny_clip(out_dir: str | Path, kind: str = "clip", hidden: int = 64, image_size: int = 64, seed: int = 0) -> Path:
+    """Save a random CLIPModel or SiglipModel (+ tokenizer and image processor) to `out_dir`."""
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+    )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok = train_byte_bpe_tokenizer(special_tokens=["<|endoftext|>", "<|startoftext|>"])
+    text = dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=len(tok), max_position_embeddings=64)  # fmt: skip
+    vision = dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=image_size, patch_size=16)  # fmt: skip
+    if kind == "clip":
+        text.update(bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+                    pad_token_id=tok.pad_token_id)  # fmt: skip
+        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+        processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    elif kind == "siglip":
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+        processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    else:
+        raise ValueError(f"unknown tiny dual encoder kind {kind!r}; expected 'clip' or 'siglip'")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def build_tiny_reasoner(
+    out_dir: str | Path,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vision_hidden: int = 32,
+    vision_depth: int = 1,
+    corpus: Iterable[str] = DEFAULT_CORPUS,
+    vocab_size: int = 400,
+    seed: int = 0,
+) -> Path:
+    """Save a random Qwen2_5_VLForConditionalGeneration with its tokenizer and image processor.
+
+    The processor itself cannot be saved without torchvision (transformers 5.x), so the tokenizer and
+    the image processor are saved side by side; `rerank.checkpoint` rebuilds the processor.
+    """
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok = train_byte_bpe_tokenizer(corpus, vocab_size)
+    head_dim = hidden // heads
+    half = head_dim // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]  # sums to head_dim / 2
+    ids = tok.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=heads,
+            num_key_value_heads=kv_heads, vocab_size=len(tok), max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_heads=4,
+            out_hidden_size=hidden, fullatt_block_indexes=list(range(vision_depth)), window_size=112,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+        ),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(out)
+    return out

@@ -1,0 +1,86 @@
+"""Session-wide fixtures: tiny random models of real architectures and real sample photos.
+
+Everything here is built once per test run (offline, in seconds) and handed out read-only;
+a test that wants to change a model copies its directory first.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("RUST_LOG", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory, monkeypatch):
+    """Never read or write the real user's config or data while testing."""
+    home = tmp_path_factory.getbasetemp() / "retrv-home"
+    monkeypatch.setenv("RETRV_HOME", str(home / "data"))
+    monkeypatch.setenv("RETRV_CONFIG", str(home / "config.toml"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from retrv.tiny import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    from retrv.tiny import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-siglip"), "siglip")
+
+
+@pytest.fixture(scope="session")
+def tiny_reasoner_dir(tmp_path_factory) -> Path:
+    from retrv.tiny import build_tiny_reasoner
+
+    return build_tiny_reasoner(tmp_path_factory.mktemp("tiny-reasoner"))
+
+
+SAMPLE_PHOTOS = {
+    # file name -> (loader, what is in it)
+    "coffee.jpg": "skimage:coffee",
+    "chelsea.jpg": "skimage:chelsea",
+    "rocket.jpg": "skimage:rocket",
+    "astronaut.png": "skimage:astronaut",
+    "china.jpg": "sklearn:china.jpg",
+    "flower.jpg": "sklearn:flower.jpg",
+    "grace_hopper.jpg": "matplotlib:grace_hopper.jpg",
+}
+
+
+def _load_sample(source: str):
+    from PIL import Image
+
+    lib, name = source.split(":", 1)
+    if lib == "skimage":
+        import skimage.data
+
+        arr = getattr(skimage.data, name)()
+        return Image.fromarray(arr).convert("RGB")
+    if lib == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        return Image.fromarray(load_sample_image(name))
+    import matplotlib.cbook
+
+    return Image.open(matplotlib.cbook.get_sample_data(name)).convert("RGB")
+
+
+@pytest.fixture(scope="session")
+def sample_photos_dir(tmp_path_factory) -> Path:
+    """A folder of real photos (skimage, sklearn, matplotlib samples), written once per run."""
+    root = tmp_path_factory.mktemp("photos")
+    for file_name, source in SAMPLE_PHOTOS.items():
+        _load_sample(source).save(root / file_name)
+    return root
