@@ -1,0 +1,47 @@
+"""The `retrv` command: one Typer app; each command lives in its own thin module."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from retrv import __version__
+from retrv.cli.build_index import build_index
+from retrv.cli.common import apply_offline
+from retrv.cli.completions import completions
+from retrv.cli.info import info
+from retrv.cli.search import search
+
+app = typer.Typer(
+    name="retrv",
+    help="Multimodal retrieval that is precise and fast: embeddings find the top-K, a multimodal LLM reasons over them.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"retrv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (sets HF_HUB_OFFLINE=1).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    apply_offline(offline)
+
+
+app.command("build-index")(build_index)
+app.command("search")(search)
+app.command("info")(info)
+app.command("completions")(completions)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,47 @@
+"""`retrv info`: what an index holds and how it is stored."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from retrv.cli.common import INDEX_HELP, handle_errors, print_json, stdout_console
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@handle_errors
+def info(
+    index: Annotated[Optional[str], typer.Option("--index", "-i", help=INDEX_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (schema retrv.info/1, docs/cli.md).")] = False,
+) -> None:
+    """Show an index's encoder, dimension, counts per modality, size on disk, version and ANN state."""
+    from retrv.config import load_settings
+    from retrv.index.index import Index
+
+    settings = load_settings(dict(index=index))
+    data = Index.open(settings.index).info()
+    if json_out:
+        print_json({"schema": "retrv.info/1", **data})
+        return
+    ann = data["ann"]
+    lines = [
+        ("index", data["path"]),
+        ("encoder", f"{data['encoder']} ({data['dim']}-d)"),
+        ("items", f"{data['items']}  " + ", ".join(f"{m}: {n}" for m, n in sorted(data["by_modality"].items()))),
+        ("size on disk", _size(data["size_bytes"])),
+        ("table version", str(data["table_version"])),
+        ("ann", ann.get("summary", str(ann)) if isinstance(ann, dict) else str(ann)),
+        ("reasoner tokens", ", ".join(data["side_tables"]) or "none (retrv compress)"),
+    ]
+    console = stdout_console()
+    for key, value in lines:
+        console.print(f"{key:>16}  {value}", markup=False)
