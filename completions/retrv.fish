@@ -2,6 +2,7 @@
 complete -c retrv -f
 complete -c retrv -n '__fish_use_subcommand' -a build-index -d 'Index folders of photos and documents'
 complete -c retrv -n '__fish_use_subcommand' -a completions -d 'Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl'
+complete -c retrv -n '__fish_use_subcommand' -a data -d 'Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world'
 complete -c retrv -n '__fish_use_subcommand' -a info -d 'Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state'
 complete -c retrv -n '__fish_use_subcommand' -a search -d 'Search an index with words, an image, or both'
 complete -c retrv -n '__fish_use_subcommand' -l offline -d 'Never touch the network (sets HF_HUB_OFFLINE=1)'
@@ -20,6 +21,20 @@ complete -c retrv -n '__fish_seen_subcommand_from build-index' -l json -d 'Print
 complete -c retrv -n '__fish_seen_subcommand_from build-index' -l help -s h -d 'Show help and exit'
 complete -c retrv -n '__fish_seen_subcommand_from build-index' -F
 complete -c retrv -n '__fish_seen_subcommand_from completions' -l help -s h -d 'Show help and exit'
+complete -c retrv -n '__fish_seen_subcommand_from data; and not __fish_seen_subcommand_from check synth' -a check -d 'Validate a dataset every problem as FILELINE message; exit 1 if there is any'
+complete -c retrv -n '__fish_seen_subcommand_from data; and not __fish_seen_subcommand_from check synth' -a synth -d 'Write the synthetic world (shapes whose words collide) in M-BEIR layout, with train chain-of-thought'
+complete -c retrv -n '__fish_seen_subcommand_from data; and not __fish_seen_subcommand_from check synth' -l help -s h -d 'Show help and exit'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from check' -l json -d 'Print JSON (schema retrv.data.check/1)'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from check' -l quiet -s q -d 'No progress or summary on stderr'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from check' -l help -s h -d 'Show help and exit'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from check' -F
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l out -s o -r -F -d 'Folder to write the dataset into (empty or new)'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l seed -x -d 'Random seed the same seed writes the same bytes'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l size -x -d 'Test queries per task (train gets 4x); at most 144'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l force -d 'Replace a synthetic world already in --out'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l json -d 'Print JSON (schema retrv.data.synth/1)'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l quiet -s q -d 'No progress or summary on stderr'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l help -s h -d 'Show help and exit'
 complete -c retrv -n '__fish_seen_subcommand_from info' -l index -s i -x -d 'Index name (under the user data dir) or directory (e.g. ./photos-index)'
 complete -c retrv -n '__fish_seen_subcommand_from info' -l json -d 'Print JSON (schema retrv.info/1, docs/cli.md)'
 complete -c retrv -n '__fish_seen_subcommand_from info' -l help -s h -d 'Show help and exit'

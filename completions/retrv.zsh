@@ -10,8 +10,8 @@ _retrv() {
         '1:command:->command' \
         '*::arg:->args'
     case $state in
-        command) local -a cmds=('build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both'); _describe command cmds ;;
-        args) case $line[1] in build-index) _retrv_build_index ;; completions) _retrv_completions ;; info) _retrv_info ;; search) _retrv_search ;; esac ;;
+        command) local -a cmds=('build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both'); _describe command cmds ;;
+        args) case $line[1] in build-index) _retrv_build_index ;; completions) _retrv_completions ;; data) _retrv_data ;; info) _retrv_info ;; search) _retrv_search ;; esac ;;
     esac
 }
 
@@ -35,6 +35,39 @@ _retrv_build_index() {
 _retrv_completions() {
     local curcontext=$curcontext state line
     _arguments -s -C \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_data() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '(--help -h)'{--help,-h}'[Show help and exit]' \
+        '1:command:->command' \
+        '*::arg:->args'
+    case $state in
+        command) local -a cmds=('check:Validate a dataset every problem as FILELINE message; exit 1 if there is any' 'synth:Write the synthetic world (shapes whose words collide) in M-BEIR layout, with train chain-of-thought'); _describe command cmds ;;
+        args) case $line[1] in check) _retrv_data_check ;; synth) _retrv_data_synth ;; esac ;;
+    esac
+}
+
+_retrv_data_check() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--json[Print JSON (schema retrv.data.check/1)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]' \
+        '*:file:_files'
+}
+
+_retrv_data_synth() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '(--out -o)'{--out,-o}'[Folder to write the dataset into (empty or new)]:file:_files' \
+        '--seed[Random seed the same seed writes the same bytes]:value: ' \
+        '--size[Test queries per task (train gets 4x); at most 144]:value: ' \
+        '--force[Replace a synthetic world already in --out]' \
+        '--json[Print JSON (schema retrv.data.synth/1)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 

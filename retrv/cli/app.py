@@ -10,6 +10,7 @@ from retrv import __version__
 from retrv.cli.build_index import build_index
 from retrv.cli.common import apply_offline
 from retrv.cli.completions import completions
+from retrv.cli.data import app as data_app
 from retrv.cli.info import info
 from retrv.cli.search import search
 
@@ -41,6 +42,7 @@ app.command("build-index")(build_index)
 app.command("search")(search)
 app.command("info")(info)
 app.command("completions")(completions)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

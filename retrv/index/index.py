@@ -142,9 +142,8 @@ class Index:
         vector = self.embed_query(query)
         scores, keys = self.ann().search(vector[None], k)
         pairs = [(int(key), float(s)) for key, s in zip(keys[0], scores[0]) if key != -1]
-        ids = self.store.ids_for_keys([key for key, _ in pairs])
-        by_id = {item.id: item for item in self.store.get([i for i in ids if i is not None])}
-        found = [(by_id[i], s) for i, (_, s) in zip(ids, pairs) if i in by_id]
+        items = self.store.items_for_keys([key for key, _ in pairs])
+        found = [(item, s) for item, (_, s) in zip(items, pairs) if item is not None]
         return [item for item, _ in found], [s for _, s in found]
 
     def search(self, query: Query | str, k: int = 10) -> list[Hit]:
