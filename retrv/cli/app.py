@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 
 from retrv import __version__
+from retrv.cli.bench import app as bench_app
 from retrv.cli.build_index import build_index
 from retrv.cli.common import apply_offline
 from retrv.cli.completions import completions
+from retrv.cli.compress import compress
 from retrv.cli.data import app as data_app
 from retrv.cli.info import info
 from retrv.cli.search import search
@@ -41,8 +43,10 @@ def main_options(
 app.command("build-index")(build_index)
 app.command("search")(search)
 app.command("info")(info)
+app.command("compress")(compress)
 app.command("completions")(completions)
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

@@ -1,0 +1,167 @@
+"""Full candidate tokens: what the reasoner itself would read for an item or a query.
+
+A candidate's full tokens are the reasoner's own input embeddings of it, image first, then text:
+- image: the vision tower's merged output (`model.model.get_image_features(...).pooler_output`), one
+  row per merged 28x28 px patch for Qwen2.5-VL, after resizing the image into the pixel budget;
+- text: the LLM's token embeddings of the text, truncated to `max_text_tokens`.
+
+These rows feed the ICM (content / memory tokens), the Detail Inspection segments, and the
+"w/o ICM" prompt. `parts` is anything with `.tokenizer` and `.image_processor` (a `LoadedReasoner`).
+Gradients are never taken through the reasoner here: the rows come out detached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from retrv.errors import RetrvError
+
+if TYPE_CHECKING:
+    import torch
+
+    from retrv.items import Item, Query
+
+DEFAULT_MAX_TEXT_TOKENS = 256
+
+
+class FeatureError(RetrvError):
+    """A candidate or query could not be turned into tokens (e.g. an unreadable image)."""
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    """The resolution of full tokens. Image pixel limits default to the image processor's own, which
+    `load_reasoner(max_image_tokens=256)` caps at 256 merged tokens (about 448x448 px); a value here can
+    only lower them."""
+
+    max_image_pixels: int | None = None
+    min_image_pixels: int | None = None
+    max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS
+
+
+@dataclass
+class CandidateTokens:
+    """Full tokens of one item or query: `embeds` rows [0, n_image) are image tokens laid out as an
+    `image_grid` = (rows, cols) merged grid in row-major order, the rest are the embeddings of `text_ids`."""
+
+    embeds: torch.Tensor  # (n, H)
+    n_image: int = 0
+    image_grid: tuple[int, int] | None = None
+    text_ids: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.embeds.shape[0])
+
+
+def unwrap_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (LoRA layers stay active inside it)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def embed_ids(model: Any, ids: Any) -> torch.Tensor:
+    """Token embeddings of a list / 1-D tensor of ids: (n, H) on the model's device."""
+    import torch
+
+    emb = unwrap_model(model).get_input_embeddings()
+    ids = torch.as_tensor(list(ids) if not isinstance(ids, torch.Tensor) else ids, dtype=torch.long)
+    return emb(ids.to(emb.weight.device))
+
+
+def _open_image(path: str) -> Any:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise FeatureError(f"{path}: cannot read the image ({exc})") from exc
+
+
+def image_tokens(model: Any, image_processor: Any, images: list[Any], budget: TokenBudget = TokenBudget()) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """Vision-tower tokens of PIL images in one batched call: [(tokens (n_i, H), (rows, cols)), ...]."""
+    import torch
+
+    if not images:
+        return []
+    base = unwrap_model(model)
+    size = dict(getattr(image_processor, "size", None) or {})
+    limits = [p for p in (budget.max_image_pixels, size.get("longest_edge")) if p]
+    longest = min(limits) if limits else None
+    shortest = budget.min_image_pixels or size.get("shortest_edge")
+    kwargs = {}
+    if longest and shortest:
+        kwargs["size"] = {"shortest_edge": min(shortest, longest), "longest_edge": longest}
+    batch = image_processor(images=images, return_tensors="pt", **kwargs)
+    device = base.get_input_embeddings().weight.device
+    grid = batch["image_grid_thw"].to(device)
+    with torch.no_grad():
+        out = base.model.get_image_features(pixel_values=batch["pixel_values"].to(device), image_grid_thw=grid)
+    merge = base.config.vision_config.spatial_merge_size
+    dtype = base.get_input_embeddings().weight.dtype
+    return [
+        (tokens.to(dtype), (int(thw[1]) // merge, int(thw[2]) // merge))
+        for tokens, thw in zip(out.pooler_output, grid.tolist(), strict=True)
+    ]
+
+
+def text_ids(tokenizer: Any, text: str, budget: TokenBudget = TokenBudget()) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids[: budget.max_text_tokens])
+
+
+def tokens_of(
+    model: Any, parts: Any, texts: list[str | None], image_paths: list[str | None], budget: TokenBudget = TokenBudget()
+) -> list[CandidateTokens]:
+    """Full tokens of parallel lists of (text, image path); all images go through the vision tower at once."""
+    import torch
+
+    wanted = [i for i, p in enumerate(image_paths) if p is not None]
+    pictures = image_tokens(model, parts.image_processor, [_open_image(str(image_paths[i])) for i in wanted], budget)
+    by_index = dict(zip(wanted, pictures, strict=True))
+    result = []
+    with torch.no_grad():
+        for i, text in enumerate(texts):
+            ids = text_ids(parts.tokenizer, text, budget) if text else []
+            rows = [] if i not in by_index else [by_index[i][0]]
+            if ids:
+                rows.append(embed_ids(model, ids))
+            if not rows:
+                raise FeatureError(f"item {i} has neither text nor an image to read")
+            grid = by_index[i][1] if i in by_index else None
+            n_image = int(by_index[i][0].shape[0]) if i in by_index else 0
+            result.append(CandidateTokens(torch.cat(rows).detach(), n_image, grid, tuple(ids)))
+    return result
+
+
+def candidate_tokens_batch(model: Any, parts: Any, items: list[Item], budget: TokenBudget = TokenBudget()) -> list[CandidateTokens]:
+    return tokens_of(model, parts, [it.text for it in items], [it.image_path for it in items], budget)
+
+
+def candidate_tokens(model: Any, parts: Any, item: Item, budget: TokenBudget = TokenBudget()) -> CandidateTokens:
+    return candidate_tokens_batch(model, parts, [item], budget)[0]
+
+
+def full_tokens(model: Any, parts: Any, item: Item, budget: TokenBudget = TokenBudget()) -> torch.Tensor:
+    """(n_tokens, hidden) full tokens of one item: image tokens then text token embeddings."""
+    return candidate_tokens(model, parts, item, budget).embeds
+
+
+def full_tokens_batch(model: Any, parts: Any, items: list[Item], budget: TokenBudget = TokenBudget()) -> list[torch.Tensor]:
+    """Full tokens of many items (one vision-tower call for all their images); pad with `icm.module.pad_tokens`."""
+    return [c.embeds for c in candidate_tokens_batch(model, parts, items, budget)]
+
+
+def query_text(query: Query) -> str | None:
+    """The text a reasoner reads for a query: its instruction (if any) then its text."""
+    parts = [p for p in (query.instruction, query.text) if p]
+    return "\n".join(parts) or None
+
+
+def query_tokens(model: Any, parts: Any, query: Query, budget: TokenBudget = TokenBudget()) -> CandidateTokens:
+    """The query's own tokens (image features then text embeddings), for the ICM relation token.
+
+    Composed parts of a query (`add` / `subtract`) steer the coarse vector only; the reasoner reads the main query.
+    """
+    return tokens_of(model, parts, [query_text(query)], [query.image], budget)[0]

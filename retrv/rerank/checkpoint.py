@@ -1,0 +1,536 @@
+"""Reasoner checkpoints: resolve a spec, load the VLM (+ LoRA, + ICM), save, and name them by content.
+
+A spec is a local directory or a Hugging Face id with an optional `@revision`. A directory is either
+a plain model directory (config.json + safetensors + tokenizer + image processor) or a retrv
+reasoner checkpoint, recognised by `retrv-reasoner.json`:
+
+    retrv-reasoner.json         ReasonerConfig (base model spec, ICM config, special tokens, stage, ...)
+    icm.safetensors             ICM weights (retrv.icm.module.ICM)
+    model.safetensors + config.json                 weights == "full"
+    adapter_config.json + adapter_model.safetensors weights == "lora" (merged into the base on load)
+    token_embeddings.safetensors  embedding rows of the added special tokens (weights "base" / "lora")
+    tokenizer files, preprocessor_config.json
+
+The checkpoint id (`reasoner_id`) hashes the config, every weight file, the tokenizer, the image
+processor and the image token budget, so the index side table `icm_<id>` of a changed reasoner is a
+different table and stale ICM tokens are never read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retrv.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from retrv.icm.module import ICM
+
+DEFAULT_REASONER = "Qwen/Qwen2.5-VL-3B-Instruct"
+REASONER_CONFIG = "retrv-reasoner.json"
+ICM_WEIGHTS = "icm.safetensors"
+TOKEN_EMBEDDINGS = "token_embeddings.safetensors"
+STAGES = ("base", "icm", "sft", "grpo")
+WEIGHT_SOURCES = ("base", "full", "lora")
+DEFAULT_SPECIAL_TOKENS = {
+    "icm": "<|icm|>",
+    "inspect_start": "<inspection-index-start>",
+    "inspect_end": "<inspection-index-end>",
+    "answer_start": "<answer>",
+    "answer_end": "</answer>",
+}
+# Qwen-VL merges 2x2 patches of 14 px, so one image token covers 28x28 pixels. Candidates are capped at
+# 256 tokens (about 448x448 px) unless the caller asks otherwise: the hub default (1280 tokens) would make
+# a top-50 rerank 64k image tokens long. A processor that already asks for fewer pixels is kept as is.
+PIXELS_PER_IMAGE_TOKEN = 28 * 28
+DEFAULT_MAX_IMAGE_TOKENS = 256
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
+
+
+@dataclass
+class ReasonerConfig:
+    """What `retrv-reasoner.json` holds."""
+
+    base_model: str
+    icm: dict[str, Any] | None = None  # retrv.icm.module.ICMConfig fields; None for a bare base model
+    special_tokens: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SPECIAL_TOKENS))
+    prompt_version: int = 1
+    stage: str = "base"  # base | icm | sft | grpo
+    weights: str = "base"  # base | full | lora: where the LLM weights come from
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, directory: Path) -> ReasonerConfig:
+        path = directory / REASONER_CONFIG
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            known = {f.name for f in dataclasses.fields(cls)}
+            cfg = cls(**{k: v for k, v in data.items() if k in known})
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelLoadError(f"{path}: not a valid reasoner config ({exc})") from None
+        if cfg.stage not in STAGES or cfg.weights not in WEIGHT_SOURCES:
+            raise ModelLoadError(f"{path}: stage must be one of {STAGES} and weights one of {WEIGHT_SOURCES}")
+        cfg.special_tokens = {**DEFAULT_SPECIAL_TOKENS, **cfg.special_tokens}
+        return cfg
+
+    def write(self, directory: Path) -> None:
+        text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        (directory / REASONER_CONFIG).write_text(text + "\n", encoding="utf-8")
+
+
+@dataclass
+class LoadedReasoner:
+    model: Any  # a transformers *ForConditionalGeneration, eval mode, on `device`
+    tokenizer: Any
+    image_processor: Any
+    processor: Any  # the model's multimodal processor (None if transformers has none for this model type)
+    config: ReasonerConfig
+    icm: ICM | None
+    checkpoint_id: str
+    device: str
+    dtype: Any
+    source_dir: Path | None = None  # the resolved directory of the spec
+    device_reason: str = ""
+
+    def token_id(self, role: str) -> int:
+        """The id of a special token by role: icm, inspect_start, inspect_end, answer_start, answer_end."""
+        return int(self.tokenizer.convert_tokens_to_ids(self.config.special_tokens[role]))
+
+
+# ---------------------------------------------------------------- resolving a spec to a directory
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return constants.HF_HUB_OFFLINE or env.strip().lower() in ("1", "true", "yes", "on")
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """`owner/name@rev` -> ("owner/name", "rev")."""
+    name, _, revision = spec.partition("@")
+    return name, (revision or None)
+
+
+def resolve_spec(spec: str) -> Path:
+    """A local directory for `spec`: the directory itself, or the hub snapshot (downloaded unless offline)."""
+    spec = (spec or DEFAULT_REASONER).strip()
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    if spec.startswith(("/", ".", "~")) or "\\" in spec or local.exists():
+        raise ModelLoadError(f"reasoner {spec!r}: no such directory")
+    repo, revision = split_spec(spec)
+    if not _HUB_ID.match(repo):
+        raise ModelLoadError(f"reasoner {spec!r}: expected a directory or a Hugging Face id like {DEFAULT_REASONER}[@revision]")
+    from huggingface_hub import snapshot_download
+
+    offline = _offline()
+    try:
+        path = snapshot_download(repo, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
+    except Exception as exc:  # LocalEntryNotFound, RepositoryNotFound, HTTP errors: all one-line user errors
+        if offline:
+            raise ModelLoadError(
+                f"reasoner {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                "download it once online or pass a local directory"
+            ) from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"reasoner {spec!r}: cannot fetch from the Hugging Face hub ({first})") from None
+    return Path(path)
+
+
+def _pinned_spec(spec: str, directory: Path) -> str:
+    """The spec to record as `base_model`: absolute for directories, `id@commit` for hub snapshots."""
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    repo, _ = split_spec(spec)
+    commit = directory.name
+    return f"{repo}@{commit}" if re.fullmatch(r"[0-9a-f]{40}", commit) else spec
+
+
+# ---------------------------------------------------------------- content hash
+
+
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file; hub cache blobs are named by their sha256 already, so those are free."""
+    if path.is_symlink():
+        blob = Path(os.readlink(path)).name
+        if re.fullmatch(r"[0-9a-f]{64}", blob):
+            return blob
+    real = path.resolve()
+    st = real.stat()
+    key = (str(real), st.st_size, st.st_mtime_ns)
+    if key not in _digest_cache:
+        h = hashlib.sha256()
+        with open(real, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _digest_cache[key] = h.hexdigest()
+    return _digest_cache[key]
+
+
+_HASHED_FILES = ("config.json", "tokenizer.json", "preprocessor_config.json", "adapter_config.json")
+
+
+def reasoner_id(directory: str | Path, *, base_dir: str | Path | None = None, extra: dict[str, Any] | None = None) -> str:
+    """A short stable hash (12 hex) of a reasoner's content: config, weights, tokenizer, image processor.
+
+    For checkpoints whose LLM weights live in the base model (`weights` base or lora), the base's own id
+    is part of the hash; pass `base_dir` when it is already resolved. `extra` adds load options that
+    change what the model computes (the image token budget).
+    """
+    root = Path(directory)
+    h = hashlib.sha256(b"retrv-reasoner-id/1\n")
+    cfg_path = root / REASONER_CONFIG
+    if cfg_path.is_file():
+        cfg = ReasonerConfig.read(root)
+        h.update(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+        if cfg.weights != "full":
+            base = Path(base_dir) if base_dir is not None else resolve_spec(cfg.base_model)
+            h.update(b"base:" + reasoner_id(base).encode())
+    for path in sorted(root.iterdir()):
+        if path.suffix == ".safetensors" or path.name in _HASHED_FILES:
+            h.update(f"{path.name}:{_file_digest(path)}\n".encode())
+    if extra:
+        h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- tokenizer, processor, special tokens
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings and progress bars: the library never prints."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _processor_class(model_type: str) -> type | None:
+    """The model's processor class, patched to accept `video_processor=None`.
+
+    transformers 5.23 checks every processor argument's class, and without torchvision the video
+    processor mapping is broken, so even `None` fails the check (machine-findings §4b).
+    """
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+
+    classes: dict[str, type] = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}
+    try:
+        from transformers import Qwen3VLProcessor
+
+        classes["qwen3_vl"] = Qwen3VLProcessor
+    except ImportError:
+        pass
+    base = classes.get(model_type)
+    if base is None:
+        return None
+
+    def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
+        if argument is None:
+            return None
+        return base.check_argument_for_proper_class(self, argument_name, argument)
+
+    return type(f"Retrv{base.__name__}", (base,), {"check_argument_for_proper_class": check_argument_for_proper_class})
+
+
+def read_chat_template(directory: Path) -> str | None:
+    """A processor-level chat template (`chat_template.jinja` or `chat_template.json`), as hub VLMs ship it."""
+    jinja, js = directory / "chat_template.jinja", directory / "chat_template.json"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    if js.is_file():
+        try:
+            template = json.loads(js.read_text(encoding="utf-8")).get("chat_template")
+        except (ValueError, AttributeError):
+            return None
+        return template if isinstance(template, str) else None
+    return None
+
+
+def build_processor(model_type: str, image_processor: Any, tokenizer: Any) -> Any:
+    cls = _processor_class(model_type)
+    if cls is None or image_processor is None:
+        return None
+    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+               chat_template=getattr(tokenizer, "chat_template", None))  # fmt: skip
+
+
+def cap_image_tokens(image_processor: Any, max_image_tokens: int | None) -> None:
+    """Lower the processor's max pixels to `max_image_tokens` merged tokens (never raises it)."""
+    size = getattr(image_processor, "size", None)
+    if size is None or max_image_tokens is None:
+        return
+    budget = int(max_image_tokens) * PIXELS_PER_IMAGE_TOKEN
+    longest = size["longest_edge"] if "longest_edge" in size else None
+    if longest and longest > budget:
+        new = dict(size.items()) if hasattr(size, "items") else {"shortest_edge": size["shortest_edge"]}
+        new = {k: v for k, v in new.items() if v is not None}
+        new["longest_edge"] = budget
+        new["shortest_edge"] = min(new.get("shortest_edge", budget), budget)
+        image_processor.size = type(size)(**new) if not isinstance(size, dict) else new
+
+
+def image_pixel_budget(image_processor: Any) -> dict[str, int | None]:
+    size = getattr(image_processor, "size", None)
+    if size is None:
+        return {}
+    get = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))
+    return {"min_pixels": get("shortest_edge"), "max_pixels": get("longest_edge")}
+
+
+def ensure_special_tokens(model: Any, tokenizer: Any, special_tokens: dict[str, str]) -> list[str]:
+    """Add the missing role tokens to the tokenizer (as special tokens) and grow the embeddings to fit.
+
+    New rows start at the mean of the existing embeddings (deterministic; transformers' own mean
+    resizing samples noise, which would make two loads of the same checkpoint differ). Rows are only
+    added when the tokenizer outgrows the matrix (hub Qwen models have spare rows already); this also
+    covers a checkpoint tokenizer that already holds the tokens on top of a smaller base. Returns the
+    tokens that were added to the tokenizer.
+    """
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in special_tokens.values() if t not in vocab]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    emb = model.get_input_embeddings()
+    old = emb.weight.shape[0]
+    if len(tokenizer) > old:
+        import torch
+
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            inp = model.get_input_embeddings().weight
+            inp[old:] = inp[:old].mean(0, keepdim=True)
+            out = model.get_output_embeddings()
+            if out is not None and out.weight.data_ptr() != inp.data_ptr():
+                out.weight[old:] = out.weight[:old].mean(0, keepdim=True)
+    return missing
+
+
+def _role_token_rows(model: Any, tokenizer: Any, special_tokens: dict[str, str]) -> dict[str, Any]:
+    ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in special_tokens.values()]
+    import torch
+
+    index = torch.tensor(ids, dtype=torch.long)
+    rows = {"ids": index, "input": model.get_input_embeddings().weight.detach()[index].float().cpu().contiguous()}
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        rows["output"] = out.weight.detach()[index].float().cpu().contiguous()
+    return rows
+
+
+def _restore_role_token_rows(model: Any, path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    rows = load_file(str(path))
+    index = rows["ids"].long()
+    with torch.no_grad():
+        inp = model.get_input_embeddings().weight
+        inp[index] = rows["input"].to(inp.dtype)
+        out = model.get_output_embeddings()
+        if "output" in rows and out is not None:
+            out.weight[index] = rows["output"].to(out.weight.dtype)
+
+
+# ---------------------------------------------------------------- load
+
+
+def _has_safetensors(directory: Path, name: str = "model") -> bool:
+    return any(directory.glob(f"{name}*.safetensors"))
+
+
+def load_reasoner(
+    spec: str | None = None,
+    *,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    require_icm: bool = False,
+    max_image_tokens: int | None = DEFAULT_MAX_IMAGE_TOKENS,
+) -> LoadedReasoner:
+    """Load a reasoner by spec (see the module docstring); raise ModelLoadError with one line on failure.
+
+    CUDA runs bfloat16 with SDPA attention; the CPU runs float32. `require_icm` (reason mode) refuses a
+    bare base model, which has no ICM weights.
+    """
+    from retrv.devices import resolve_device
+
+    spec = spec or DEFAULT_REASONER
+    root = resolve_spec(spec)
+    is_checkpoint = (root / REASONER_CONFIG).is_file()
+    if is_checkpoint:
+        config = ReasonerConfig.read(root)
+    else:
+        config = ReasonerConfig(base_model=_pinned_spec(spec, root))
+    if require_icm and (config.icm is None or not (root / ICM_WEIGHTS).is_file()):
+        raise ModelLoadError(
+            f"reasoner {spec!r} has no ICM weights ({'stage ' + config.stage if is_checkpoint else 'a bare base model'}); "
+            "reason mode needs a checkpoint from `retrv train`. Use --rerank score for training-free reranking with any VLM"
+        )
+    model_dir = root if (not is_checkpoint or config.weights == "full") else resolve_spec(config.base_model)
+    if not _has_safetensors(model_dir):
+        raise ModelLoadError(f"reasoner {spec!r}: no model*.safetensors in {model_dir} (retrv loads safetensors weights only)")
+    try:
+        choice = resolve_device(device, half=True)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    with quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code)
+            try:
+                image_processor = AutoImageProcessor.from_pretrained(str(root), trust_remote_code=trust_remote_code)
+            except (OSError, ValueError):
+                image_processor = None
+            model = AutoModelForImageTextToText.from_pretrained(
+                str(model_dir), dtype=choice.dtype, attn_implementation="sdpa",
+                trust_remote_code=trust_remote_code, use_safetensors=True,
+            )  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(f"reasoner {spec!r}: cannot load from {model_dir} ({first})") from None
+
+        ensure_special_tokens(model, tokenizer, config.special_tokens)
+        if not getattr(tokenizer, "chat_template", None):
+            tokenizer.chat_template = read_chat_template(root) or read_chat_template(model_dir)
+        if is_checkpoint and config.weights != "full" and (root / TOKEN_EMBEDDINGS).is_file():
+            _restore_role_token_rows(model, root / TOKEN_EMBEDDINGS)
+        if is_checkpoint and config.weights == "lora":
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(root)).merge_and_unload()
+
+    cap_image_tokens(image_processor, max_image_tokens)
+    processor = build_processor(model.config.model_type, image_processor, tokenizer)
+    model.to(choice.device).eval()
+
+    icm = None
+    if config.icm is not None and (root / ICM_WEIGHTS).is_file():
+        icm = load_icm(root / ICM_WEIGHTS, config.icm, device=choice.device, dtype=choice.dtype)
+
+    checkpoint_id = reasoner_id(root, base_dir=model_dir, extra=image_pixel_budget(image_processor))
+    return LoadedReasoner(
+        model=model, tokenizer=tokenizer, image_processor=image_processor, processor=processor, config=config,
+        icm=icm, checkpoint_id=checkpoint_id, device=choice.device, dtype=choice.dtype, source_dir=root,
+        device_reason=choice.reason,
+    )  # fmt: skip
+
+
+def load_icm(path: Path, icm_config: dict[str, Any], *, device: str = "cpu", dtype: Any = None) -> ICM:
+    from safetensors.torch import load_file
+
+    from retrv.icm.module import ICM, ICMConfig
+
+    try:
+        icm = ICM(ICMConfig(**icm_config))
+        icm.load_state_dict(load_file(str(path)))
+    except (TypeError, RuntimeError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"{path}: ICM weights do not match the config in {REASONER_CONFIG} ({first})") from None
+    return icm.to(device=device, dtype=dtype).eval()
+
+
+# ---------------------------------------------------------------- save
+
+
+def save_reasoner(
+    loaded_or_parts: LoadedReasoner,
+    out_dir: str | Path,
+    *,
+    stage: str,
+    training: dict[str, Any] | None = None,
+    icm: ICM | None = None,
+    lora_model: Any = None,
+    weights: str | None = None,
+) -> Path:
+    """Write a reasoner checkpoint directory; return it.
+
+    `weights` defaults to "lora" when `lora_model` (a peft model) is given, "base" for stages base/icm
+    (the LLM is frozen: only ICM weights and the new token rows are written) and "full" otherwise.
+    `icm` defaults to the loaded ICM.
+    """
+    from safetensors.torch import save_file
+
+    loaded = loaded_or_parts
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    weights = weights or ("lora" if lora_model is not None else "base" if stage in ("base", "icm") else "full")
+    if weights not in WEIGHT_SOURCES:
+        raise ValueError(f"weights must be one of {WEIGHT_SOURCES}, got {weights!r}")
+    if weights == "lora" and lora_model is None:
+        raise ValueError("weights='lora' needs the peft model (lora_model=...)")
+    icm = icm if icm is not None else loaded.icm
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base_model = _llm_base_for(loaded, weights, out)  # checked before anything is deleted
+    for stale in (ICM_WEIGHTS, TOKEN_EMBEDDINGS, "adapter_model.safetensors", "adapter_config.json"):
+        (out / stale).unlink(missing_ok=True)
+    for stale in out.glob("model*.safetensors"):
+        stale.unlink()
+
+    config = dataclasses.replace(
+        loaded.config, stage=stage, weights=weights, training=dict(training or {}),
+        icm=dataclasses.asdict(icm.config) if icm is not None else None,
+        base_model=base_model,
+    )  # fmt: skip
+    with quiet_transformers():
+        if weights == "full":
+            loaded.model.save_pretrained(str(out))
+        else:
+            if weights == "lora":
+                lora_model.save_pretrained(str(out))
+            save_file(_role_token_rows(loaded.model, loaded.tokenizer, config.special_tokens), str(out / TOKEN_EMBEDDINGS))
+        loaded.tokenizer.save_pretrained(str(out))
+        if loaded.image_processor is not None:
+            loaded.image_processor.save_pretrained(str(out))
+    if icm is not None:
+        state = {k: v.detach().float().cpu().contiguous() for k, v in icm.state_dict().items()}
+        save_file(state, str(out / ICM_WEIGHTS))
+    config.write(out)
+    return out
+
+
+def _llm_base_for(loaded: LoadedReasoner, weights: str, out: Path) -> str:
+    """Where a checkpoint that does not hold full LLM weights finds them.
+
+    A fine-tuned full checkpoint becomes the base of what is saved on top of it; the LLM of a merged LoRA
+    checkpoint exists only in memory, so it has to be saved with full weights.
+    """
+    if weights == "full":
+        return loaded.config.base_model
+    src = loaded.source_dir
+    if src is None or not (src / REASONER_CONFIG).is_file() or loaded.config.weights == "base":
+        return loaded.config.base_model
+    if loaded.config.weights == "lora":
+        raise ValueError(f"the LLM of {src} is a merged LoRA; save on top of it with weights='full'")
+    if out.resolve() == src.resolve():
+        raise ValueError(f"{src} holds the full LLM weights this checkpoint would rely on; save into another directory")
+    return str(src)

@@ -1,0 +1,387 @@
+"""Reason mode (Retrv-R1): the reasoner reads K compressed candidates, thinks, inspects, answers.
+
+`generate_with_inspection` is the decode loop with the Detail Inspection Mechanism (DIM). It drives
+the text stack directly on one `DynamicCache` (machine-findings §8): when the generated text ends
+with `<inspection-index-start>i<inspection-index-end>`, candidate i's full tokens are appended
+(`sequence.inspection_segment`) and decoding continues on the same cache, nothing re-prefilled.
+At most `max_inspections` requests are served; a request past the cap, or one naming no candidate,
+gets a short notice segment instead (`LIMIT_NOTICE`, `INVALID_NOTICE`; `UNREADABLE_NOTICE` when the
+candidate's file cannot be read any more), which the model reads and
+which counts as injected, not generated, text. Decoding stops at the end-of-turn token, after
+`</answer>`, or at `max_new_tokens`.
+
+`Reasoner.rerank` puts the chosen candidate first and keeps the others in coarse (input) order.
+Malformed output never raises: the coarse order comes back with `RerankResult.fallback` saying why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from retrv.errors import RetrvError
+from retrv.icm.features import CandidateTokens, TokenBudget, candidate_tokens_batch, query_tokens, unwrap_model
+from retrv.rerank.base import Candidate, RerankResult
+from retrv.rerank.parse import parse_answer, parse_inspection_request
+from retrv.rerank.sequence import Segment, SpecialTokens, build_prompt, concat_segments, inspection_segment, text_segment
+
+if TYPE_CHECKING:
+    import torch
+
+    from retrv.icm.module import ICM
+    from retrv.items import Query
+    from retrv.rerank.checkpoint import LoadedReasoner
+
+LIMIT_NOTICE = "(inspection limit reached: answer from what you have seen)\n"
+INVALID_NOTICE = "(no such candidate to inspect)\n"
+UNREADABLE_NOTICE = "(this candidate cannot be read)\n"
+
+
+@dataclass
+class DecodeOptions:
+    max_new_tokens: int = 512
+    max_inspections: int = 5
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop_at_answer: bool = True
+
+
+@dataclass
+class Injection:
+    after: int  # generated tokens before it
+    kind: str  # "inspection" | "notice"
+    candidate: int | None  # 0-based, for an inspection
+    start_position: int
+    length: int
+
+
+@dataclass
+class Trace:
+    """Everything one decode did. `segments` is every row after the prompt, in order: runs of generated
+    tokens (kind "generated"; the last generated token is included although it was never fed) and
+    injected "inspection" / "notice" segments, so `concat_segments([prompt, *segments])` is the sequence."""
+
+    prompt: Segment
+    segments: list[Segment] = field(default_factory=list)
+    generated_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # of each generated token (after logits_hook, at the temperature)
+    injections: list[Injection] = field(default_factory=list)
+    inspected: list[int] = field(default_factory=list)  # 0-based candidates whose tokens were injected
+    text: str = ""
+    stop_reason: str = ""  # "eos" | "answer" | "max_new_tokens"
+    latency_ms: dict[str, float] = field(default_factory=dict)  # prefill, decode, inspect
+
+    def sequence(self) -> Segment:
+        return concat_segments([self.prompt, *self.segments])
+
+
+def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, generator: Any = None) -> tuple[int, float]:
+    """One token id from (V,) logits, and its log-probability (greedy when temperature <= 0)."""
+    import torch
+
+    logits = logits.float()
+    if temperature <= 0:
+        token = int(torch.argmax(logits))
+        return token, float(torch.log_softmax(logits, -1)[token])
+    logp = torch.log_softmax(logits / temperature, -1)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
+        probs = probs.clone()
+        probs[order[drop]] = 0.0
+    token = int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+    return token, float(logp[token])
+
+
+def forward_segment(model: Any, cache: Any, segment: Segment) -> torch.Tensor:
+    """Feed a segment on the cache; return the (V,) logits at its last row."""
+    base = unwrap_model(model)
+    out = base.model.language_model(
+        inputs_embeds=segment.embeds[None], position_ids=segment.position_ids[:, None, :],
+        past_key_values=cache, use_cache=True,
+    )  # fmt: skip
+    return base.lm_head(out.last_hidden_state[0, -1])
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(unwrap_model(model), "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return {int(i) for i in ids if i is not None}
+
+
+def generate_with_inspection(
+    model: Any,
+    tokenizer: Any,
+    prompt: Segment,
+    inspect: Callable[[int], CandidateTokens],
+    num_candidates: int,
+    options: DecodeOptions = DecodeOptions(),
+    *,
+    special: SpecialTokens = SpecialTokens(),
+    generator: Any = None,
+    logits_hook: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None,
+) -> Trace:
+    """Decode after `prompt`, serving inspection requests with `inspect(i)` (0-based) on the same KV cache.
+
+    `logits_hook(generated_ids, logits) -> logits` may constrain or record each step (tests force tokens
+    with it; GRPO can too). Sampling follows `options.temperature` / `top_p` with `generator`.
+    """
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    if options.max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    base = unwrap_model(model)
+    embed = base.get_input_embeddings()
+    stop_ids = _stop_ids(model, tokenizer)
+    trace = Trace(prompt=prompt)
+    clock = {"prefill": 0.0, "decode": 0.0, "inspect": 0.0}
+    generated = trace.generated_ids
+    with torch.no_grad():
+        cache = DynamicCache(config=base.config.get_text_config())
+        started = time.perf_counter()
+        logits = _synced(forward_segment(model, cache, prompt))
+        clock["prefill"] = time.perf_counter() - started
+        position, run_start, run = prompt.next_position, prompt.next_position, []
+
+        def flush() -> None:
+            nonlocal run
+            if run:
+                trace.segments.append(text_segment(tokenizer, embed, run, run_start))
+            run = []
+
+        while True:
+            started = time.perf_counter()
+            if logits_hook is not None:
+                logits = logits_hook(list(generated), logits)
+            token, logprob = sample_token(logits, options.temperature, options.top_p, generator)
+            generated.append(token)
+            trace.logprobs.append(logprob)
+            run.append(token)
+            if token in stop_ids:
+                trace.stop_reason = "eos"
+            elif options.stop_at_answer and _ends_with(tokenizer, generated, special.answer_end):
+                trace.stop_reason = "answer"
+            elif len(generated) >= options.max_new_tokens:
+                trace.stop_reason = "max_new_tokens"
+            if trace.stop_reason:
+                clock["decode"] += time.perf_counter() - started
+                break
+            token_segment = text_segment(tokenizer, embed, [token], position)
+            position += 1
+            injected = None
+            if _ends_with(tokenizer, generated, special.inspect_end):
+                asked = parse_inspection_request(_decode(tokenizer, generated), num_candidates, special)
+                notice = INVALID_NOTICE if asked.index is None else LIMIT_NOTICE
+                if asked.index is not None and len(trace.inspected) < options.max_inspections:
+                    try:
+                        full = inspect(asked.index)
+                        injected = inspection_segment(tokenizer, embed, asked.index, full, position, special)
+                        trace.inspected.append(asked.index)
+                    except RetrvError:
+                        notice = UNREADABLE_NOTICE
+                if injected is None:
+                    injected = text_segment(tokenizer, embed, notice, position, kind="notice")
+            if injected is None:
+                logits = forward_segment(model, cache, token_segment)
+                clock["decode"] += time.perf_counter() - started
+                continue
+            flush()
+            trace.segments.append(injected)
+            trace.injections.append(Injection(len(generated), injected.kind, injected.candidate, position, len(injected)))
+            logits = _synced(forward_segment(model, cache, concat_segments([token_segment, injected])))
+            position = run_start = injected.next_position
+            clock["inspect"] += time.perf_counter() - started
+        flush()
+    shown = generated[:-1] if trace.stop_reason == "eos" else generated  # the end-of-turn token is not text
+    trace.text = _decode(tokenizer, shown)
+    trace.latency_ms = {k: v * 1000.0 for k, v in clock.items()}
+    return trace
+
+
+def _synced(logits: torch.Tensor) -> torch.Tensor:
+    """Wait for the GPU so the stage clocks measure the work, not its launch."""
+    if logits.is_cuda:
+        import torch
+
+        torch.cuda.synchronize(logits.device)
+    return logits
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def _ends_with(tokenizer: Any, ids: list[int], marker: str) -> bool:
+    # every token decodes to at least one character, so the marker lies within its length in tokens
+    return _decode(tokenizer, ids[-len(marker) :]).endswith(marker)
+
+
+# ---------------------------------------------------------------- the reranker
+
+
+@dataclass
+class ReasonerOptions:
+    max_new_tokens: int = 512
+    max_inspections: int = 5
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    use_icm: bool = True  # False: every candidate's full tokens in the prompt (the "w/o ICM" ablation)
+    budget: TokenBudget = field(default_factory=TokenBudget)
+
+    def decode_options(self) -> DecodeOptions:
+        return DecodeOptions(self.max_new_tokens, self.max_inspections, self.temperature, self.top_p)
+
+
+@dataclass
+class PreparedPrompt:
+    """A rerank's prompt and the way to fetch a candidate's full tokens (computed once, then kept)."""
+
+    prompt: Segment
+    num_candidates: int
+    inspect: Callable[[int], CandidateTokens]
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Reasoner:
+    """The `reason` reranker. Candidates are 1-indexed in the prompt; results use 0-based positions."""
+
+    mode = "reason"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        icm: ICM | None = None,
+        options: ReasonerOptions | None = None,
+        special: SpecialTokens = SpecialTokens(),
+    ):
+        self.model, self.tokenizer, self.image_processor, self.icm = model, tokenizer, image_processor, icm
+        self.options = options or ReasonerOptions()
+        self.special = special
+        if self.options.use_icm and icm is None:
+            raise RetrvError("reason mode needs a reasoner checkpoint with ICM weights (or use_icm=False)")
+        hidden = unwrap_model(model).get_input_embeddings().weight.shape[-1]
+        if icm is not None and icm.config.hidden_size != hidden:
+            raise RetrvError(f"the ICM makes {icm.config.hidden_size}-d tokens but the reasoner's hidden size is {hidden}")
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedReasoner, options: ReasonerOptions | None = None) -> Reasoner:
+        special = SpecialTokens.from_mapping(loaded.config.special_tokens)
+        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, loaded.icm, options, special)
+
+    @classmethod
+    def load(cls, spec: str, *, device: str = "auto", trust_remote_code: bool = False,
+             options: ReasonerOptions | None = None) -> Reasoner:  # fmt: skip
+        from retrv.rerank.checkpoint import load_reasoner
+
+        options = options or ReasonerOptions()
+        loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code, require_icm=options.use_icm)
+        return cls.from_loaded(loaded, options)
+
+    def _soft_tokens(self, query: CandidateTokens, candidates: list[Candidate], full: Callable[[list[int]], None],
+                     cache: dict[int, CandidateTokens]) -> torch.Tensor:  # fmt: skip
+        """(K, 2, H): [content, relation] per candidate, from stored ICM rows or computed from full tokens."""
+        import torch
+
+        from retrv.icm.module import pad_tokens
+
+        icm = self.icm
+        weight = next(icm.parameters())
+        hidden = icm.config.hidden_size
+        content: list[torch.Tensor | None] = [None] * len(candidates)
+        memory: list[torch.Tensor | None] = [None] * len(candidates)
+        for i, cand in enumerate(candidates):
+            row = cand.extras.get("icm")
+            if row is None:
+                continue
+            c, m = torch.as_tensor(row["content"]), torch.as_tensor(row["memory"])
+            if c.shape != (hidden,) or m.shape != (icm.config.num_memory_tokens, hidden):
+                raise RetrvError(f"candidate {cand.item.id}: stored ICM tokens have shapes {tuple(c.shape)}, "
+                                 f"{tuple(m.shape)}; this reasoner expects ({hidden},), ({icm.config.num_memory_tokens}, {hidden}). "
+                                 "Run `retrv compress` again")  # fmt: skip
+            content[i], memory[i] = c.to(weight.device, weight.dtype), m.to(weight.device, weight.dtype)
+        missing = [i for i, c in enumerate(content) if c is None]
+        with torch.no_grad():
+            if missing:
+                full(missing)
+                tokens, mask = pad_tokens([cache[i].embeds.to(weight.dtype) for i in missing])
+                for j, (c, m) in enumerate(zip(icm.content(tokens, mask), icm.memory(tokens, mask), strict=True)):
+                    content[missing[j]], memory[missing[j]] = c, m
+            relation = icm.relation(torch.stack(memory), query.embeds[None].to(weight.dtype))
+            return torch.stack([torch.stack(content), relation], dim=1)
+
+    def prepare(self, query: Query, candidates: list[Candidate]) -> PreparedPrompt:
+        """Encode the query, make the candidates' soft tokens (or full tokens) and build the prompt."""
+        started = time.perf_counter()
+        budget = self.options.budget
+        cache: dict[int, CandidateTokens] = {}
+
+        def full(indices: list[int]) -> None:
+            todo = [i for i in indices if i not in cache]
+            for i, tokens in zip(todo, candidate_tokens_batch(self.model, self, [candidates[i].item for i in todo], budget), strict=True):
+                cache[i] = tokens
+
+        def inspect(i: int) -> CandidateTokens:
+            full([i])
+            return cache[i]
+
+        q = query_tokens(self.model, self, query, budget)
+        embed = unwrap_model(self.model).get_input_embeddings()
+        if self.options.use_icm:
+            soft = self._soft_tokens(q, candidates, full, cache)
+            prompt = build_prompt(self.tokenizer, embed, q, soft_tokens=soft, special=self.special)
+        else:
+            full(list(range(len(candidates))))
+            prompt = build_prompt(self.tokenizer, embed, q, full=[cache[i] for i in range(len(candidates))], special=self.special)
+        return PreparedPrompt(prompt, len(candidates), inspect, {"prepare": (time.perf_counter() - started) * 1000.0})
+
+    def trace(self, query: Query, candidates: list[Candidate], options: DecodeOptions | None = None,
+              generator: Any = None, logits_hook: Any = None) -> tuple[PreparedPrompt, Trace]:  # fmt: skip
+        prepared = self.prepare(query, candidates)
+        if generator is None and self.options.seed is not None:
+            import torch
+
+            generator = torch.Generator(device=prepared.prompt.embeds.device).manual_seed(self.options.seed)
+        trace = generate_with_inspection(
+            self.model, self.tokenizer, prepared.prompt, prepared.inspect, prepared.num_candidates,
+            options or self.options.decode_options(), special=self.special, generator=generator, logits_hook=logits_hook,
+        )  # fmt: skip
+        return prepared, trace
+
+    def rerank(self, query: Query, candidates: list[Candidate], logits_hook: Any = None) -> RerankResult:
+        started = time.perf_counter()
+        k = len(candidates)
+        if k == 0:
+            return RerankResult(order=[], scores=[], rerank_scores=[], confidences=[])
+        prepared, trace = self.trace(query, candidates, logits_hook=logits_hook)
+        answer = parse_answer(trace.text, k, self.special)
+        fallback = None
+        if answer.index is None:
+            fallback = answer.error
+            if trace.stop_reason == "max_new_tokens":
+                fallback = f"max_new_tokens ({self.options.max_new_tokens}) reached: {answer.error}"
+            order = list(range(k))
+        else:
+            order = [answer.index] + [i for i in range(k) if i != answer.index]
+        rank = {pos: r for r, pos in enumerate(order)}
+        latency = {**prepared.latency_ms, **trace.latency_ms, "total": (time.perf_counter() - started) * 1000.0}
+        return RerankResult(
+            order=order,
+            scores=[1.0 - rank[i] / k for i in range(k)],  # rank-derived: 1 for the first, then down by 1/K
+            rerank_scores=[float(i == answer.index) if answer.index is not None else None for i in range(k)],
+            confidences=[None] * k,
+            chosen=answer.index,
+            reasoning=trace.text,
+            inspected=list(trace.inspected),
+            fallback=fallback,
+            prompt_tokens=len(prepared.prompt),
+            generated_tokens=len(trace.generated_ids),
+            latency_ms=latency,
+        )
