@@ -72,6 +72,9 @@ def build_tiny_clip(out_dir: str | Path, kind: str = "clip", hidden: int = 64, i
         text.update(bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
                     pad_token_id=tok.pad_token_id)  # fmt: skip
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+        # Like the real CLIP tokenizer, wrap every text in <|startoftext|> ... <|endoftext|>: CLIP pools the text at the
+        # first end token, so without it a padded batch and a single text would pool different positions.
+        _wrap_in_start_end_tokens(tok, "<|startoftext|>", "<|endoftext|>")
         processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     elif kind == "siglip":
         model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
@@ -82,6 +85,13 @@ def build_tiny_clip(out_dir: str | Path, kind: str = "clip", hidden: int = 64, i
     tok.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def _wrap_in_start_end_tokens(tok: Any, start: str, end: str) -> None:
+    from tokenizers import processors
+
+    ids = [(start, tok.convert_tokens_to_ids(start)), (end, tok.convert_tokens_to_ids(end))]
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single=f"{start} $A {end}", special_tokens=ids)
 
 
 def build_tiny_reasoner(

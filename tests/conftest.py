@@ -24,6 +24,7 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "retrv-home"
     monkeypatch.setenv("RETRV_HOME", str(home / "data"))
     monkeypatch.setenv("RETRV_CONFIG", str(home / "config.toml"))
+    monkeypatch.setenv("RETRV_CACHE_DIR", str(home / "cache"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,103 @@
+"""Stage 2 from the command line: compress, then search with --rerank score and --rerank reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retrv.cli.app import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def reasoner_checkpoint(tiny_reasoner_dir, tmp_path_factory) -> Path:
+    """The tiny Qwen2.5-VL with a freshly initialised ICM, saved as a retrv reasoner checkpoint."""
+    import torch
+
+    from retrv.icm.module import ICM, ICMConfig
+    from retrv.rerank.checkpoint import load_reasoner, save_reasoner
+
+    torch.manual_seed(0)
+    loaded = load_reasoner(str(tiny_reasoner_dir), device="cpu")
+    hidden = loaded.model.get_input_embeddings().weight.shape[-1]
+    return save_reasoner(loaded, tmp_path_factory.mktemp("ckpt") / "reasoner", stage="icm",
+                         icm=ICM(ICMConfig(hidden_size=hidden, num_heads=4)))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mixed_index(sample_photos_dir, tmp_path_factory) -> Path:
+    """Photos plus two text documents, indexed with the offline `lite` encoder."""
+    folder = tmp_path_factory.mktemp("mixed")
+    for photo in ("coffee.jpg", "rocket.jpg", "chelsea.jpg"):
+        (folder / photo).write_bytes((sample_photos_dir / photo).read_bytes())
+    (folder / "notes.txt").write_text("Espresso tasting notes: a small cup of strong coffee.\n")
+    (folder / "launch.md").write_text("# Launch day\nThe rocket lifted off at dawn.\n")
+    root = tmp_path_factory.mktemp("mixed-index") / "index"
+    result = runner.invoke(app, ["build-index", str(folder), "--index", str(root), "--encoder", "lite", "-q"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_score_mode_json(mixed_index, tiny_reasoner_dir):
+    result = runner.invoke(app, ["search", "a cup of coffee", "--index", str(mixed_index), "--rerank", "score",
+                                 "--reasoner", str(tiny_reasoner_dir), "--json", "--k", "5", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["rerank"] == "score" and len(data["hits"]) == 5
+    for hit in data["hits"]:
+        assert 0.0 <= hit["rerank_score"] <= 1.0
+        assert hit["score"] == pytest.approx(hit["coarse_score"] + hit["rerank_score"], abs=1e-5)
+    scores = [h["score"] for h in data["hits"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_score_mode_min_score_no_match(mixed_index, tiny_reasoner_dir):
+    result = runner.invoke(app, ["search", "a cup of coffee", "--index", str(mixed_index), "--rerank", "score",
+                                 "--reasoner", str(tiny_reasoner_dir), "--min-score", "1.01", "--json", "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["no_match"] is True and data["hits"] == []
+
+
+def test_compress_then_reason(mixed_index, reasoner_checkpoint):
+    first = runner.invoke(app, ["compress", "--index", str(mixed_index), "--reasoner", str(reasoner_checkpoint), "--json", "-q"])
+    assert first.exit_code == 0, first.output
+    report = json.loads(first.stdout)
+    assert report["computed"] == 5 and report["unchanged"] == 0
+    again = runner.invoke(app, ["compress", "--index", str(mixed_index), "--reasoner", str(reasoner_checkpoint), "--json", "-q"])
+    assert json.loads(again.stdout)["computed"] == 0 and json.loads(again.stdout)["unchanged"] == 5
+
+    info = json.loads(runner.invoke(app, ["info", "--index", str(mixed_index), "--json"]).stdout)
+    assert info["side_tables"] == [report["table"]]
+
+    result = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason",
+                                 "--reasoner", str(reasoner_checkpoint), "--show-reasoning", "--json", "--k", "5"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["rerank"] == "reason"
+    assert isinstance(data["reasoning"], str) and data["prompt_tokens"] > 0 and data["generated_tokens"] > 0
+    assert len(data["hits"]) == 5 and sorted(h["rank"] for h in data["hits"]) == [1, 2, 3, 4, 5]
+    # a random tiny model writes no valid answer: the coarse order is kept and the result says why
+    coarse = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--json", "--k", "5"])
+    coarse_ids = [h["id"] for h in json.loads(coarse.stdout)["hits"]]
+    if data["fallback"] is not None:
+        assert [h["id"] for h in data["hits"]] == coarse_ids
+    else:
+        chosen = [h for h in data["hits"] if h["chosen"]]
+        assert len(chosen) == 1 and chosen[0]["rank"] == 1
+
+    plain = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason",
+                                "--reasoner", str(reasoner_checkpoint), "--show-reasoning", "--k", "3"])  # fmt: skip
+    assert plain.exit_code == 0, plain.output
+    assert plain.stdout.startswith("# ") and "inspected:" in plain.stdout
+
+
+def test_reason_mode_without_icm_suggests_score(mixed_index, tiny_reasoner_dir):
+    result = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason",
+                                 "--reasoner", str(tiny_reasoner_dir)])  # fmt: skip
+    assert result.exit_code == 1
+    assert "--rerank score" in result.stderr
