@@ -59,11 +59,17 @@ class Engine:
         head = min(len(items), self.rerank_k)
         candidates = [Candidate(item, score) for item, score in zip(items[:head], scores[:head])]
         side_table = getattr(self.reranker, "side_table", None)
-        if side_table:
+        if side_table and side_table in self.index.store.side_tables():
+            import numpy as np
+
+            from retrv.index.compress import item_fingerprint
+
             rows = self.index.store.side_get(side_table, [c.item.id for c in candidates])
             for c in candidates:
-                if c.item.id in rows:
-                    c.extras["icm"] = rows[c.item.id]
+                row = rows.get(c.item.id)
+                # a row written before the item changed is stale: the reranker recomputes it instead
+                if row is not None and np.array_equal(row.get("fingerprint"), item_fingerprint(c.item)):
+                    c.extras["icm"] = row
         result: RerankResult = self.reranker.rerank(query, candidates)
         ranking.rerank = self.reranker.mode
         ranking.reasoning = result.reasoning
