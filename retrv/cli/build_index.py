@@ -37,7 +37,7 @@ def build_index(
     idx = Index.open(settings.index, create=True, encoder=settings.encoder, device=settings.device, notify=notice(quiet))
     err = stderr_console()
     if not quiet:
-        err.print(f"index {idx.root} · encoder {idx.store.meta.encoder}", style="dim")
+        err.print(f"index {idx.root} · encoder {idx.store.meta.encoder} on {idx.encoder.device}", style="dim")
     with progress_bar(quiet) as progress:
         report = idx.add(paths, excludes=tuple(exclude or ()), include_hidden=include_hidden,
                          batch_size=settings.batch_size, loader_threads=settings.loader_threads,

@@ -182,17 +182,16 @@ def looks_like_image_path(text: str) -> bool:
 
 
 def load_query_image(path: str | os.PathLike[str]) -> Any:
-    """Open a query image as RGB, or raise a one-line RetrvError."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Open a query image as RGB (the same safe decoding as indexing), or raise a one-line RetrvError."""
+    from retrv.index.images import load_image
+    from retrv.scan import SkipFile
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise RetrvError(f"query image not found: {p}")
     try:
-        with Image.open(p) as im:
-            im.seek(0)
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        return load_image(p)
+    except SkipFile as e:
         raise RetrvError(f"cannot read query image {p}: {e}") from None
 
 
