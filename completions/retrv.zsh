@@ -10,9 +10,46 @@ _retrv() {
         '1:command:->command' \
         '*::arg:->args'
     case $state in
-        command) local -a cmds=('build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both'); _describe command cmds ;;
-        args) case $line[1] in build-index) _retrv_build_index ;; completions) _retrv_completions ;; data) _retrv_data ;; info) _retrv_info ;; search) _retrv_search ;; esac ;;
+        command) local -a cmds=('bench:Benchmarks recall and cost of the engine on a dataset' 'build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'compress:Precompute the reasoners compressed tokens for every item (incremental; Ctrl-C keeps finished batch' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both' 'train:Train retrvs models the encoder, and the reasoner in stages (icm -> sft -> grpo)'); _describe command cmds ;;
+        args) case $line[1] in bench) _retrv_bench ;; build-index) _retrv_build_index ;; completions) _retrv_completions ;; compress) _retrv_compress ;; data) _retrv_data ;; info) _retrv_info ;; search) _retrv_search ;; train) _retrv_train ;; esac ;;
     esac
+}
+
+_retrv_bench() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '(--help -h)'{--help,-h}'[Show help and exit]' \
+        '1:command:->command' \
+        '*::arg:->args'
+    case $state in
+        command) local -a cmds=('mbeir:Run the engine over every query and report Recall@1/5/10 per task (R@5 headline; R@10 for Fashion200'); _describe command cmds ;;
+        args) case $line[1] in mbeir) _retrv_bench_mbeir ;; esac ;;
+    esac
+}
+
+_retrv_bench_mbeir() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--tasks[Comma-separated task ids or dataset names (default all)]:value: ' \
+        '--split[Query split]:value: ' \
+        '--pool[Candidate pool local (per dataset) or global (union)]:value: ' \
+        '(--k -k)'{--k,-k}'[Depth of each ranking]:value: ' \
+        '--rerank[Stage 2 none, score or reason]:value:(none score reason)' \
+        '--encoder[Encoder spec (auto, clip..., text..., lite)]:value: ' \
+        '--reasoner[Reasoner spec for --rerank score|reason]:value: ' \
+        '--rerank-k[Candidates the reranker sees]:value: ' \
+        '--max-inspections[reason mode cap on detail inspections]:value: ' \
+        '--no-icm[reason mode every candidates full tokens instead of 2 ICM tokens (ablation)]' \
+        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Prefix queries with UniIRs task instructions]' \
+        '--limit[At most this many queries per dataset]:value: ' \
+        '--json[Write the full result as JSON to this file]:file:_files' \
+        '--run[TREC run file; an interrupted bench resumes from it]:file:_files' \
+        '--plot[Draw per-task recall and cost to this PNG]:file:_files' \
+        '--index-dir[Where pool indices are kept (default user data dir)]:file:_files' \
+        '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
+        '(--quiet -q)'{--quiet,-q}'[No progress bar or notices]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]' \
+        '*:file:_files'
 }
 
 _retrv_build_index() {
@@ -35,6 +72,20 @@ _retrv_build_index() {
 _retrv_completions() {
     local curcontext=$curcontext state line
     _arguments -s -C \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_compress() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--reasoner[Reasoner checkpoint (a directory with retrv-reasoner.json and icm.safetensors)]:value: ' \
+        '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:value: ' \
+        '--batch-size[Items per batch (one table write each)]:value: ' \
+        '--drop-stale[Delete ICM tables of other checkpoints]' \
+        '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
+        '--trust-remote-code[Allow model code from the hub]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress bar or notices]' \
+        '--json[Print the report as JSON (schema retrv.compress/1)]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 
@@ -101,6 +152,225 @@ _retrv_search() {
         '(--paths-only -f)'{--paths-only,-f}'[Print only paths, one per line (for xargs)]' \
         '--json[Print JSON (schema retrv.search/1, docs/cli.md)]' \
         '(--quiet -q)'{--quiet,-q}'[No notices on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_train() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '(--help -h)'{--help,-h}'[Show help and exit]' \
+        '1:command:->command' \
+        '*::arg:->args'
+    case $state in
+        command) local -a cmds=('caption:Pretrain a tiny base VLM from scratch on a worlds captions' 'cot:Write 4-step chain-of-thought for training queries with a teacher VLM' 'encoder:Fine-tune a CLIP/SigLIP encoder contrastively on M-BEIR-layout data' 'grpo:Stage 3 GRPO over the inference loop (reward format, correctness, inspections)' 'icm:Stage 1 align the ICM with the frozen reasoner (compressed tokens read like full ones)' 'sft:Stage 2 LoRA + ICM on chain-of-thought with detail inspection'); _describe command cmds ;;
+        args) case $line[1] in caption) _retrv_train_caption ;; cot) _retrv_train_cot ;; encoder) _retrv_train_encoder ;; grpo) _retrv_train_grpo ;; icm) _retrv_train_icm ;; sft) _retrv_train_sft ;; esac ;;
+    esac
+}
+
+_retrv_train_caption() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--out[Output directory checkpoints/, metrics.jsonl and the trained model]:value: ' \
+        '--max-steps[Optimizer steps to run]:value: ' \
+        '--batch-size[Examples per micro-batch on each process]:value: ' \
+        '--grad-accum[Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)]:value: ' \
+        '--lr[Peak learning rate (AdamW); from-scratch training wants a high one]:value: ' \
+        '--weight-decay[AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperatur]:value: ' \
+        '--warmup-steps[Linear warm-up steps before the schedule]:value: ' \
+        '--lr-schedule[Learning-rate schedule after warm-up constant, linear, cosine]:value: ' \
+        '--max-grad-norm[Clip the gradient norm to this value (0 no clipping)]:value: ' \
+        '--save-every[Write a checkpoint every N optimizer steps (0 only at the end)]:value: ' \
+        '--keep-checkpoints[How many recent checkpoints to keep (0 keep all)]:value: ' \
+        '(--resume --no-resume)'{--resume,--no-resume}'[Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)]' \
+        '--seed[Random seed data order, initialisation, dropout]:value: ' \
+        '--device[auto, cpu, cuda or mps]:value: ' \
+        '(--bf16 --no-bf16)'{--bf16,--no-bf16}'[bf16 autocast on CUDA (ignored on CPU and MPS)]' \
+        '--data[M-BEIR-layout dataset root whose images have captions, e.g. one written by `retrv data synth`]:value: ' \
+        '--base[Continue from this model directory instead of building a new random tiny model]:value: ' \
+        '--split[Which query split to train on]:value: ' \
+        '--hidden[LLM hidden size of the new model]:value: ' \
+        '--layers[LLM layers of the new model]:value: ' \
+        '--heads[LLM attention heads of the new model]:value: ' \
+        '--kv-heads[LLM key/value heads of the new model (grouped-query attention)]:value: ' \
+        '--vision-hidden[Vision tower hidden size of the new model]:value: ' \
+        '--vision-depth[Vision tower blocks of the new model]:value: ' \
+        '--vocab-size[Byte-level BPE vocabulary fitted to the worlds texts]:value: ' \
+        '--image-size[Images are resized to about this many pixels a side (size/28)^2 image tokens each (112 -> 16)]:value: ' \
+        '(--captions --no-captions)'{--captions,--no-captions}'[Train on (image -> caption) examples]' \
+        '(--pairs --no-pairs)'{--pairs,--no-pairs}'[Train on (query, candidate -> Yes/No) examples (score mode)]' \
+        '--random-negatives[Pool members that are neither positive nor hard negative, added as No pairs per query]:value: ' \
+        '--json[Print the summary as JSON on stdout]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_train_cot() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--data[M-BEIR-layout dataset root]:value: ' \
+        '--teacher[Teacher VLM (HF id or directory), any instruct model it judges each candidate in score mode]:value: ' \
+        '--out[Output jsonl file (the synth worlds CoT format)]:value: ' \
+        '--split[Which query split to write CoT for]:value: ' \
+        '--pool[Candidate pool that resolves candidate ids local or global]:value: ' \
+        '--num-candidates[Candidates per query (K) positive, hard negatives, random]:value: ' \
+        '--hard-candidates[Candidates the teacher ranks highest checked in detail (inspected); the rest are ruled out in step ]:value: ' \
+        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each query its datasets instruction]' \
+        '--limit[Use at most this many queries (0 all)]:value: ' \
+        '--batch-size[Teacher forward passes per batch]:value: ' \
+        '--seed[Seed of the random candidates and their order]:value: ' \
+        '--device[auto, cpu, cuda or mps]:value: ' \
+        '--json[Print the summary as JSON on stdout]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_train_encoder() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--out[Output directory checkpoints/, metrics.jsonl and the trained model]:value: ' \
+        '--max-steps[Optimizer steps to run]:value: ' \
+        '--batch-size[Examples per micro-batch on each process]:value: ' \
+        '--grad-accum[Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)]:value: ' \
+        '--lr[Peak learning rate (AdamW); 1e-5 suits pretrained CLIP]:value: ' \
+        '--weight-decay[AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperatur]:value: ' \
+        '--warmup-steps[Linear warm-up steps before the schedule]:value: ' \
+        '--lr-schedule[Learning-rate schedule after warm-up constant, linear, cosine]:value: ' \
+        '--max-grad-norm[Clip the gradient norm to this value (0 no clipping)]:value: ' \
+        '--save-every[Write a checkpoint every N optimizer steps (0 only at the end)]:value: ' \
+        '--keep-checkpoints[How many recent checkpoints to keep (0 keep all)]:value: ' \
+        '(--resume --no-resume)'{--resume,--no-resume}'[Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)]' \
+        '--seed[Random seed data order, initialisation, dropout]:value: ' \
+        '--device[auto, cpu, cuda or mps]:value: ' \
+        '(--bf16 --no-bf16)'{--bf16,--no-bf16}'[bf16 autocast on CUDA (ignored on CPU and MPS)]' \
+        '--data[M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data s]:value: ' \
+        '--base[Encoder to start from a Hugging Face id or a local directory (CLIP or SigLIP), optionally clipSPEC]:value: ' \
+        '--split[Which query split to train on]:value: ' \
+        '--pool[Candidate pool that resolves positive and negative ids]:value: ' \
+        '--hard-negatives[Hard negatives per query drawn from neg_cand_list (0 in-batch negatives only)]:value: ' \
+        '--loss[infonce symmetric softmax over the batch (CLIP). sigmoid pairwise sigmoid (SigLIP paper)]:value: ' \
+        '(--learn-temperature --no-learn-temperature)'{--learn-temperature,--no-learn-temperature}'[Train the temperature (logit scale) with the model]' \
+        '(--freeze-vision --no-freeze-vision)'{--freeze-vision,--no-freeze-vision}'[Keep the vision tower and its projection fixed]' \
+        '(--freeze-text --no-freeze-text)'{--freeze-text,--no-freeze-text}'[Keep the text tower and its projection fixed]' \
+        '--json[Print the summary as JSON on stdout]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_train_grpo() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--out[Output directory checkpoints/, metrics.jsonl and the trained model]:value: ' \
+        '--max-steps[Optimizer steps to run]:value: ' \
+        '--batch-size[Prompts per micro-batch (each gives G completions)]:value: ' \
+        '--grad-accum[Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)]:value: ' \
+        '--lr[Peak learning rate (AdamW) of the LoRA weights]:value: ' \
+        '--weight-decay[AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperatur]:value: ' \
+        '--warmup-steps[Linear warm-up steps before the schedule]:value: ' \
+        '--lr-schedule[Learning-rate schedule after warm-up constant, linear, cosine]:value: ' \
+        '--max-grad-norm[Clip the gradient norm to this value (0 no clipping)]:value: ' \
+        '--save-every[Write a checkpoint every N optimizer steps (0 only at the end)]:value: ' \
+        '--keep-checkpoints[How many recent checkpoints to keep (0 keep all)]:value: ' \
+        '(--resume --no-resume)'{--resume,--no-resume}'[Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)]' \
+        '--seed[Random seed data order, initialisation, dropout]:value: ' \
+        '--device[auto, cpu, cuda or mps]:value: ' \
+        '(--bf16 --no-bf16)'{--bf16,--no-bf16}'[bf16 autocast on CUDA (ignored on CPU and MPS)]' \
+        '--data[M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data s]:value: ' \
+        '--init[Reasoner checkpoint to start from (usually the SFT stages output); also the frozen KL reference]:value: ' \
+        '--index[Index of the candidate pool whose coarse top-K gives each querys candidates]:value: ' \
+        '--split[Which query split to train on]:value: ' \
+        '--pool[Candidate pool that resolves positive and negative ids]:value: ' \
+        '--num-candidates[K candidates per prompt]:value: ' \
+        '--group-size[G completions sampled per prompt (>= 2)]:value: ' \
+        '--temperature[Sampling temperature of the rollouts (> 0)]:value: ' \
+        '--top-p[Nucleus sampling of the rollouts]:value: ' \
+        '--max-new-tokens[Generated tokens per completion]:value: ' \
+        '--max-inspections[Inspections served per completion]:value: ' \
+        '--beta[KL weight to the reference (the init checkpoint); 0 turns it off]:value: ' \
+        '--clip-eps[PPO clip range of the probability ratio]:value: ' \
+        '--fixed-lambda[Fixed efficiency weight λ (ablation); default λ rises linearly from 0 to 1 over training]:value: ' \
+        '--lora-rank[LoRA rank on the LLMs linear layers]:value: ' \
+        '--lora-alpha[LoRA alpha (scale = alpha / rank)]:value: ' \
+        '--lora-dropout[LoRA dropout (0 keeps the update exactly on-policy)]:value: ' \
+        '--lora-targets[Comma-separated linear layers of the LLMs text stack that get LoRA adapters]:value: ' \
+        '--max-queries[Use at most this many training queries (0 all)]:value: ' \
+        '--json[Print the summary as JSON on stdout]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_train_icm() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--out[Output directory checkpoints/, metrics.jsonl and the trained model]:value: ' \
+        '--max-steps[Optimizer steps to run]:value: ' \
+        '--batch-size[Examples per micro-batch on each process]:value: ' \
+        '--grad-accum[Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)]:value: ' \
+        '--lr[Peak learning rate (AdamW)]:value: ' \
+        '--weight-decay[AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperatur]:value: ' \
+        '--warmup-steps[Linear warm-up steps before the schedule]:value: ' \
+        '--lr-schedule[Learning-rate schedule after warm-up constant, linear, cosine]:value: ' \
+        '--max-grad-norm[Clip the gradient norm to this value (0 no clipping)]:value: ' \
+        '--save-every[Write a checkpoint every N optimizer steps (0 only at the end)]:value: ' \
+        '--keep-checkpoints[How many recent checkpoints to keep (0 keep all)]:value: ' \
+        '(--resume --no-resume)'{--resume,--no-resume}'[Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)]' \
+        '--seed[Random seed data order, initialisation, dropout]:value: ' \
+        '--device[auto, cpu, cuda or mps]:value: ' \
+        '(--bf16 --no-bf16)'{--bf16,--no-bf16}'[bf16 autocast on CUDA (ignored on CPU and MPS)]' \
+        '--data[M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data s]:value: ' \
+        '--split[Which query split to train on]:value: ' \
+        '--pool[Candidate pool that resolves candidate ids local or global]:value: ' \
+        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each query its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` do]' \
+        '--max-image-tokens[Image token budget per image (merged 28x28 px patches)]:value: ' \
+        '--max-text-tokens[Text tokens kept per query or candidate]:value: ' \
+        '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
+        '--limit[Use at most this many training queries (0 all)]:value: ' \
+        '--reasoner[Reasoner to align a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint]:value: ' \
+        '--candidates-per-query[Candidates paired with each query its positive, its hard negatives, then random pool members]:value: ' \
+        '--icm-heads[New ICM only attention heads (must divide the LLM hidden size)]:value: ' \
+        '--icm-layers[New ICM only cross-attention blocks per stack]:value: ' \
+        '--icm-memory-tokens[New ICM only memory tokens per candidate]:value: ' \
+        '--json[Print the summary as JSON on stdout]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_train_sft() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--out[Output directory checkpoints/, metrics.jsonl and the trained model]:value: ' \
+        '--max-steps[Optimizer steps to run]:value: ' \
+        '--batch-size[CoT samples per micro-batch on each process]:value: ' \
+        '--grad-accum[Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)]:value: ' \
+        '--lr[Peak learning rate (AdamW)]:value: ' \
+        '--weight-decay[AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperatur]:value: ' \
+        '--warmup-steps[Linear warm-up steps before the schedule]:value: ' \
+        '--lr-schedule[Learning-rate schedule after warm-up constant, linear, cosine]:value: ' \
+        '--max-grad-norm[Clip the gradient norm to this value (0 no clipping)]:value: ' \
+        '--save-every[Write a checkpoint every N optimizer steps (0 only at the end)]:value: ' \
+        '--keep-checkpoints[How many recent checkpoints to keep (0 keep all)]:value: ' \
+        '(--resume --no-resume)'{--resume,--no-resume}'[Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)]' \
+        '--seed[Random seed data order, initialisation, dropout]:value: ' \
+        '--device[auto, cpu, cuda or mps]:value: ' \
+        '(--bf16 --no-bf16)'{--bf16,--no-bf16}'[bf16 autocast on CUDA (ignored on CPU and MPS)]' \
+        '--data[M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data s]:value: ' \
+        '--split[Which query split to train on]:value: ' \
+        '--pool[Candidate pool that resolves candidate ids local or global]:value: ' \
+        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each query its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` do]' \
+        '--max-image-tokens[Image token budget per image (merged 28x28 px patches)]:value: ' \
+        '--max-text-tokens[Text tokens kept per query or candidate]:value: ' \
+        '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
+        '--limit[Use at most this many training queries (0 all)]:value: ' \
+        '--cot[Chain-of-thought jsonl (the synth worlds cot/train_cot.jsonl or `retrv train cot` output)]:value: ' \
+        '--init[Reasoner checkpoint to start from, with ICM weights (the output of `retrv train icm`)]:value: ' \
+        '--lora-r[LoRA rank]:value: ' \
+        '--lora-alpha[LoRA scaling numerator (scale = alpha / r)]:value: ' \
+        '--lora-dropout[Dropout on the LoRA input]:value: ' \
+        '--lora-targets[Comma-separated projection names the LoRA wraps, in the LLMs layers only (never the vision tower)]:value: ' \
+        '(--train-icm --no-train-icm)'{--train-icm,--no-train-icm}'[Train the ICM along with the LoRA]' \
+        '(--train-token-rows --no-train-token-rows)'{--train-token-rows,--no-train-token-rows}'[Train the embedding rows of the role tokens (<answer>, inspection tags, <|icm|>, ...)]' \
+        '--max-inspections[Inspection requests served per sample, as at search time; later ones get the limit notice]:value: ' \
+        '--json[Print the summary as JSON on stdout]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 

@@ -15,6 +15,7 @@ from retrv.cli.compress import compress
 from retrv.cli.data import app as data_app
 from retrv.cli.info import info
 from retrv.cli.search import search
+from retrv.cli.train import app as train_app
 
 app = typer.Typer(
     name="retrv",
@@ -47,6 +48,7 @@ app.command("compress")(compress)
 app.command("completions")(completions)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(train_app, name="train")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from retrv.encoders.base import encoder_device, l2_normalize
-from retrv.encoders.hub import load_failure, quiet_transformers, resolve_source
+from retrv.hub import load_failure, quiet_transformers, resolve_source
 from retrv.errors import ModelLoadError
 
 if TYPE_CHECKING:

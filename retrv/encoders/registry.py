@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrv.encoders.clip import DEFAULT_CLIP_MODEL
-from retrv.encoders.hub import HF_ID_PATTERN, looks_like_path
+from retrv.hub import HF_ID_PATTERN, looks_like_path
 from retrv.encoders.text import DEFAULT_TEXT_MODEL
 from retrv.errors import ModelLoadError, RetrvError
 
@@ -101,7 +101,7 @@ def load_encoder(spec: str = "auto", device: str = "auto", notify: Callable[[str
 
 def _load_auto(device: str, notify: Callable[[str], None] | None, *, half: bool) -> Encoder:
     from retrv.encoders.clip import load_clip_encoder
-    from retrv.encoders.hub import ModelNotCachedError
+    from retrv.hub import ModelNotCachedError
     from retrv.encoders.lite import load_lite_encoder
 
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrv.encoders.base import encoder_device, l2_normalize
-from retrv.encoders.hub import ModelSource, load_failure, quiet_transformers, resolve_source
+from retrv.hub import ModelSource, load_failure, quiet_transformers, resolve_source
 from retrv.errors import ModelLoadError, RetrvError
 
 if TYPE_CHECKING:

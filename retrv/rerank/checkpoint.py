@@ -18,18 +18,17 @@ different table and stale ICM tokens are never read.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrv.errors import ModelLoadError
+from retrv.hub import hub_offline, hub_reachable, quiet_transformers
 
 if TYPE_CHECKING:
     from retrv.icm.module import ICM
@@ -109,13 +108,6 @@ class LoadedReasoner:
 # ---------------------------------------------------------------- resolving a spec to a directory
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return constants.HF_HUB_OFFLINE or env.strip().lower() in ("1", "true", "yes", "on")
-
-
 def split_spec(spec: str) -> tuple[str, str | None]:
     """`owner/name@rev` -> ("owner/name", "rev")."""
     name, _, revision = spec.partition("@")
@@ -135,7 +127,10 @@ def resolve_spec(spec: str) -> Path:
         raise ModelLoadError(f"reasoner {spec!r}: expected a directory or a Hugging Face id like {DEFAULT_REASONER}[@revision]")
     from huggingface_hub import snapshot_download
 
-    offline = _offline()
+    offline = hub_offline()
+    if not offline and not hub_reachable():
+        raise ModelLoadError(f"reasoner {spec!r} is not in the local Hugging Face cache and the hub is unreachable; "
+                             "download it once online or pass a local directory")  # fmt: skip
     try:
         path = snapshot_download(repo, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
     except Exception as exc:  # LocalEntryNotFound, RepositoryNotFound, HTTP errors: all one-line user errors
@@ -211,23 +206,6 @@ def reasoner_id(directory: str | Path, *, base_dir: str | Path | None = None, ex
 
 
 # ---------------------------------------------------------------- tokenizer, processor, special tokens
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' warnings and progress bars: the library never prints."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _processor_class(model_type: str) -> type | None:
@@ -400,7 +378,6 @@ def load_reasoner(
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from None
 
-    import torch
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     with quiet_transformers():

@@ -287,7 +287,7 @@ def train_encoder(config: EncoderTrainConfig, progress: ProgressCallback | None 
     out = Path(config.out)  # type: ignore[arg-type]
     from accelerate import PartialState
 
-    from retrv.encoders.hub import quiet_transformers
+    from retrv.hub import quiet_transformers
 
     if PartialState().is_main_process:
         with quiet_transformers():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from retrv.encoders.base import combine
-from retrv.encoders.hub import ModelNotCachedError
+from retrv.hub import ModelNotCachedError
 from retrv.encoders.registry import ACCEPTED_FORMS, EncoderSpec, canonical_spec, load_encoder, parse_encoder_spec
 from retrv.errors import ModelLoadError, RetrvError
 

@@ -1,0 +1,248 @@
+"""`retrv train icm` (stage 1, self-alignment): the frozen reasoner teaches the ICM to compress.
+
+The LLM and the vision tower stay frozen; only the ICM trains. For each (query, candidate) pair of the
+training split (the candidate's positive, hard negatives and random pool members, `--candidates-per-query`
+in all) two sequences go through the frozen LLM:
+
+    teacher  <|im_start|>user\\nQuery: {query}\\nCandidate: {candidate's FULL tokens}\\n{DESCRIBE}<|im_end|>\\n
+             <|im_start|>assistant\\nThe candidate{ reads: <its text>}
+    student  the same, with the candidate's two ICM tokens [content, relation(query)] in place of its full tokens
+
+Target (the cheap, deterministic choice): the teacher's next-token distributions at every row from the
+candidate's last row to the end (the description prompt and the teacher-forced description: a fixed lead,
+plus the candidate's own text when it has one). Loss = KL(teacher || student) averaged over those rows. The
+relation token is computed with the real query, which both sequences show in full, so it learns what the
+model reads about the candidate *given* the query; the content token learns what it reads about the
+candidate alone. Full tokens, soft-token placement and positions come from the code inference uses
+(`icm.features`, `rerank.sequence.SegmentBuilder`).
+
+Output (`--out`): a reasoner checkpoint, stage "icm" (ICM weights + the base's token rows; the LLM comes
+from the base spec), next to `checkpoints/` and `metrics.jsonl`. It loads with `--rerank reason --reasoner
+OUT` and is `retrv train sft --init`. A reasoner without an ICM gets a new one from `--icm-*`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retrv.progress import ProgressCallback, emit
+from retrv.train.config import TrainConfig, TrainConfigError, _help
+from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, set_seed, train
+
+if TYPE_CHECKING:
+    import torch
+
+    from retrv.icm.features import CandidateTokens
+    from retrv.rerank.checkpoint import LoadedReasoner
+    from retrv.train.samples import FeatureCache, ReasoningSample
+
+DESCRIBE = "Describe the candidate and how it relates to the query."
+DESCRIPTION_LEAD = "The candidate"
+
+
+@dataclass
+class ReasonerDataConfig(TrainConfig):
+    """Fields every reasoner stage shares: the dataset and how candidates become tokens."""
+
+    data: str | None = field(default=None, metadata=_help(
+        "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
+        required=True))
+    split: str = field(default="train", metadata=_help("Which query split to train on."))
+    pool: str = field(default="local", metadata=_help("Candidate pool that resolves candidate ids: local or global."))
+    instructions: bool = field(default=True, metadata=_help(
+        "Give each query its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."))
+    max_image_tokens: int = field(default=256, metadata=_help("Image token budget per image (merged 28x28 px patches)."))
+    max_text_tokens: int = field(default=256, metadata=_help("Text tokens kept per query or candidate."))
+    feature_cache: int = field(default=1024, metadata=_help(
+        "Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0: recompute)."))
+    limit: int = field(default=0, metadata=_help("Use at most this many training queries (0: all)."))
+    batch_size: int = field(default=8, metadata=_help("Examples per micro-batch on each process."))
+    lr: float = field(default=1e-4, metadata=_help("Peak learning rate (AdamW)."))
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.data:
+            raise TrainConfigError("--data is required: an M-BEIR-layout dataset directory")
+        if self.pool not in ("local", "global"):
+            raise TrainConfigError(f"--pool must be local or global, got {self.pool!r}")
+        for name in ("max_image_tokens", "max_text_tokens"):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class IcmTrainConfig(ReasonerDataConfig):
+    """`retrv train icm`: stage 1, the ICM learns to make two tokens the frozen LLM reads like the full candidate."""
+
+    reasoner: str | None = field(default=None, metadata=_help(
+        "Reasoner to align: a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint.",
+        required=True))
+    candidates_per_query: int = field(default=4, metadata=_help(
+        "Candidates paired with each query: its positive, its hard negatives, then random pool members."))
+    icm_heads: int = field(default=8, metadata=_help("New ICM only: attention heads (must divide the LLM hidden size)."))
+    icm_layers: int = field(default=2, metadata=_help("New ICM only: cross-attention blocks per stack."))
+    icm_memory_tokens: int = field(default=4, metadata=_help("New ICM only: memory tokens per candidate."))
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.reasoner:
+            raise TrainConfigError("--reasoner is required: the model whose ICM to train")
+        if self.candidates_per_query < 2:
+            raise TrainConfigError(f"--candidates-per-query must be at least 2, got {self.candidates_per_query}")
+
+
+@dataclass(frozen=True)
+class AlignmentPair:
+    sample: ReasoningSample
+    candidate: int  # 0-based index into sample.candidates
+
+
+def token_budget(config: ReasonerDataConfig) -> Any:
+    from retrv.icm.features import TokenBudget
+
+    return TokenBudget(max_text_tokens=config.max_text_tokens)
+
+
+def load_stage_reasoner(spec: str, config: ReasonerDataConfig) -> LoadedReasoner:
+    """The reasoner in float32 on the CPU (bf16 autocast on CUDA comes from the loop), frozen."""
+    import torch
+
+    from retrv.rerank.checkpoint import load_reasoner
+
+    loaded = load_reasoner(spec, device="cpu", max_image_tokens=config.max_image_tokens)
+    loaded.model.float().requires_grad_(False)
+    if loaded.icm is not None:
+        loaded.icm.float()
+    return dataclasses.replace(loaded, dtype=torch.float32)
+
+
+def _alignment_segments(tokenizer: Any, embed: Any, query: CandidateTokens, candidate: CandidateTokens,
+                        soft: torch.Tensor | None, special: Any) -> tuple[Any, int]:  # fmt: skip
+    """(the whole sequence, the row where the target rows start) for the full (soft None) or compressed view."""
+    from retrv.rerank.sequence import SegmentBuilder, concat_segments, text_segment
+
+    s = special
+    b = SegmentBuilder(tokenizer, embed, 0, special)
+    b.text(f"{s.im_start}user\nQuery: ").candidate(query).text("\nCandidate: ")
+    b.candidate(candidate) if soft is None else b.soft(soft)
+    head = b.build("prompt")
+    lead = tokenizer(f"\n{DESCRIBE}{s.im_end}\n{s.im_start}assistant\n{DESCRIPTION_LEAD}"
+                     + (" reads:" if candidate.text_ids else ""), add_special_tokens=False)["input_ids"]  # fmt: skip
+    tail = text_segment(tokenizer, embed, list(lead) + list(candidate.text_ids), head.next_position)
+    return concat_segments([head, tail]), len(head) - 1
+
+
+def alignment_loss(model: Any, icm: Any, parts: Any, pairs: list[AlignmentPair], *, budget: Any = None,
+                   cache: FeatureCache | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """KL(teacher || student) over the description rows of a batch of pairs (see the module docstring)."""
+    import torch
+
+    from retrv.icm.features import unwrap_model
+    from retrv.icm.module import pad_tokens
+    from retrv.rerank.sequence import SpecialTokens, batch_segments
+    from retrv.train.samples import lm_hidden, sample_tokens
+
+    special = SpecialTokens.from_mapping(parts.config.special_tokens)
+    base = unwrap_model(model)
+    embed = base.get_input_embeddings()
+    tokens = [sample_tokens(model, parts, p.sample, budget, cache) for p in pairs]
+    queries = [t.query for t in tokens]
+    cands = [t.candidates[p.candidate] for t, p in zip(tokens, pairs, strict=True)]
+    weight = next(icm.parameters())
+    full, full_mask = pad_tokens([c.embeds.to(weight.device, weight.dtype) for c in cands])
+    query, query_mask = pad_tokens([q.embeds.to(weight.device, weight.dtype) for q in queries])
+    soft = torch.stack([icm.content(full, full_mask), icm.relation(icm.memory(full, full_mask), query, query_mask)], dim=1)
+
+    def rows_of(views: list[tuple[Any, int]]) -> torch.Tensor:
+        embeds, positions, mask = batch_segments([seq for seq, _ in views])
+        hidden = lm_hidden(model, embeds, positions, mask)
+        picked = torch.cat([hidden[i, start : len(seq)] for i, (seq, start) in enumerate(views)])
+        return torch.log_softmax(base.lm_head(picked).float(), dim=-1)
+
+    with torch.no_grad():
+        teacher = rows_of([_alignment_segments(parts.tokenizer, embed, q, c, None, special) for q, c in zip(queries, cands, strict=True)])
+    student = rows_of([_alignment_segments(parts.tokenizer, embed, q, c, soft[i], special)
+                       for i, (q, c) in enumerate(zip(queries, cands, strict=True))])  # fmt: skip
+    loss = (teacher.exp() * (teacher - student)).sum(-1).mean()
+    agree = (teacher.argmax(-1) == student.argmax(-1)).float().mean()
+    return loss, {"top1_agreement": float(agree)}
+
+
+def new_icm(hidden: int, config: IcmTrainConfig) -> Any:
+    from retrv.icm.module import ICM, ICMConfig
+
+    try:
+        icm_config = ICMConfig(hidden_size=hidden, num_heads=config.icm_heads, num_layers=config.icm_layers,
+                               num_memory_tokens=config.icm_memory_tokens)  # fmt: skip
+    except ValueError as e:
+        raise TrainConfigError(f"--icm-heads/--icm-layers/--icm-memory-tokens: {e}") from None
+    return ICM(icm_config)
+
+
+def save_stage(loaded: LoadedReasoner, out: Path, *, stage: str, icm: Any, training: dict[str, Any],
+               lora_model: Any = None) -> Path:  # fmt: skip
+    """save_reasoner for a trained stage. A LoRA on top of a merged-LoRA checkpoint cannot point at a base
+    that holds its LLM, so it is merged and saved with full weights; so is an ICM-only stage on top of one."""
+    from retrv.rerank.checkpoint import save_reasoner
+
+    if loaded.config.weights == "lora":
+        model = lora_model.merge_and_unload() if lora_model is not None else loaded.model
+        return save_reasoner(dataclasses.replace(loaded, model=model), out, stage=stage, icm=icm, training=training, weights="full")
+    return save_reasoner(loaded, out, stage=stage, icm=icm, training=training, lora_model=lora_model)
+
+
+def training_record(config: Any, summary: TrainSummary) -> dict[str, Any]:
+    return {"config": asdict(config), "steps": summary.steps, "final_loss": summary.final_loss,
+            "examples": summary.examples, "skipped": [str(i) for i in summary.data_issues]}  # fmt: skip
+
+
+@dataclass
+class IcmRun:
+    model: Any  # torch.nn.ModuleDict {"llm": frozen reasoner, "icm": the ICM being trained}
+    loaded: LoadedReasoner
+    pairs: list[AlignmentPair]
+    issues: DataIssues
+
+
+def prepare_icm(config: IcmTrainConfig, progress: ProgressCallback | None = None) -> IcmRun:
+    """Read the pairs, load the reasoner (frozen) and its ICM, or a new one (seeded: the same every time)."""
+    import torch
+
+    from retrv.train.samples import load_reasoning_samples
+
+    config.validate()
+    issues = DataIssues(progress)
+    samples = load_reasoning_samples(config.data, config.split, pool=config.pool, num_candidates=config.candidates_per_query,  # type: ignore[arg-type]
+                                     seed=config.seed, instructions=config.instructions, limit=config.limit, issues=issues)  # fmt: skip
+    pairs = [AlignmentPair(s, j) for s in samples for j in range(s.num_candidates)]
+    emit(progress, "data", len(pairs), len(pairs), f"{len(samples)} queries, {len(pairs)} pairs, {len(issues)} problems skipped")
+    loaded = load_stage_reasoner(str(config.reasoner), config)
+    set_seed(config.seed)
+    icm = loaded.icm if loaded.icm is not None else new_icm(loaded.model.get_input_embeddings().weight.shape[-1], config)
+    icm.float().requires_grad_(True)
+    return IcmRun(torch.nn.ModuleDict({"llm": loaded.model, "icm": icm}), loaded, pairs, issues)
+
+
+def train_icm(config: IcmTrainConfig, progress: ProgressCallback | None = None) -> TrainSummary:
+    """Stage 1: train (or continue) the ICM of `config.reasoner` on `config.data`; save a stage-"icm" checkpoint."""
+    from accelerate import PartialState
+
+    from retrv.train.samples import FeatureCache
+
+    run = prepare_icm(config, progress)
+    cache, budget = FeatureCache(config.feature_cache), token_budget(config)
+
+    def step(m: Any, batch: list[AlignmentPair]) -> tuple[Any, dict[str, float]]:
+        return alignment_loss(m["llm"], m["icm"], run.loaded, batch, budget=budget, cache=cache)
+
+    batches = ShuffledBatches(run.pairs, config.batch_size, config.seed)
+    summary = train(run.model, step, batches, config, progress=progress, issues=run.issues)
+    summary.examples = len(run.pairs)
+    out = Path(config.out)  # type: ignore[arg-type]
+    if PartialState().is_main_process:
+        save_stage(run.loaded, out, stage="icm", icm=run.model["icm"], training=training_record(config, summary))
+    emit(progress, "save", 1, 1, f"reasoner checkpoint (stage icm) saved to {out}")
+    return summary
