@@ -18,13 +18,21 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _isolated_user_dirs(tmp_path_factory, monkeypatch):
-    """Never read or write the real user's config or data while testing."""
-    home = tmp_path_factory.getbasetemp() / "retrv-home"
-    monkeypatch.setenv("RETRV_HOME", str(home / "data"))
-    monkeypatch.setenv("RETRV_CONFIG", str(home / "config.toml"))
-    monkeypatch.setenv("RETRV_CACHE_DIR", str(home / "cache"))
+@pytest.fixture(scope="session")
+def retrv_home(tmp_path_factory) -> Path:
+    """Stands in for the user's data, config and cache dirs for the whole run."""
+    return tmp_path_factory.getbasetemp() / "retrv-home"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_user_dirs(retrv_home):
+    """Never read or write the real user's config, data or cache while testing (set before any
+    session fixture loads a model, since the `lite` encoder caches into RETRV_CACHE_DIR)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETRV_HOME", str(retrv_home / "data"))
+        mp.setenv("RETRV_CONFIG", str(retrv_home / "config.toml"))
+        mp.setenv("RETRV_CACHE_DIR", str(retrv_home / "cache"))
+        yield
 
 
 @pytest.fixture(scope="session")

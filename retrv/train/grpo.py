@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from retrv.rerank.base import Candidate
     from retrv.rerank.checkpoint import LoadedReasoner
     from retrv.rerank.reasoner import Reasoner, Trace
+    from retrv.train.samples import ReasoningSample
 
 LogitsHook = Callable[[list[int], "torch.Tensor"], "torch.Tensor"]
 LLM_LINEAR_LAYERS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -128,74 +129,32 @@ def hard_samples(samples: Sequence[GrpoSample]) -> tuple[list[GrpoSample], int]:
     return kept, len(samples) - len(kept)
 
 
-def load_grpo_samples(config: GrpoTrainConfig, issues: DataIssues | None = None) -> list[GrpoSample]:
-    """Every usable query of `config.split` with K candidates in coarse order (bad lines reported, skipped).
-
-    With `config.index`: the index's coarse top-K (a query whose positive is not in it is reported and
-    skipped). Without: the positive, its hard negatives (`neg_cand_list`) and other pool members up to K, in
-    an order seeded by (seed, qid); the synthetic world's hard negatives are the coarse stage's confusions.
-    """
-    import random
-
-    from retrv.data.mbeir import MBeirDataset, parse_candidate, parse_query
+def grpo_sample(sample: ReasoningSample) -> GrpoSample:
+    """A reasoning sample as a GRPO prompt: `Candidate`s with their coarse scores (None when none chose them)."""
     from retrv.rerank.base import Candidate
 
-    issues = issues if issues is not None else DataIssues()
-    ds = MBeirDataset.open(config.data, config.split)  # type: ignore[arg-type]
-    k = config.num_candidates
+    scores = sample.coarse_scores or (None,) * sample.num_candidates
+    candidates = [Candidate(item, score) for item, score in zip(sample.candidates, scores, strict=True)]  # type: ignore[arg-type]
+    return GrpoSample(sample.qid, sample.query, candidates, sample.answer, sample.source)
+
+
+def load_grpo_samples(config: GrpoTrainConfig, issues: DataIssues | None = None) -> list[GrpoSample]:
+    """Every usable query of `config.split` with K candidates (`samples.load_reasoning_samples`).
+
+    With `config.index`: the index's coarse top-K in coarse order (a query whose positive is not in it is
+    reported and skipped). Without: the positive, its hard negatives (`neg_cand_list`) and other pool members
+    up to K, in an order seeded by (seed, qid); the synthetic world's hard negatives are the coarse stage's confusions.
+    """
+    from retrv.train.samples import load_reasoning_samples
+
     index = None
     if config.index:
         from retrv.index.index import Index
 
         index = Index.open(config.index, device=config.device)
-    out: list[GrpoSample] = []
-    for dataset in ds.datasets:
-        pool: dict[str, Any] = {}
-        pool_path = ds.pool_file(None if config.pool == "global" else dataset, config.pool)
-        for where, line in _numbered_lines(pool_path, ds.root):
-            try:
-                c = parse_candidate(line, where, ds.root, dataset)
-            except DataError as e:
-                issues.report(where, str(e).removeprefix(f"{where}: "))
-                continue
-            pool.setdefault(c.did, c)
-        dids = sorted(pool)
-        for where, line in _numbered_lines(ds.query_file(dataset), ds.root):
-            try:
-                q = parse_query(line, where, ds.root, dataset, config.split)
-            except DataError as e:
-                issues.report(where, str(e).removeprefix(f"{where}: "))
-                continue
-            positives = [d for d in q.pos if d in pool]
-            if not positives:
-                issues.report(where, f"no positive of {q.qid} is in the {config.pool} pool")
-                continue
-            modality = pool[positives[0]].modality
-            query = q.to_query(ds.instruction(dataset, q.modality, modality))
-            if index is not None:
-                items, scores = index.coarse(query, k)
-                candidates = [Candidate(item, score) for item, score in zip(items, scores)]
-            else:
-                rng = random.Random(f"{config.seed}:{q.qid}")
-                chosen = [positives[0], *[d for d in q.neg if d in pool and d not in positives]][:k]
-                others = [d for d in dids if d not in chosen and d not in q.pos]
-                chosen += rng.sample(others, min(len(others), k - len(chosen)))
-                rng.shuffle(chosen)
-                candidates = [Candidate(pool[d].to_item(), None) for d in chosen]  # type: ignore[arg-type]
-            target = next((i for i, c in enumerate(candidates) if c.item.id in q.pos), None)
-            if target is None:
-                issues.report(where, f"the positive of {q.qid} is not in the coarse top-{k}")
-                continue
-            out.append(GrpoSample(q.qid, query, candidates, target, where))
-    return out
-
-
-def _numbered_lines(path: Path, root: Path) -> Any:
-    rel = path.relative_to(root).as_posix()
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{rel}:{n}", line
+    samples = load_reasoning_samples(config.data, config.split, pool=config.pool, num_candidates=config.num_candidates,  # type: ignore[arg-type]
+                                     seed=config.seed, index=index, issues=issues)  # fmt: skip
+    return [grpo_sample(s) for s in samples]
 
 
 # ---------------------------------------------------------------- rollouts and rewards

@@ -6,12 +6,15 @@ positive. Two sources:
 
 - `load_reasoning_samples(root, ...)`: each training query with its positive, its hard negatives
   (`neg_cand_list`, in file order) and random members of its pool, K in all, shuffled with a seed per qid
-  (ICM alignment, teacher CoT synthesis, GRPO).
+  (ICM alignment, teacher CoT synthesis, GRPO); or, given a coarse retriever (`index=`, an `Index`), the
+  query's coarse top-K in coarse order with their scores: the distribution the reasoner sees at search time
+  (GRPO `--index`, whose hard-sample filter needs the coarse order).
 - `load_cot_samples(root, cot_file, ...)`: the records of a CoT file (`retrv data synth` writes
   `cot/train_cot.jsonl`, `retrv train cot` writes the same format), candidates as the record lists them (SFT).
 
 Bad data is reported through `DataIssues` with file and line and skipped: malformed lines, a missing image,
-a positive that is not in the pool, a CoT whose answer or inspection index is outside 1..K.
+a positive that is not in the pool (or not in the coarse top-K), a CoT whose answer or inspection index is
+outside 1..K.
 
 The tensor side (`sample_tokens`, `soft_tokens`, `reasoning_prompt`, `lm_hidden`) builds the prompt with the
 code inference uses (`icm.features`, `rerank.sequence.build_prompt`), with gradients through the ICM.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import random
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
     from retrv.data.mbeir import MBeirCandidate, MBeirDataset, MBeirQuery
     from retrv.icm.features import CandidateTokens, TokenBudget
     from retrv.icm.module import ICM
+    from retrv.index.index import Index
     from retrv.items import Item, Query
     from retrv.rerank.sequence import Segment, SpecialTokens
 
@@ -50,6 +55,7 @@ class ReasoningSample:
     dataset: str = ""
     cot: str | None = None  # the reasoning text, for SFT
     inspected: tuple[int, ...] = ()  # 0-based, as the CoT record lists them
+    coarse_scores: tuple[float, ...] = ()  # one per candidate when a coarse retriever chose them (best first)
 
     @property
     def num_candidates(self) -> int:
@@ -112,11 +118,21 @@ def _query_of(split: _Split, q: MBeirQuery, positive: MBeirCandidate, instructio
     return q.to_query(instruction)
 
 
-def _missing_image(query: MBeirQuery, candidates: list[MBeirCandidate]) -> str | None:
-    for what, path in [(f"query {query.qid}", query.image_path), *((f"candidate {c.did}", c.image_path) for c in candidates)]:
+def _missing_image(query: MBeirQuery, candidates: Sequence[Item] = ()) -> str | None:
+    for what, path in [(f"query {query.qid}", query.image_path), *((f"candidate {c.id}", c.image_path) for c in candidates)]:
         if path is not None and not Path(path).is_file():
             return f"image not found: {path} ({what})"
     return None
+
+
+def _seeded_candidates(q: MBeirQuery, cands: dict[str, MBeirCandidate], positive: str, k: int, seed: int) -> list[Item]:
+    """The positive, its hard negatives (file order), random pool members: k in all, shuffled with a seed per qid."""
+    rng = random.Random(f"retrv-samples:{seed}:{q.qid}")
+    chosen = [positive] + [d for d in dict.fromkeys(q.neg) if d in cands and d not in q.pos][: k - 1]
+    others = [d for d in cands if d not in chosen and d not in q.pos]
+    chosen += rng.sample(others, min(k - len(chosen), len(others)))
+    rng.shuffle(chosen)
+    return [cands[d].to_item() for d in chosen]
 
 
 def load_reasoning_samples(
@@ -128,9 +144,15 @@ def load_reasoning_samples(
     seed: int = 0,
     instructions: bool = True,
     limit: int = 0,
+    index: Index | None = None,
     issues: DataIssues | None = None,
 ) -> list[ReasoningSample]:
-    """Every query of `split` with K candidates: its first positive, its hard negatives, random pool members."""
+    """Every query of `split` with K candidates: its first positive, its hard negatives, random pool members.
+
+    With `index` (anything with `coarse(query, k) -> (items, scores)`): the query's coarse top-K instead, in
+    coarse order and with their scores, as search hands them to the reasoner; a query whose positive is not
+    among them is reported and skipped. `seed` only matters without it.
+    """
     if num_candidates < 2:
         raise ValueError(f"a reasoning sample needs at least 2 candidates, got {num_candidates}")
     issues = issues if issues is not None else DataIssues()
@@ -142,17 +164,23 @@ def load_reasoning_samples(
         if positive is None:
             issues.report(where, f"no positive of {qid} ({', '.join(q.pos) or 'none listed'}) is in the {pool} pool")
             continue
-        rng = random.Random(f"retrv-samples:{seed}:{qid}")
-        chosen = [positive] + [d for d in dict.fromkeys(q.neg) if d in cands and d not in q.pos][: num_candidates - 1]
-        others = [d for d in cands if d not in chosen and d not in q.pos]
-        chosen += rng.sample(others, min(num_candidates - len(chosen), len(others)))
-        rng.shuffle(chosen)
-        picked = [cands[d] for d in chosen]
-        if (problem := _missing_image(q, picked)) is not None:
+        if (problem := _missing_image(q)) is not None:  # before the coarse retriever reads it
             issues.report(where, problem)
             continue
-        samples.append(ReasoningSample(qid, _query_of(data, q, cands[positive], instructions), tuple(c.to_item() for c in picked),
-                                       chosen.index(positive), where, q.task_id, q.dataset))  # fmt: skip
+        query = _query_of(data, q, cands[positive], instructions)
+        if index is None:
+            items, scores = _seeded_candidates(q, cands, positive, num_candidates, seed), []
+        else:
+            items, scores = index.coarse(query, num_candidates)
+        answer = next((i for i, item in enumerate(items) if item.id in q.pos), None)
+        if answer is None:
+            issues.report(where, f"the positive of {qid} is not in the coarse top-{num_candidates}")
+            continue
+        if (problem := _missing_image(q, items)) is not None:
+            issues.report(where, problem)
+            continue
+        samples.append(ReasoningSample(qid, query, tuple(items), answer, where, q.task_id, q.dataset,
+                                       coarse_scores=tuple(scores)))  # fmt: skip
         if limit and len(samples) >= limit:
             break
     if not samples:
@@ -188,7 +216,7 @@ def _cot_record(record: Any, where: str, data: _Split, instructions: bool) -> Re
     if missing:
         raise DataError(f"candidate {missing[0]} is not in the pool of {q.dataset}")
     picked = [pool[d] for d in dids]
-    if (problem := _missing_image(q, picked)) is not None:
+    if (problem := _missing_image(q, [c.to_item() for c in picked])) is not None:
         raise DataError(problem)
     inspected = record.get("inspected") or []
     if not all(isinstance(i, int) and 1 <= i <= len(dids) for i in inspected):

@@ -27,12 +27,9 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def encoder_cache_dir(tmp_path_factory):
-    """Keep the lite encoder's class-embedding cache out of the real user cache."""
-    path = tmp_path_factory.mktemp("retrv-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RETRV_CACHE_DIR", str(path))
-        yield path
+def encoder_cache_dir(retrv_home):
+    """The lite encoder's class-embedding cache (the root conftest points RETRV_CACHE_DIR here)."""
+    return retrv_home / "cache"
 
 
 @pytest.fixture(scope="session")

@@ -252,6 +252,26 @@ def test_hard_sample_filter_skips_queries_whose_positive_is_coarse_top1(colour_w
     assert record["skipped_easy"] == len(easy) and record["prompts"] == len(kept) == summary.examples
 
 
+
+def test_with_an_index_prompts_are_its_coarse_top_k_and_the_easy_ones_are_skipped(colour_world_dir, colour_caption_index_dir,
+                                                                                 init_dir, tmp_path):  # fmt: skip
+    from retrv.index.index import Index
+    from retrv.train.loop import DataIssues
+
+    cfg = _config(tmp_path, "indexed", init_dir, data=str(colour_world_dir), index=str(colour_caption_index_dir),
+                  num_candidates=8)  # fmt: skip
+    issues = DataIssues()
+    samples = load_grpo_samples(cfg, issues)
+    assert len(samples) == len(issues) == 8  # the text -> image queries find no image among the captions
+    index = Index.open(colour_caption_index_dir, device="cpu")
+    for s in samples:
+        items, scores = index.coarse(s.query, 8)
+        assert [(c.item.id, c.coarse_score) for c in s.candidates] == [(i.id, x) for i, x in zip(items, scores)]
+        assert s.candidates[s.target].item.id == f"91:{int(s.qid.split(':')[1]) - 200}"
+    kept, skipped = hard_samples(samples)
+    assert skipped == sum(s.target == 0 for s in samples) > 0 and kept and all(s.target > 0 for s in kept)
+
+
 def test_init_from_a_merged_lora_checkpoint_saves_full_weights(init_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 

@@ -34,10 +34,31 @@ def test_every_train_query_gets_k_candidates_with_its_positive_and_hard_negative
         assert set(q.neg[:4]) <= set(ids)  # hard negatives come before random fill
         assert s.query.instruction  # the dataset's instruction, as bench gives it
         assert s.source.startswith(f"query/train/mbeir_{s.dataset}_train.jsonl:")
+        assert s.coarse_scores == ()  # no coarse retriever chose them
     again = load_reasoning_samples(world, num_candidates=5, seed=1)
     other = load_reasoning_samples(world, num_candidates=5, seed=2)
     assert [[c.id for c in s.candidates] for s in again] == [[c.id for c in s.candidates] for s in samples]
     assert [[c.id for c in s.candidates] for s in other] != [[c.id for c in s.candidates] for s in samples]
+
+
+
+def test_an_index_gives_its_coarse_top_k_in_order_and_a_positive_outside_it_is_reported(colour_world_dir,
+                                                                                          colour_caption_index_dir):  # fmt: skip
+    from retrv.index.index import Index
+
+    index = Index.open(colour_caption_index_dir, device="cpu")
+    issues = DataIssues()
+    samples = load_reasoning_samples(colour_world_dir, num_candidates=3, index=index, issues=issues)
+    assert len(samples) + len(issues) == 16 and {s.task_id for s in samples} == {3}
+    for s in samples:
+        items, scores = index.coarse(s.query, 3)
+        assert [c.id for c in s.candidates] == [i.id for i in items] and list(s.coarse_scores) == scores
+        assert scores == sorted(scores, reverse=True)
+        assert s.candidates[s.answer].id == f"91:{int(s.qid.split(':')[1]) - 200}"  # image 91:30i -> caption 91:10i
+    assert 0 in {s.answer for s in samples} and {s.answer for s in samples} - {0}  # both easy and hard prompts
+    reported = [str(i) for i in issues.items]
+    assert all(r.endswith("is not in the coarse top-3") for r in reported)
+    assert sum(r.startswith("query/train/mbeir_colours_task0_train.jsonl:") for r in reported) == 8  # no image in it
 
 
 def test_missing_image_and_malformed_query_are_skipped_with_file_and_line(world, tmp_path):

@@ -1,0 +1,108 @@
+"""`retrv train caption`: a tiny VLM trained from scratch on the synthetic world's captions and Yes/No pairs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+TINY = dict(hidden=32, layers=1, heads=4, kv_heads=2, vision_hidden=16, vision_depth=1, vocab_size=500, image_size=56)
+
+
+@pytest.fixture(scope="module")
+def synth_world(tmp_path_factory):
+    from retrv.data.synth import SynthConfig, generate
+
+    return generate(tmp_path_factory.mktemp("caption-world"), SynthConfig(seed=3, size=2))
+
+
+@pytest.fixture(scope="module")
+def trained(synth_world, tmp_path_factory):
+    from retrv.train.caption import CaptionTrainConfig, train_caption
+
+    out = tmp_path_factory.mktemp("caption-out")
+    config = CaptionTrainConfig(out=str(out), data=str(synth_world), max_steps=30, batch_size=8, lr=3e-3,
+                                warmup_steps=2, save_every=0, **TINY)  # fmt: skip
+    return config, train_caption(config)
+
+
+def test_examples_cover_captions_positives_and_every_hard_negative(synth_world):
+    from retrv.data.mbeir import MBeirDataset
+    from retrv.train.caption import caption_of, load_examples
+
+    examples = load_examples(synth_world, random_negatives=1)
+    ds = MBeirDataset.open(synth_world, "train")
+    queries = list(ds.queries())
+    pairs = [e for e in examples if e.kind == "pair"]
+    assert len(pairs) == sum(1 + len(q.neg) + 1 for q in queries)  # positive, hard negatives, one random
+    assert sum(e.answer for e in pairs) == len(queries)
+    q = queries[0]
+    mine = [e for e in pairs if e.source.endswith(f"query {q.qid}")]
+    assert [e.answer for e in mine[: 1 + len(q.neg)]] == [True] + [False] * len(q.neg)
+    captions = [e for e in examples if e.kind == "caption"]
+    assert len({e.query.image_path for e in captions}) == len(captions)  # every image once
+    cand = next(c for c in ds.candidates(dataset="synth_task0") if c.image_path)
+    mine = next(e for e in captions if e.query.image_path == cand.image_path)
+    assert mine.caption == caption_of(cand.src_content) == json.loads(cand.src_content)["caption"]
+    assert mine.caption.startswith("a ") and " left of a " in mine.caption
+
+
+def test_loss_falls_and_every_parameter_changes(trained):
+    import torch
+
+    from retrv.rerank.checkpoint import load_reasoner
+    from retrv.train.caption import build_base, load_examples, world_corpus
+
+    config, summary = trained
+    losses = [json.loads(line)["loss"] for line in summary.metrics_path.read_text().splitlines()]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:3]) / 3
+    initial = build_base(config, world_corpus(load_examples(config.data), config.data)).model.state_dict()
+    after = load_reasoner(config.out, device="cpu").model.state_dict()
+    assert initial.keys() == after.keys()
+    unchanged = [name for name, w in initial.items() if torch.equal(w, after[name])]
+    assert unchanged == []
+
+
+def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
+    """Score mode's P(yes) is exactly the softmax the training loss saw at the answer position."""
+    import torch
+
+    from retrv.data.mbeir import MBeirDataset
+    from retrv.rerank.base import Candidate
+    from retrv.rerank.checkpoint import load_reasoner
+    from retrv.rerank.scorer import Scorer
+    from retrv.train.caption import CaptionCollator, load_examples
+    from retrv.train.loop import DataIssues
+
+    config, _ = trained
+    loaded = load_reasoner(config.out, device="cpu")
+    assert loaded.config.stage == "base" and loaded.icm is None
+    scorer = Scorer(loaded)
+    ds = MBeirDataset.open(config.data, "train")
+    q = next(ds.queries(dataset="synth_task7"))  # image + edit text -> image: two images in one prompt
+    pool = {c.did: c for c in ds.candidates(dataset="synth_task7")}
+    dids = [q.pos[0], *q.neg]
+    instruction = ds.instruction("synth_task7", q.modality, "image")
+    p_yes, conf, tokens = scorer.score(q.to_query(instruction), [Candidate(pool[d].to_item(), 0.0) for d in dids])
+    assert tokens > 0 and all(0.0 <= p <= 1.0 for p in p_yes)
+
+    examples = [e for e in load_examples(config.data) if e.kind == "pair" and e.source.endswith(f"query {q.qid}")]
+    collate = CaptionCollator(loaded.tokenizer, loaded.processor, DataIssues())
+    for e, expected in zip(examples, p_yes):
+        batch = collate([e])
+        answer_at = int((batch["labels"][0] != -100).nonzero()[0]) - 1
+        with torch.no_grad():
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")}
+            logits = loaded.model(**inputs).logits[0, answer_at, batch["answer_ids"]]
+        assert float(torch.softmax(logits, -1)[0]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_bad_config_is_one_clear_message(synth_world, tmp_path):
+    from retrv.train.caption import CaptionTrainConfig
+    from retrv.train.config import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="--hidden 30 must split into --heads 4"):
+        CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), hidden=30).validate()
+    with pytest.raises(TrainConfigError, match="nothing to train on"):
+        CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), captions=False, pairs=False).validate()
