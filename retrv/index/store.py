@@ -1,0 +1,436 @@
+"""The index on disk: `retrv.json`, a LanceDB database (`items` + reasoner side tables), the faiss cache.
+
+Layout of an index root:
+
+    retrv.json      IndexMeta: schema version, encoder spec, dim, retrv version, creation time
+    lance/          LanceDB: `items` (one row per Item + its vector) and side tables (e.g. `icm_<reasoner>`)
+    ann/            faiss cache, one file per `items` version (see `retrv.index.ann`)
+
+Every write is one Lance version, so a reader always sees the last complete write and an
+interrupted build leaves the previous version readable. A Store keeps reading the version it last
+saw until `refresh()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from retrv.errors import IndexNotFoundError, RetrvError
+from retrv.items import Item
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+SCHEMA_VERSION = 1
+META_FILE = "retrv.json"
+ITEMS = "items"
+ITEM_COLUMNS = ("id", "source", "modality", "text", "image_path", "mtime", "size", "content_hash")
+_IN_CHUNK = 2000  # values per `col IN (...)` filter
+_SIDE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_SHAPE_KEY = b"retrv.shape"
+
+
+class IndexSchemaError(RetrvError):
+    pass
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    schema_version: int
+    encoder: str
+    dim: int
+    retrv_version: str
+    created: str
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What an incremental build compares a file against."""
+
+    id: str
+    mtime: float
+    size: int
+    content_hash: str
+
+
+def key_for_id(item_id: str) -> int:
+    """A stable non-negative 63-bit key (the faiss id) for an item id; -1 stays free for padding."""
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _lancedb() -> Any:
+    os.environ.setdefault("RUST_LOG", "error")  # Lance logs a WARN line per query otherwise
+    import lancedb
+
+    return lancedb
+
+
+def _retrv_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("retrv")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _in_filters(column: str, values: Sequence[Any]) -> Iterator[str]:
+    """`column IN (...)` filters over chunks of `values` (strings quoted, ints as is)."""
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        literals = ", ".join(_quote(v) if isinstance(v, str) else str(int(v)) for v in chunk)
+        yield f"{column} IN ({literals})"
+
+
+def _fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> np.ndarray:
+    """A fixed_size_list column as a (rows, size) array (zero-copy for a single chunk)."""
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    size = column.type.list_size
+    parts = [c.flatten().to_numpy(zero_copy_only=False).reshape(-1, size) for c in chunks if len(c)]
+    if not parts:
+        return np.zeros((0, size), dtype=dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class Store:
+    """One index root. Create with `Store.create`, open with `Store.open`."""
+
+    def __init__(self, root: Path, meta: IndexMeta, db: Any, table: Any) -> None:
+        self.root = root
+        self.meta = meta
+        self._db = db
+        self._table = table
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @staticmethod
+    def exists(root: str | os.PathLike[str]) -> bool:
+        return (Path(root) / META_FILE).is_file()
+
+    @classmethod
+    def create(cls, root: str | os.PathLike[str], *, encoder_spec: str, dim: int) -> Store:
+        root = Path(root).expanduser().resolve()
+        if cls.exists(root):
+            raise RetrvError(f"an index already exists at {root}; open it, or choose another --index")
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        root.mkdir(parents=True, exist_ok=True)
+        meta = IndexMeta(SCHEMA_VERSION, encoder_spec, int(dim), _retrv_version(),
+                         datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+        db = _lancedb().connect(str(root / "lance"))
+        if ITEMS in db.list_tables(limit=None).tables:  # left by a create that crashed before retrv.json
+            db.drop_table(ITEMS)
+        table = db.create_table(ITEMS, schema=items_schema(meta.dim))
+        tmp = root / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+        tmp.replace(root / META_FILE)  # retrv.json last: its presence means the index is complete
+        return cls(root, meta, db, table)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> Store:
+        root = Path(root).expanduser().resolve()
+        meta_path = root / META_FILE
+        if not meta_path.is_file():
+            raise IndexNotFoundError(f"no index at {root}; build one with: retrv build-index FOLDER --index {root}")
+        try:
+            raw = json.loads(meta_path.read_text())
+            meta = IndexMeta(**{f: raw[f] for f in IndexMeta.__dataclass_fields__})
+        except (ValueError, KeyError, TypeError) as e:
+            raise IndexSchemaError(f"{meta_path}: not a valid retrv index file ({e})") from None
+        if not isinstance(meta.schema_version, int) or meta.schema_version > SCHEMA_VERSION:
+            raise IndexSchemaError(
+                f"index {root} has schema version {meta.schema_version!r}, but this retrv "
+                f"({_retrv_version()}) reads up to {SCHEMA_VERSION}; upgrade retrv or rebuild the index"
+            )
+        db = _lancedb().connect(str(root / "lance"))
+        try:
+            table = db.open_table(ITEMS)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            raise IndexSchemaError(f"index {root} has no readable items table ({e}); rebuild it") from None
+        return cls(root, meta, db, table)
+
+    def refresh(self) -> int:
+        """Move to the latest committed version (writes by other processes become visible)."""
+        self._table.checkout_latest()
+        return self.version()
+
+    def version(self) -> int:
+        return int(self._table.version)
+
+    # ---- items -----------------------------------------------------------------------------
+
+    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> int:
+        """Insert or replace (by id) `items` with their vectors, as ONE new version; returns it."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape != (len(items), self.meta.dim):
+            raise ValueError(f"expected vectors of shape ({len(items)}, {self.meta.dim}), got {vectors.shape}")
+        if not len(items):
+            return self.version()
+        if not np.isfinite(vectors).all():
+            raise ValueError("vectors contain NaN or infinity")
+        last = {item.id: i for i, item in enumerate(items)}  # a repeated id: the last one wins
+        if len(last) < len(items):
+            keep = sorted(last.values())
+            items, vectors = [items[i] for i in keep], vectors[keep]
+        self._table.checkout_latest()
+        written = self.version() + 1
+        data = self._items_arrow(items, vectors, written)
+        keys = data.column("key").to_numpy()
+        if self.count() == 0 or not np.isin(keys, self.keys()).any():
+            self._table.add(data)  # plain append: ~3x faster than a merge when every id is new
+        else:
+            self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        return self.version()
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Delete rows by id as ONE new version (none if nothing to delete); returns the version."""
+        keys = sorted({key_for_id(i) for i in ids})
+        if keys:
+            self._table.checkout_latest()
+            where = f"key IN ({', '.join(map(str, keys))})"
+            if self._table.count_rows(where):
+                self._table.delete(where)
+        return self.version()
+
+    def get(self, ids: Sequence[str]) -> list[Item]:
+        """Items by id, in the order asked; unknown ids are skipped."""
+        by_id = {item.id: item for item in self._items_where("id", list(dict.fromkeys(ids)))}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def items_for_keys(self, keys: Sequence[int]) -> list[Item | None]:
+        """Items by faiss key, aligned with `keys` (None for -1 padding or a key no longer stored)."""
+        wanted = [int(k) for k in dict.fromkeys(int(k) for k in keys) if k != -1]
+        by_key = {key_for_id(item.id): item for item in self._items_where("key", wanted)}
+        return [by_key.get(int(k)) for k in keys]
+
+    def ids_for_keys(self, keys: Sequence[int]) -> list[str | None]:
+        """Ids by faiss key, aligned with `keys` (None for -1 padding or a key no longer stored)."""
+        wanted = [int(k) for k in dict.fromkeys(int(k) for k in keys) if k != -1]
+        found: dict[int, str] = {}
+        for where in _in_filters("key", wanted):
+            t = self._scan(["key", "id"], where)
+            found.update(zip(t.column("key").to_pylist(), t.column("id").to_pylist()))
+        return [found.get(int(k)) for k in keys]
+
+    def file_states(self) -> dict[str, FileState]:
+        """source -> what an incremental build needs to decide whether to re-encode it."""
+        t = self._scan(["source", "id", "mtime", "size", "content_hash"])
+        cols = [t.column(c).to_pylist() for c in ("source", "id", "mtime", "size", "content_hash")]
+        return {src: FileState(i, m, s, h) for src, i, m, s, h in zip(*cols)}
+
+    def vectors_for_hashes(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """content hash -> a stored vector with that hash (to reuse for renamed or duplicated files)."""
+        wanted = sorted({h for h in hashes if h})
+        found: dict[str, np.ndarray] = {}
+        for where in _in_filters("content_hash", wanted):
+            t = self._scan(["content_hash", "vector"], where)
+            vectors = _fixed_list_to_numpy(t.column("vector"))
+            for h, v in zip(t.column("content_hash").to_pylist(), vectors):
+                found.setdefault(h, v.copy())
+        return found
+
+    def keys(self) -> np.ndarray:
+        return self._scan(["key"]).column("key").to_numpy()
+
+    def iter_vectors(self, where: str | None = None, batch_size: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(keys int64, vectors float32 (n, dim)) in batches, without materialising the whole table."""
+        query = self._table.search().select(["key", "vector"])
+        if where:
+            query = query.where(where)
+        for batch in query.limit(None).to_batches(batch_size):
+            if batch.num_rows:
+                yield (batch.column("key").to_numpy(zero_copy_only=False),
+                       _fixed_list_to_numpy(batch.column("vector")))  # fmt: skip
+
+    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (key, vector) of the current version: keys int64 (n,), vectors float32 (n, dim)."""
+        parts = list(self.iter_vectors())
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.meta.dim), np.float32)
+        return np.concatenate([k for k, _ in parts]), np.concatenate([v for _, v in parts])
+
+    def written_since(self, version: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(keys, vectors) of rows inserted or replaced after `version` (what an ANN cache must add)."""
+        return self.iter_vectors(where=f"written > {int(version)}")
+
+    def count(self) -> int:
+        return int(self._table.count_rows())
+
+    def counts_by_modality(self) -> dict[str, int]:
+        import pyarrow.compute as pc
+
+        counts = pc.value_counts(self._scan(["modality"]).column("modality")).to_pylist()
+        return {c["values"]: int(c["counts"]) for c in sorted(counts, key=lambda c: str(c["values"]))}
+
+    def size_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def optimize(self) -> None:
+        """Compact small fragments left by many incremental writes (a new version; data unchanged)."""
+        self._table.checkout_latest()
+        self._table.optimize()
+
+    # ---- side tables (precomputed reasoner data, e.g. icm_<reasoner-id>) --------------------
+
+    def side_tables(self) -> list[str]:
+        return sorted(n for n in self._table_names() if n != ITEMS)
+
+    def side_upsert(self, name: str, ids: Sequence[str], columns: dict[str, np.ndarray]) -> None:
+        """Insert or replace rows of side table `name`: each column is an array (len(ids), *shape)."""
+        import pyarrow as pa
+
+        _check_side_name(name)
+        if not columns or "id" in columns:
+            raise ValueError("side_upsert needs at least one column, and none may be called 'id'")
+        if len(set(ids)) < len(ids):
+            raise ValueError("side_upsert got repeated ids")
+        fields, arrays = [pa.field("id", pa.string(), nullable=False)], [pa.array(list(ids), pa.string())]
+        for col, values in columns.items():
+            values = np.ascontiguousarray(values)
+            if values.shape[:1] != (len(ids),):
+                raise ValueError(f"column {col!r} has {values.shape[:1]} rows, expected {len(ids)}")
+            shape = values.shape[1:]
+            flat = values.reshape(len(ids), -1) if len(ids) else values.reshape(0, int(np.prod(shape, dtype=int)))
+            size = flat.shape[1]
+            kind = pa.list_(pa.from_numpy_dtype(values.dtype), size)
+            fields.append(pa.field(col, kind, metadata={_SHAPE_KEY: json.dumps(list(shape)).encode()}))
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), size))
+        data = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+        if name not in self._table_names():
+            self._db.create_table(name, data=data)
+            return
+        table = self._db.open_table(name)
+        existing = table.schema
+        if [(f.name, f.type, f.metadata) for f in existing] != [(f.name, f.type, f.metadata) for f in data.schema]:
+            raise ValueError(f"side table {name!r} holds columns {_describe(existing)}, got {_describe(data.schema)}")
+        if not len(ids):
+            return
+        if table.count_rows() == 0 or not (set(ids) & self.side_ids(name)):
+            table.add(data)
+        else:
+            table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    def side_get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+        """id -> {column: array of the stored shape and dtype}; ids not in the table are left out."""
+        _check_side_name(name)
+        if name not in self._table_names():
+            return {}
+        table = self._db.open_table(name)
+        shapes = {f.name: tuple(json.loads(f.metadata[_SHAPE_KEY])) for f in table.schema if f.name != "id"}
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for where in _in_filters("id", list(dict.fromkeys(ids))):
+            t = table.search().where(where).limit(None).to_arrow()
+            cols = {c: _fixed_list_to_numpy(t.column(c)) for c in shapes}
+            for row, row_id in enumerate(t.column("id").to_pylist()):
+                out[row_id] = {c: cols[c][row].reshape(shapes[c]).copy() for c in shapes}
+        return out
+
+    def side_ids(self, name: str) -> set[str]:
+        _check_side_name(name)
+        if name not in self._table_names():
+            return set()
+        table = self._db.open_table(name)
+        return set(table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist())
+
+    def side_delete(self, name: str, ids: Iterable[str]) -> None:
+        """Delete rows of side table `name` by id (one new version of that table; none if nothing matches)."""
+        _check_side_name(name)
+        wanted = sorted(set(ids))
+        if not wanted or name not in self._table_names():
+            return
+        table = self._db.open_table(name)
+        where = f"id IN ({', '.join(map(_quote, wanted))})"
+        if table.count_rows(where):
+            table.delete(where)
+
+    def side_drop(self, name: str) -> None:
+        _check_side_name(name)
+        if name in self._table_names():
+            self._db.drop_table(name)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _table_names(self) -> list[str]:
+        return list(self._db.list_tables(limit=None).tables)
+
+    def _scan(self, columns: list[str], where: str | None = None) -> pa.Table:
+        query = self._table.search().select(columns)
+        if where:
+            query = query.where(where)
+        return query.limit(None).to_arrow()
+
+    def _items_where(self, column: str, values: list[Any]) -> list[Item]:
+        items: list[Item] = []
+        for where in _in_filters(column, values):
+            t = self._scan(list(ITEM_COLUMNS), where)
+            items.extend(Item(*row) for row in zip(*(t.column(c).to_pylist() for c in ITEM_COLUMNS)))
+        return items
+
+    def _items_arrow(self, items: Sequence[Item], vectors: np.ndarray, written: int) -> pa.Table:
+        import pyarrow as pa
+
+        n, dim = vectors.shape
+        columns = {
+            "id": pa.array([it.id for it in items], pa.string()),
+            "key": pa.array([key_for_id(it.id) for it in items], pa.int64()),
+            "source": pa.array([it.source for it in items], pa.string()),
+            "modality": pa.array([it.modality for it in items], pa.string()),
+            "text": pa.array([it.text for it in items], pa.string()),
+            "image_path": pa.array([it.image_path for it in items], pa.string()),
+            "mtime": pa.array([float(it.mtime) for it in items], pa.float64()),
+            "size": pa.array([int(it.size) for it in items], pa.int64()),
+            "content_hash": pa.array([it.content_hash for it in items], pa.string()),
+            "written": pa.array(np.full(n, written, np.int64)),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+        }
+        return pa.Table.from_pydict(columns, schema=items_schema(dim))
+
+
+def items_schema(dim: int) -> pa.Schema:
+    """`written` is the table version a row was (re)written in: the ANN cache adds rows newer than itself."""
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("key", pa.int64(), nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("modality", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("image_path", pa.string()),
+        pa.field("mtime", pa.float64()),
+        pa.field("size", pa.int64()),
+        pa.field("content_hash", pa.string()),
+        pa.field("written", pa.int64()),
+        pa.field("vector", pa.list_(pa.float32(), dim)),
+    ])  # fmt: skip
+
+
+def _check_side_name(name: str) -> None:
+    if name == ITEMS or not _SIDE_NAME.match(name):
+        raise ValueError(f"invalid side table name {name!r}: use letters, digits, '_', '-', '.' (not 'items')")
+
+
+def _describe(schema: pa.Schema) -> str:
+    parts = []
+    for f in schema:
+        if f.name != "id":
+            shape = json.loads((f.metadata or {}).get(_SHAPE_KEY, b"[]"))
+            parts.append(f"{f.name}:{f.type.value_type}{shape}")
+    return ", ".join(parts)
