@@ -38,7 +38,8 @@ def train_byte_bpe_tokenizer(
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # the library never prints
     )
     tk.train_from_iterator(list(corpus), trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token=specials[1])
@@ -105,8 +106,13 @@ def build_tiny_reasoner(
     corpus: Iterable[str] = DEFAULT_CORPUS,
     vocab_size: int = 400,
     seed: int = 0,
+    rope_theta: float = 10000.0,
 ) -> Path:
     """Save a random Qwen2_5_VLForConditionalGeneration with its tokenizer and image processor.
+
+    `rope_theta`: with a tiny head (hidden / heads = 16), M-RoPE gives the image's width axis the lowest
+    rotary frequencies, which at theta 1e4 barely turn across a small image (left and right look alike);
+    a model trained from scratch on small images wants a small theta (e.g. 10).
 
     The processor itself cannot be saved without torchvision (transformers 5.x), so the tokenizer and
     the image processor are saved side by side; `rerank.checkpoint` rebuilds the processor.
@@ -127,7 +133,7 @@ def build_tiny_reasoner(
         text_config=dict(
             hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=heads,
             num_key_value_heads=kv_heads, vocab_size=len(tok), max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta), "mrope_section": mrope},
             tie_word_embeddings=True,
         ),
         vision_config=dict(

@@ -98,6 +98,8 @@ class Index:
         report = build_index(self.store, self.encoder, [Path(p) for p in paths], progress=progress,
                              should_stop=should_stop, **options)  # fmt: skip
         self._ann = None
+        if not report.stopped and self.store.count():
+            self.ann(progress)  # pay for the faiss index (HNSW above exact_max) now, not at the first search
         return report
 
     def ann(self, progress: ProgressCallback | None = None) -> AnnIndex:

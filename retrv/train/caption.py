@@ -1,0 +1,414 @@
+"""`retrv train caption`: pretrain a tiny base VLM from scratch on the captions of a world.
+
+A world with no pretrained model (the synthetic world of `retrv data synth`) still needs a base reasoner
+that can see: this stage builds a random tiny Qwen2.5-VL (`retrv.tiny.build_tiny_reasoner`, its byte-level
+BPE tokenizer fitted to the world's own texts) and trains every weight, vision tower included, on two
+kinds of example drawn from the training split:
+
+- caption: (image -> its caption), language modelling on the caption tokens. Every image of the split
+  whose caption is known (`src_content` "caption" or "scene", else the text of an image+text item).
+- pair: (query, candidate -> "Yes" / "No"), the exact prompt score mode reads (`rerank.prompts`,
+  with the task instruction the bench adds), for the positive, the first `hard_negatives` hard negatives
+  (`neg_cand_list`: in the synthetic world the same words bound differently) and `random_negatives`
+  other pool members.
+
+Loss: cross-entropy on the answer tokens only (the caption + end of turn; the Yes/No token + end of
+turn), averaged per example, then over the batch, so a short Yes/No answer weighs as much as a caption.
+
+The output directory is a plain model directory (save_pretrained + tokenizer + image processor, the
+layout `build_tiny_reasoner` writes), next to `checkpoints/`, `metrics.jsonl` and `retrv-train.json`:
+`--reasoner OUT` loads it for score mode, and `retrv train icm --reasoner OUT` starts from it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retrv.errors import DataError
+from retrv.progress import ProgressCallback, emit
+from retrv.train.config import TrainConfig, TrainConfigError, _help
+from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, train
+
+if TYPE_CHECKING:
+    import torch
+
+    from retrv.data.mbeir import MBeirCandidate, MBeirDataset, MBeirQuery
+
+CAPTION_SYSTEM = "You describe pictures."
+CAPTION_REQUEST = "Describe the image."
+IGNORE = -100
+
+
+@dataclass
+class CaptionTrainConfig(TrainConfig):
+    """`retrv train caption`: a tiny VLM trained from scratch on (image -> caption) and (query, candidate -> Yes/No)."""
+
+    data: str | None = field(default=None, metadata=_help(
+        "M-BEIR-layout dataset root whose images have captions, e.g. one written by `retrv data synth`.", required=True))
+    base: str | None = field(default=None, metadata=_help(
+        "Continue from this model directory instead of building a new random tiny model."))
+    split: str = field(default="train", metadata=_help("Which query split to train on."))
+    hidden: int = field(default=64, metadata=_help("LLM hidden size of the new model."))
+    layers: int = field(default=2, metadata=_help("LLM layers of the new model."))
+    heads: int = field(default=4, metadata=_help("LLM attention heads of the new model."))
+    kv_heads: int = field(default=2, metadata=_help("LLM key/value heads of the new model (grouped-query attention)."))
+    vision_hidden: int = field(default=32, metadata=_help("Vision tower hidden size of the new model."))
+    vision_depth: int = field(default=2, metadata=_help("Vision tower blocks of the new model."))
+    rope_theta: float = field(default=10.0, metadata=_help(
+        "RoPE base of the new model. M-RoPE gives an image's width axis the lowest frequencies; with a tiny head "
+        "and theta 1e4 they barely turn across a small image, so left and right look alike. 10 keeps them apart."))
+    vocab_size: int = field(default=1024, metadata=_help("Byte-level BPE vocabulary fitted to the world's texts."))
+    image_size: int = field(default=112, metadata=_help(
+        "Images are resized to about this many pixels a side: (size/28)^2 image tokens each (112 -> 16)."))
+    instructions: bool = field(default=True, metadata=_help(
+        "Give each pair its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."))
+    captions: bool = field(default=True, metadata=_help("Train on (image -> caption) examples."))
+    pairs: bool = field(default=True, metadata=_help("Train on (query, candidate -> Yes/No) examples (score mode)."))
+    hard_negatives: int = field(default=2, metadata=_help(
+        "Hard negatives per query (from neg_cand_list, in file order) added as 'No' pairs; -1: all of them."))
+    random_negatives: int = field(default=1, metadata=_help(
+        "Pool members that are neither positive nor hard negative, added as 'No' pairs per query."))
+    lr: float = field(default=3e-3, metadata=_help("Peak learning rate (AdamW); from-scratch training wants a high one."))
+    warmup_steps: int = field(default=20, metadata=_help("Linear warm-up steps before the schedule."))
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.data:
+            raise TrainConfigError("--data is required: an M-BEIR-layout dataset directory")
+        for name in ("hidden", "layers", "heads", "kv_heads", "vision_hidden", "vision_depth", "vocab_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.hidden % self.heads or (self.hidden // self.heads) % 2 or self.heads % self.kv_heads:
+            raise TrainConfigError(f"--hidden {self.hidden} must split into --heads {self.heads} of even size, "
+                                   f"and --heads must be a multiple of --kv-heads {self.kv_heads}")  # fmt: skip
+        if self.vision_hidden % 4:
+            raise TrainConfigError(f"--vision-hidden must be a multiple of 4 (4 vision heads), got {self.vision_hidden}")
+        if self.rope_theta <= 0:
+            raise TrainConfigError(f"--rope-theta must be positive, got {self.rope_theta}")
+        if self.image_size < 28:
+            raise TrainConfigError(f"--image-size must be at least 28 (one merged 28x28 patch), got {self.image_size}")
+        if not (self.captions or self.pairs):
+            raise TrainConfigError("--no-captions and --no-pairs together leave nothing to train on")
+        if self.hard_negatives < -1:
+            raise TrainConfigError(f"--hard-negatives must be >= -1 (-1: all), got {self.hard_negatives}")
+        if self.random_negatives < 0:
+            raise TrainConfigError(f"--random-negatives must be >= 0, got {self.random_negatives}")
+
+
+@dataclass(frozen=True)
+class Side:
+    text: str | None
+    image_path: str | None
+    modality: str
+
+
+@dataclass(frozen=True)
+class CaptionExample:
+    """A caption (`query` is the image, `candidate` None) or a pair (`answer` True/False)."""
+
+    kind: str  # "caption" | "pair"
+    query: Side
+    source: str
+    caption: str = ""
+    candidate: Side | None = None
+    answer: bool = False
+    instruction: str | None = None
+
+
+# ---------------------------------------------------------------- data
+
+
+def caption_of(src_content: str | None, text: str | None = None, modality: str = "") -> str | None:
+    """The caption of an image: `src_content` "caption", or a synthetic "scene", else an image+text item's text."""
+    if src_content:
+        try:
+            src = json.loads(src_content)
+        except ValueError:
+            src = None
+        if isinstance(src, dict):
+            if isinstance(src.get("caption"), str):
+                return src["caption"]
+            scene = src.get("scene")
+            if isinstance(scene, dict):
+                from retrv.data.synth import Scene, Shape
+
+                try:
+                    return Scene(Shape(**scene["left"]), Shape(**scene["right"])).caption()
+                except (KeyError, TypeError):
+                    return None
+    return text if modality == "image,text" and text else None
+
+
+def _side(item: MBeirQuery | MBeirCandidate) -> Side:
+    return Side(item.text or None, item.image_path, item.modality)
+
+
+def load_examples(root: str | Path, split: str = "train", *, captions: bool = True, pairs: bool = True,
+                  hard_negatives: int = -1, random_negatives: int = 1, instructions: bool = True, seed: int = 0,
+                  issues: DataIssues | None = None) -> list[CaptionExample]:  # fmt: skip
+    """Caption and pair examples of one split, in file order (deterministic in `seed`)."""
+    from retrv.data.mbeir import MBeirDataset
+
+    issues = issues if issues is not None else DataIssues()
+    ds = MBeirDataset.open(root, split)
+    rng = random.Random(f"retrv-caption:{seed}")
+    out: list[CaptionExample] = []
+    seen_images: set[str] = set()
+
+    def add_caption(side: Side, caption: str | None, source: str) -> None:
+        if not captions or side.image_path is None or caption is None or side.image_path in seen_images:
+            return
+        if not Path(side.image_path).is_file():
+            issues.report(source, f"image not found: {side.image_path}")
+            return
+        seen_images.add(side.image_path)
+        out.append(CaptionExample("caption", Side(None, side.image_path, "image"), source, caption=caption))
+
+    for dataset in ds.datasets:
+        pool = {c.did: c for c in _pool(ds, dataset, issues)}
+        for c in pool.values():
+            add_caption(_side(c), caption_of(c.src_content, c.text, c.modality), f"{dataset} candidate {c.did}")
+        dids = sorted(pool)
+        for q in ds.queries(dataset=dataset):
+            source = f"{dataset} query {q.qid}"
+            add_caption(_side(q), caption_of(q.src_content, q.text, q.modality), source)
+            if not pairs:
+                continue
+            positives = [d for d in q.pos if d in pool]
+            if not positives:
+                issues.report(source, "no positive in the local pool")
+                continue
+            negatives = [d for d in q.neg if d in pool and d not in positives]
+            negatives = negatives if hard_negatives < 0 else negatives[:hard_negatives]
+            others = [d for d in dids if d not in positives and d not in q.neg]
+            negatives += rng.sample(others, min(random_negatives, len(others)))
+            for did in positives + negatives:
+                cand = pool[did]
+                instruction = ds.instruction(dataset, q.modality, cand.modality) if instructions else None
+                out.append(CaptionExample("pair", _side(q), source, candidate=_side(cand), answer=did in positives,
+                                          instruction=instruction))  # fmt: skip
+    if not out:
+        raise DataError(f"{ds.root}: no caption or pair examples in the {split} split")
+    return out
+
+
+def _pool(ds: MBeirDataset, dataset: str, issues: DataIssues) -> list[MBeirCandidate]:
+    try:
+        return list(ds.candidates(pool="local", dataset=dataset))
+    except DataError as e:
+        issues.report(dataset, str(e))
+        return []
+
+
+def world_corpus(examples: list[CaptionExample], root: str | Path) -> list[str]:
+    """Texts the tokenizer is fitted on: captions, queries, instructions, both prompts, the teacher CoT."""
+    from retrv.rerank.prompts import SCORE_SYSTEM, pair_question
+    from retrv.rerank.sequence import SpecialTokens, system_prompt
+    from retrv.tiny import DEFAULT_CORPUS
+
+    texts = [*DEFAULT_CORPUS, SCORE_SYSTEM, CAPTION_SYSTEM, CAPTION_REQUEST, system_prompt(SpecialTokens(), True),
+             system_prompt(SpecialTokens(), False), "Query: ", "Candidate: ", "Candidates:", "Task: "]  # fmt: skip
+    texts += [pair_question(q, c) + " Answer Yes or No." for q in ("text", "image", "image,text") for c in ("text", "image")]
+    texts += ["Yes", "No"] * 50  # single tokens, whatever the corpus
+    for e in examples:
+        texts += [t for t in (e.caption, e.query.text, e.instruction, e.candidate and e.candidate.text) if t]
+    cot = Path(root) / "cot" / "train_cot.jsonl"
+    if cot.is_file():
+        for line in cot.read_text(encoding="utf-8").splitlines():
+            try:
+                texts.append(json.loads(line)["cot"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return texts
+
+
+# ---------------------------------------------------------------- batches
+
+
+class CaptionCollator:
+    """Examples -> one right-padded batch: input_ids, attention_mask, mm_token_type_ids, labels (answer tokens
+    only), pixel_values, image_grid_thw, is_pair and the Yes/No ids. The prompt is rendered exactly as score
+    mode renders it and tokenised by the processor; the answer ids are appended after it."""
+
+    def __init__(self, tokenizer: Any, processor: Any, issues: DataIssues) -> None:
+        from retrv.rerank.prompts import SCORE_SYSTEM, render
+        from retrv.rerank.scorer import pick_answer_tokens
+
+        self.tokenizer, self.processor, self.issues = tokenizer, processor, issues
+        self.answers = pick_answer_tokens(tokenizer, render([], tokenizer, processor, system=SCORE_SYSTEM))
+        self.end = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+
+    def prompt(self, e: CaptionExample) -> tuple[str, list[str]]:
+        """The prompt string and its image paths, in order."""
+        from retrv.rerank.prompts import SCORE_SYSTEM, Segment, render, score_segments
+
+        if e.kind == "caption":
+            return render([Segment("image"), Segment("text", CAPTION_REQUEST)], self.tokenizer, self.processor,
+                          system=CAPTION_SYSTEM), [e.query.image_path]  # type: ignore[list-item]  # fmt: skip
+        c = e.candidate
+        assert c is not None
+        segments = score_segments(query_text=e.query.text, query_image=e.query.image_path is not None,
+                                  candidate_text=c.text, candidate_image=c.image_path is not None,
+                                  answers=(self.answers.yes, self.answers.no), task=e.instruction)  # fmt: skip
+        images = [p for p in (e.query.image_path, c.image_path) if p is not None]
+        return render(segments, self.tokenizer, self.processor, system=SCORE_SYSTEM), images
+
+    def target(self, e: CaptionExample) -> list[int]:
+        if e.kind == "caption":
+            return [*self.tokenizer.encode(e.caption, add_special_tokens=False), self.end]
+        return [self.answers.yes_id if e.answer else self.answers.no_id, self.end]
+
+    def __call__(self, examples: list[CaptionExample]) -> dict[str, Any] | None:
+        import torch
+        from PIL import Image
+
+        kept, prompts, images = [], [], []
+        for e in examples:
+            text, paths = self.prompt(e)
+            try:
+                opened = []
+                for p in paths:
+                    with Image.open(p) as im:
+                        opened.append(im.convert("RGB"))
+            except (OSError, ValueError) as exc:
+                self.issues.report(e.source, f"cannot read image: {exc}")
+                continue
+            kept.append(e)
+            prompts.append(text)
+            images += opened
+        if not kept:
+            return None
+        # One processor call for the whole batch (much faster than one per example); rows are cut back to
+        # their own length, then each gets its answer appended.
+        enc = self.processor(text=prompts, images=images or None, padding=True, padding_side="right", return_tensors="pt")
+        lengths = enc["attention_mask"].sum(1).tolist()
+        types_all = enc.get("mm_token_type_ids", torch.zeros_like(enc["input_ids"]))
+        rows = []
+        for i, e in enumerate(kept):
+            prompt_ids, types = enc["input_ids"][i, : lengths[i]].tolist(), types_all[i, : lengths[i]].tolist()
+            answer = self.target(e)
+            rows.append((prompt_ids + answer, types + [0] * len(answer), [IGNORE] * len(prompt_ids) + answer, e.kind == "pair"))
+        if not rows:
+            return None
+        width = max(len(ids) for ids, _, _, _ in rows)
+        pad = int(self.tokenizer.pad_token_id)
+        batch = {
+            "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _, _, _ in rows]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _, _ in rows]),
+            "mm_token_type_ids": torch.tensor([t + [0] * (width - len(t)) for _, t, _, _ in rows]),
+            "labels": torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, _, lab, _ in rows]),
+            "is_pair": torch.tensor([p for _, _, _, p in rows]),
+            "answer_ids": torch.tensor([self.answers.yes_id, self.answers.no_id]),
+        }
+        if images:
+            batch["pixel_values"], batch["image_grid_thw"] = enc["pixel_values"], enc["image_grid_thw"]
+        return batch
+
+
+def caption_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-example mean cross-entropy on the answer tokens, averaged over the batch; caption and pair
+    losses and the pair accuracy (P(yes) > P(no) on the right side) as metrics."""
+    import torch
+    import torch.nn.functional as F
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+              if k in batch}  # fmt: skip
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    counted = (labels != IGNORE).float()
+    per_example = (token_loss * counted).sum(1) / counted.sum(1).clamp(min=1)
+    loss = per_example.mean()
+    metrics: dict[str, float] = {}
+    is_pair = batch["is_pair"]
+    with torch.no_grad():
+        if (~is_pair).any():
+            metrics["caption_loss"] = float(per_example.detach()[~is_pair].mean())
+        if is_pair.any():
+            first = counted.argmax(1)[is_pair]  # the Yes/No position of each pair
+            rows = torch.arange(len(labels), device=labels.device)[is_pair]
+            pair_logits = logits[rows, first][:, batch["answer_ids"]]
+            said_yes = pair_logits[:, 0] > pair_logits[:, 1]
+            metrics["pair_loss"] = float(per_example.detach()[is_pair].mean())
+            metrics["pair_accuracy"] = float((said_yes == (labels[rows, first] == batch["answer_ids"][0])).float().mean())
+    return loss, metrics
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class BaseModel:
+    model: Any
+    tokenizer: Any
+    image_processor: Any
+    processor: Any
+
+
+def build_base(config: CaptionTrainConfig, corpus: list[str]) -> BaseModel:
+    """A new random tiny Qwen2.5-VL fitted to `corpus` (or `config.base` loaded), float32 on the CPU."""
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    from retrv.rerank.checkpoint import build_processor, quiet_transformers
+    from retrv.tiny import build_tiny_reasoner
+
+    with tempfile.TemporaryDirectory(prefix="retrv-caption-") as tmp, quiet_transformers():
+        source = Path(config.base) if config.base else Path(tmp)
+        if not config.base:
+            build_tiny_reasoner(tmp, hidden=config.hidden, layers=config.layers, heads=config.heads,
+                                kv_heads=config.kv_heads, vision_hidden=config.vision_hidden,
+                                vision_depth=config.vision_depth, corpus=corpus, vocab_size=config.vocab_size,
+                                seed=config.seed, rope_theta=config.rope_theta)  # fmt: skip
+        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        image_processor = AutoImageProcessor.from_pretrained(str(source))
+        model = AutoModelForImageTextToText.from_pretrained(str(source), dtype="float32", use_safetensors=True)
+    if not config.base:  # every image resized to about image_size^2 pixels, small ones scaled up
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        pixels = config.image_size * config.image_size
+        image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
+    processor = build_processor(model.config.model_type, image_processor, tokenizer)
+    if processor is None:
+        raise TrainConfigError(f"{config.base}: caption training needs a Qwen2-VL / Qwen2.5-VL model with an image processor")
+    return BaseModel(model, tokenizer, image_processor, processor)
+
+
+def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None = None) -> TrainSummary:
+    """Pretrain a tiny VLM on `config.data`; write it to `config.out` (loadable as --reasoner OUT)."""
+    config.validate()
+    issues = DataIssues(progress)
+    examples = load_examples(config.data, config.split, captions=config.captions, pairs=config.pairs,  # type: ignore[arg-type]
+                             hard_negatives=config.hard_negatives, random_negatives=config.random_negatives,
+                             instructions=config.instructions, seed=config.seed, issues=issues)  # fmt: skip
+    n_pairs = sum(e.kind == "pair" for e in examples)
+    emit(progress, "data", len(examples), len(examples),
+         f"{len(examples) - n_pairs} captions, {n_pairs} pairs, {len(issues)} problems skipped")
+    base = build_base(config, world_corpus(examples, config.data))  # type: ignore[arg-type]
+    model = base.model
+    model.requires_grad_(True)
+    batches = ShuffledBatches(examples, config.batch_size, config.seed, CaptionCollator(base.tokenizer, base.processor, issues))
+    summary = train(model, caption_loss, batches, config, progress=progress, issues=issues)
+    summary.examples = len(examples)
+
+    from accelerate import PartialState
+
+    from retrv.rerank.checkpoint import quiet_transformers
+
+    out = Path(config.out)  # type: ignore[arg-type]
+    if PartialState().is_main_process:
+        with quiet_transformers():
+            model.to("cpu").save_pretrained(out)
+            base.tokenizer.save_pretrained(out)
+            base.image_processor.save_pretrained(out)
+        record = {"stage": "caption", "config": asdict(config), "steps": summary.steps, "final_loss": summary.final_loss,
+                  "examples": summary.examples, "captions": len(examples) - n_pairs, "pairs": n_pairs,
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "skipped": [str(i) for i in summary.data_issues]}  # fmt: skip
+        (out / "retrv-train.json").write_text(json.dumps(record, indent=2))
+    emit(progress, "save", 1, 1, f"base reasoner saved to {out} (load it with --reasoner {out})")
+    return summary
