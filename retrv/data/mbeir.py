@@ -243,7 +243,7 @@ def parse_qrel(line: str, where: str) -> tuple[str, str, int, int]:
     return qid, did, int(relevance), int(task_id)
 
 
-def _lines(path: Path, root: Path) -> Iterator[tuple[str, str]]:
+def numbered_lines(path: Path, root: Path) -> Iterator[tuple[str, str]]:
     """(where, line) for every non-blank line; `where` is "relative/file:line"."""
     rel = path.relative_to(root).as_posix()
     with path.open(encoding="utf-8") as f:
@@ -291,7 +291,7 @@ class MBeirDataset:
 
     def queries(self, dataset: str | None = None, task: int | None = None) -> Iterator[MBeirQuery]:
         for name in [dataset] if dataset else self.datasets:
-            for where, line in _lines(self.query_file(name), self.root):
+            for where, line in numbered_lines(self.query_file(name), self.root):
                 q = parse_query(line, where, self.root, name, self.split)
                 if task is None or q.task_id == task:
                     yield q
@@ -317,12 +317,12 @@ class MBeirDataset:
             if dataset is not None:
                 raise ValueError("the global pool is shared by all datasets; leave dataset out")
             path = self.pool_file(pool="global")
-            for where, line in _lines(path, self.root):
+            for where, line in numbered_lines(path, self.root):
                 yield parse_candidate(line, where, self.root, "union")
             return
         seen: set[str] = set()
         for name in [dataset] if dataset else self.datasets:
-            for where, line in _lines(self.pool_file(name), self.root):
+            for where, line in numbered_lines(self.pool_file(name), self.root):
                 c = parse_candidate(line, where, self.root, name)
                 if c.did not in seen:
                     seen.add(c.did)
@@ -335,7 +335,7 @@ class MBeirDataset:
             path = self.root / "qrels" / self.split / f"mbeir_{name}_{self.split}_qrels.txt"
             if not path.is_file():
                 raise DataError(f"no qrels file {path.relative_to(self.root)}")
-            for where, line in _lines(path, self.root):
+            for where, line in numbered_lines(path, self.root):
                 qid, did, relevance, _ = parse_qrel(line, where)
                 out.setdefault(qid, {})[did] = relevance
         return out
@@ -382,7 +382,7 @@ def read_instructions(root: Path) -> list[Instruction]:
     path = Path(root) / INSTRUCTIONS_FILE
     if not path.is_file():
         raise DataError(f"no {INSTRUCTIONS_FILE} in {root}")
-    lines = list(_lines(path, Path(root)))
+    lines = list(numbered_lines(path, Path(root)))
     return [parse_instruction(line, where) for where, line in lines[1:]]  # first line is the header
 
 
@@ -452,113 +452,8 @@ def write_dataset(
         target.write_bytes(data)
 
 
-# ---------------------------------------------------------------------------------------------------- checking
-
-
 def check(root: str | Path, progress: ProgressCallback | None = None) -> list[Problem]:
-    """Every problem of an M-BEIR-layout dataset, with file and line; an empty list means it is sound.
+    """Every problem of an M-BEIR-layout dataset, with file and line (see `retrv.data.check`)."""
+    from retrv.data.check import check_dataset
 
-    Checked: JSON, fields and their types, modalities (and that they match the text/image present), id format,
-    duplicate qids/dids per file, image paths inside the root and present on disk, qrels columns and qids,
-    instruction rows, and that each query's positives of its own dataset id are in its pool (local, else global).
-    Positives from another dataset id (OVEN/INFOSEEK cross-links) are not required: UniIR's eval drops them.
-    """
-    from retrv.progress import emit
-
-    root = Path(os.path.normpath(Path(root).expanduser().absolute()))
-    problems: list[Problem] = []
-    if not root.is_dir():
-        return [Problem(str(root), None, "not a directory")]
-
-    def report(where: str, message: str) -> None:
-        file, _, line = where.rpartition(":")
-        problems.append(Problem(file, int(line), message) if line.isdigit() else Problem(where, None, message))
-
-    def image_exists(path: str | None, where: str) -> None:
-        if path is not None and not Path(path).is_file():
-            report(where, f"image not found: {Path(path).relative_to(root).as_posix()}")
-
-    def scan_pool(path: Path) -> set[str] | None:
-        """The pool's dids, or None when some line is unreadable (then missing positives are not reported)."""
-        dids: set[str] | None = set()
-        for where, line in _lines(path, root):
-            try:
-                c = parse_candidate(line, where, root, "")
-            except DataError as e:
-                report(where, str(e).removeprefix(f"{where}: "))
-                dids = None
-                continue
-            if dids is None:
-                image_exists(c.image_path, where)
-                continue
-            if c.did in dids:
-                report(where, f"duplicate did {c.did}")
-            dids.add(c.did)
-            image_exists(c.image_path, where)
-        return dids
-
-    pools: dict[Path, set[str] | None] = {}
-    splits = [s for s in SPLITS if (root / "query" / s).is_dir()]
-    if not splits:
-        problems.append(Problem("query", None, "no query/{train,val,test}/ folders"))
-    for split in splits:
-        try:
-            ds = MBeirDataset.open(root, split)
-        except DataError as e:
-            problems.append(Problem(f"query/{split}", None, str(e).split(": ", 1)[-1]))
-            continue
-        for n, name in enumerate(ds.datasets):
-            emit(progress, "check", n, len(ds.datasets), f"{split}/{name}")
-            try:
-                pool_path: Path | None = ds.pool_file(name)
-            except DataError:
-                try:
-                    pool_path = ds.pool_file(pool="global")
-                except DataError:
-                    pool_path = None
-                    problems.append(Problem(ds.query_file(name).relative_to(root).as_posix(), None,
-                                            f"no candidate pool: cand_pool/local/mbeir_{name}[_{split}]_cand_pool.jsonl "
-                                            f"or cand_pool/global/mbeir_union_{split}_cand_pool.jsonl"))  # fmt: skip
-            if pool_path is not None and pool_path not in pools:
-                pools[pool_path] = scan_pool(pool_path)
-            qids: set[str] = set()
-            queries_readable = True
-            for where, line in _lines(ds.query_file(name), root):
-                try:
-                    q = parse_query(line, where, root, name, split)
-                except DataError as e:
-                    report(where, str(e).removeprefix(f"{where}: "))
-                    queries_readable = False
-                    continue
-                if q.qid in qids:
-                    report(where, f"duplicate qid {q.qid}")
-                qids.add(q.qid)
-                image_exists(q.image_path, where)
-                if not q.pos:
-                    report(where, f"query {q.qid} has no positive candidate")
-                if pool_path is not None and (pool_dids := pools[pool_path]) is not None:
-                    for did in q.pos:
-                        if did not in pool_dids and did.split(":")[0] == q.qid.split(":")[0]:
-                            report(where, f"positive {did} of {q.qid} is not in {pool_path.relative_to(root).as_posix()}")
-            qrels_path = root / "qrels" / split / f"mbeir_{name}_{split}_qrels.txt"
-            if qrels_path.is_file():
-                for where, line in _lines(qrels_path, root):
-                    try:
-                        qid = parse_qrel(line, where)[0]
-                    except DataError as e:
-                        report(where, str(e).removeprefix(f"{where}: "))
-                        continue
-                    if queries_readable and qid not in qids:
-                        report(where, f"qid {qid} is not in {ds.query_file(name).relative_to(root).as_posix()}")
-            elif split == "test":
-                problems.append(Problem(qrels_path.relative_to(root).as_posix(), None, "missing qrels file"))
-    ins = root / INSTRUCTIONS_FILE
-    if not ins.is_file():
-        problems.append(Problem(INSTRUCTIONS_FILE, None, "missing instructions file"))
-    else:
-        for where, line in list(_lines(ins, root))[1:]:
-            try:
-                parse_instruction(line, where)
-            except DataError as e:
-                report(where, str(e).removeprefix(f"{where}: "))
-    return problems
+    return check_dataset(root, progress)
