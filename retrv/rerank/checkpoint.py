@@ -29,6 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.errors import ModelLoadError
 from retrv.hub import hub_offline, hub_reachable, quiet_transformers
+from retrv.rerank.processor import (  # noqa: F401  (constants re-exported as part of this module's API)
+    DEFAULT_MAX_IMAGE_TOKENS,
+    PIXELS_PER_IMAGE_TOKEN,
+    build_processor,
+    cap_image_tokens,
+    ensure_special_tokens,
+    image_pixel_budget,
+    read_chat_template,
+    restore_role_token_rows,
+    role_token_rows,
+)
 
 if TYPE_CHECKING:
     from retrv.icm.module import ICM
@@ -46,11 +57,6 @@ DEFAULT_SPECIAL_TOKENS = {
     "answer_start": "<answer>",
     "answer_end": "</answer>",
 }
-# Qwen-VL merges 2x2 patches of 14 px, so one image token covers 28x28 pixels. Candidates are capped at
-# 256 tokens (about 448x448 px) unless the caller asks otherwise: the hub default (1280 tokens) would make
-# a top-50 rerank 64k image tokens long. A processor that already asks for fewer pixels is kept as is.
-PIXELS_PER_IMAGE_TOKEN = 28 * 28
-DEFAULT_MAX_IMAGE_TOKENS = 256
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
@@ -205,137 +211,6 @@ def reasoner_id(directory: str | Path, *, base_dir: str | Path | None = None, ex
     return h.hexdigest()[:12]
 
 
-# ---------------------------------------------------------------- tokenizer, processor, special tokens
-
-
-def _processor_class(model_type: str) -> type | None:
-    """The model's processor class, patched to accept `video_processor=None`.
-
-    transformers 5.23 checks every processor argument's class, and without torchvision the video
-    processor mapping is broken, so even `None` fails the check (machine-findings §4b).
-    """
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
-
-    classes: dict[str, type] = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}
-    try:
-        from transformers import Qwen3VLProcessor
-
-        classes["qwen3_vl"] = Qwen3VLProcessor
-    except ImportError:
-        pass
-    base = classes.get(model_type)
-    if base is None:
-        return None
-
-    def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
-        if argument is None:
-            return None
-        return base.check_argument_for_proper_class(self, argument_name, argument)
-
-    return type(f"Retrv{base.__name__}", (base,), {"check_argument_for_proper_class": check_argument_for_proper_class})
-
-
-def read_chat_template(directory: Path) -> str | None:
-    """A processor-level chat template (`chat_template.jinja` or `chat_template.json`), as hub VLMs ship it."""
-    jinja, js = directory / "chat_template.jinja", directory / "chat_template.json"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    if js.is_file():
-        try:
-            template = json.loads(js.read_text(encoding="utf-8")).get("chat_template")
-        except (ValueError, AttributeError):
-            return None
-        return template if isinstance(template, str) else None
-    return None
-
-
-def build_processor(model_type: str, image_processor: Any, tokenizer: Any) -> Any:
-    cls = _processor_class(model_type)
-    if cls is None or image_processor is None:
-        return None
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-               chat_template=getattr(tokenizer, "chat_template", None))  # fmt: skip
-
-
-def cap_image_tokens(image_processor: Any, max_image_tokens: int | None) -> None:
-    """Lower the processor's max pixels to `max_image_tokens` merged tokens (never raises it)."""
-    size = getattr(image_processor, "size", None)
-    if size is None or max_image_tokens is None:
-        return
-    budget = int(max_image_tokens) * PIXELS_PER_IMAGE_TOKEN
-    longest = size["longest_edge"] if "longest_edge" in size else None
-    if longest and longest > budget:
-        new = dict(size.items()) if hasattr(size, "items") else {"shortest_edge": size["shortest_edge"]}
-        new = {k: v for k, v in new.items() if v is not None}
-        new["longest_edge"] = budget
-        new["shortest_edge"] = min(new.get("shortest_edge", budget), budget)
-        image_processor.size = type(size)(**new) if not isinstance(size, dict) else new
-
-
-def image_pixel_budget(image_processor: Any) -> dict[str, int | None]:
-    size = getattr(image_processor, "size", None)
-    if size is None:
-        return {}
-    get = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-    return {"min_pixels": get("shortest_edge"), "max_pixels": get("longest_edge")}
-
-
-def ensure_special_tokens(model: Any, tokenizer: Any, special_tokens: dict[str, str]) -> list[str]:
-    """Add the missing role tokens to the tokenizer (as special tokens) and grow the embeddings to fit.
-
-    New rows start at the mean of the existing embeddings (deterministic; transformers' own mean
-    resizing samples noise, which would make two loads of the same checkpoint differ). Rows are only
-    added when the tokenizer outgrows the matrix (hub Qwen models have spare rows already); this also
-    covers a checkpoint tokenizer that already holds the tokens on top of a smaller base. Returns the
-    tokens that were added to the tokenizer.
-    """
-    from tokenizers import AddedToken
-
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in special_tokens.values() if t not in vocab]
-    if missing:
-        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
-    emb = model.get_input_embeddings()
-    old = emb.weight.shape[0]
-    if len(tokenizer) > old:
-        import torch
-
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            inp = model.get_input_embeddings().weight
-            inp[old:] = inp[:old].mean(0, keepdim=True)
-            out = model.get_output_embeddings()
-            if out is not None and out.weight.data_ptr() != inp.data_ptr():
-                out.weight[old:] = out.weight[:old].mean(0, keepdim=True)
-    return missing
-
-
-def _role_token_rows(model: Any, tokenizer: Any, special_tokens: dict[str, str]) -> dict[str, Any]:
-    ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in special_tokens.values()]
-    import torch
-
-    index = torch.tensor(ids, dtype=torch.long)
-    rows = {"ids": index, "input": model.get_input_embeddings().weight.detach()[index].float().cpu().contiguous()}
-    out = model.get_output_embeddings()
-    if out is not None and out.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
-        rows["output"] = out.weight.detach()[index].float().cpu().contiguous()
-    return rows
-
-
-def _restore_role_token_rows(model: Any, path: Path) -> None:
-    import torch
-    from safetensors.torch import load_file
-
-    rows = load_file(str(path))
-    index = rows["ids"].long()
-    with torch.no_grad():
-        inp = model.get_input_embeddings().weight
-        inp[index] = rows["input"].to(inp.dtype)
-        out = model.get_output_embeddings()
-        if "output" in rows and out is not None:
-            out.weight[index] = rows["output"].to(out.weight.dtype)
-
-
 # ---------------------------------------------------------------- load
 
 
@@ -399,7 +274,7 @@ def load_reasoner(
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = read_chat_template(root) or read_chat_template(model_dir)
         if is_checkpoint and config.weights != "full" and (root / TOKEN_EMBEDDINGS).is_file():
-            _restore_role_token_rows(model, root / TOKEN_EMBEDDINGS)
+            restore_role_token_rows(model, root / TOKEN_EMBEDDINGS)
         if is_checkpoint and config.weights == "lora":
             from peft import PeftModel
 
@@ -484,7 +359,7 @@ def save_reasoner(
         else:
             if weights == "lora":
                 lora_model.save_pretrained(str(out))
-            save_file(_role_token_rows(loaded.model, loaded.tokenizer, config.special_tokens), str(out / TOKEN_EMBEDDINGS))
+            save_file(role_token_rows(loaded.model, loaded.tokenizer, config.special_tokens), str(out / TOKEN_EMBEDDINGS))
         loaded.tokenizer.save_pretrained(str(out))
         if loaded.image_processor is not None:
             loaded.image_processor.save_pretrained(str(out))
