@@ -194,10 +194,14 @@ _retrv_train_caption() {
         '--kv-heads[LLM key/value heads of the new model (grouped-query attention)]:value: ' \
         '--vision-hidden[Vision tower hidden size of the new model]:value: ' \
         '--vision-depth[Vision tower blocks of the new model]:value: ' \
+        '--rope-theta[RoPE base of the new model]:value: ' \
         '--vocab-size[Byte-level BPE vocabulary fitted to the worlds texts]:value: ' \
         '--image-size[Images are resized to about this many pixels a side (size/28)^2 image tokens each (112 -> 16)]:value: ' \
+        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each pair its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` doe]' \
         '(--captions --no-captions)'{--captions,--no-captions}'[Train on (image -> caption) examples]' \
         '(--pairs --no-pairs)'{--pairs,--no-pairs}'[Train on (query, candidate -> Yes/No) examples (score mode)]' \
+        '(--texts --no-texts)'{--texts,--no-texts}'[Also language-model the worlds training texts (the CoT in cot/train_cot.jsonl), so the base has see]' \
+        '--hard-negatives[Hard negatives per query (from neg_cand_list, in file order) added as No pairs; -1 all of them]:value: ' \
         '--random-negatives[Pool members that are neither positive nor hard negative, added as No pairs per query]:value: ' \
         '--json[Print the summary as JSON on stdout]' \
         '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
