@@ -25,7 +25,7 @@ DEVICE_HELP = "Where models run: auto (cuda > mps > cpu), cpu, cuda or mps. [env
 def stderr_console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ or None)
+    return Console(stderr=True, highlight=False, no_color="NO_COLOR" in os.environ or None, soft_wrap=True)
 
 
 def stdout_console() -> Console:

@@ -18,6 +18,14 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _describe_ann(ann: dict | None) -> str:
+    if not ann:
+        return "no faiss cache yet (built at the next search)"
+    state = "current" if ann["current"] else "stale: updated at the next search"
+    size = _size(ann["file_bytes"]) if ann.get("file_bytes") is not None else "?"
+    return f"{ann['kind']} · cache of table version {ann['version']} ({state}) · {size}"
+
+
 @handle_errors
 def info(
     index: Annotated[Optional[str], typer.Option("--index", "-i", help=INDEX_HELP)] = None,
@@ -39,7 +47,7 @@ def info(
         ("items", f"{data['items']}  " + ", ".join(f"{m}: {n}" for m, n in sorted(data["by_modality"].items()))),
         ("size on disk", _size(data["size_bytes"])),
         ("table version", str(data["table_version"])),
-        ("ann", ann.get("summary", str(ann)) if isinstance(ann, dict) else str(ann)),
+        ("ann", _describe_ann(ann)),
         ("reasoner tokens", ", ".join(data["side_tables"]) or "none (retrv compress)"),
     ]
     console = stdout_console()
