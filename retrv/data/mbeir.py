@@ -243,9 +243,9 @@ def parse_qrel(line: str, where: str) -> tuple[str, str, int, int]:
     return qid, did, int(relevance), int(task_id)
 
 
-def numbered_lines(path: Path, root: Path) -> Iterator[tuple[str, str]]:
-    """(where, line) for every non-blank line; `where` is "relative/file:line"."""
-    rel = path.relative_to(root).as_posix()
+def numbered_lines(path: Path, root: Path | None = None) -> Iterator[tuple[str, str]]:
+    """(where, line) for every non-blank line; `where` is "file:line", the file relative to `root` when inside it."""
+    rel = path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else str(path)
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():

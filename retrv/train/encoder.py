@@ -55,14 +55,6 @@ class ContrastivePair:
     negatives: tuple[Side, ...] = ()
 
 
-def _line_records(path: Path, root: Path) -> Any:
-    rel = path.relative_to(root).as_posix()
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{rel}:{n}", line
-
-
 def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard_negatives: int = 1,
                issues: DataIssues | None = None) -> list[ContrastivePair]:  # fmt: skip
     """Every (query, positive, hard negatives) example of an M-BEIR split; bad lines are reported and skipped.
@@ -70,7 +62,7 @@ def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard
     Skipped with a report naming file and line: malformed JSON or fields, a missing image file, a positive
     that is not in the pool. Negatives not in the pool (or with a missing image) are dropped with a report.
     """
-    from retrv.data.mbeir import MBeirDataset, parse_candidate, parse_query
+    from retrv.data.mbeir import MBeirDataset, numbered_lines, parse_candidate, parse_query
 
     issues = issues if issues is not None else DataIssues()
     ds = MBeirDataset.open(root, split)
@@ -79,7 +71,7 @@ def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard
     def read_pool(path: Path, dataset: str) -> dict[str, Side]:
         if path not in pools:
             found: dict[str, Side] = {}
-            for where, line in _line_records(path, ds.root):
+            for where, line in numbered_lines(path, ds.root):
                 try:
                     c = parse_candidate(line, where, ds.root, dataset)
                 except DataError as e:
@@ -98,7 +90,7 @@ def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard
     pairs: list[ContrastivePair] = []
     for dataset in ds.datasets:
         candidates = read_pool(ds.pool_file(None if pool == "global" else dataset, pool), dataset)
-        for where, line in _line_records(ds.query_file(dataset), ds.root):
+        for where, line in numbered_lines(ds.query_file(dataset), ds.root):
             try:
                 q = parse_query(line, where, ds.root, dataset, split)
             except DataError as e:

@@ -71,22 +71,14 @@ class _Split:
     pools: dict[str, dict[str, MBeirCandidate]] = field(default_factory=dict)  # dataset -> did -> candidate
 
 
-def _records(path: Path, root: Path | None) -> Any:
-    rel = path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else str(path)
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{rel}:{n}", line
-
-
 def _read_split(root: str | Path, split: str, pool: str, issues: DataIssues) -> _Split:
-    from retrv.data.mbeir import MBeirDataset, parse_candidate, parse_query
+    from retrv.data.mbeir import MBeirDataset, numbered_lines, parse_candidate, parse_query
 
     ds = MBeirDataset.open(root, split)
     out = _Split(ds)
     by_file: dict[Path, dict[str, MBeirCandidate]] = {}
     for dataset in ds.datasets:
-        for where, line in _records(ds.query_file(dataset), ds.root):
+        for where, line in numbered_lines(ds.query_file(dataset), ds.root):
             try:
                 q = parse_query(line, where, ds.root, dataset, split)
             except DataError as e:
@@ -96,7 +88,7 @@ def _read_split(root: str | Path, split: str, pool: str, issues: DataIssues) -> 
         path = ds.pool_file(None if pool == "global" else dataset, pool)
         if path not in by_file:
             found: dict[str, MBeirCandidate] = {}
-            for where, line in _records(path, ds.root):
+            for where, line in numbered_lines(path, ds.root):
                 try:
                     c = parse_candidate(line, where, ds.root, dataset)
                 except DataError as e:
@@ -236,13 +228,15 @@ def load_cot_samples(
     issues: DataIssues | None = None,
 ) -> list[ReasoningSample]:
     """The records of a CoT jsonl file (synth format) resolved against the dataset; bad records reported, skipped."""
+    from retrv.data.mbeir import numbered_lines
+
     issues = issues if issues is not None else DataIssues()
     path = Path(cot_file)
     if not path.is_file():
         raise DataError(f"{path}: no such CoT file")
     data = _read_split(root, split, pool, issues)
     samples: list[ReasoningSample] = []
-    for where, line in _records(path, None):
+    for where, line in numbered_lines(path):
         try:
             samples.append(_cot_record(json.loads(line.rstrip("\r\n")), where, data, instructions))
         except json.JSONDecodeError as e:
