@@ -196,6 +196,7 @@ complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcomm
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from grpo' -l init -x -d 'Reasoner checkpoint to start from (usually the SFT stages output); also the frozen KL reference'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from grpo' -l index -x -d 'Index of the candidate pool whose coarse top-K gives each querys candidates'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from grpo' -l split -x -d 'Which query split to train on'
+complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from grpo' -l instructions -l no-instructions -d 'Give each query its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` do'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from grpo' -l pool -x -d 'Candidate pool that resolves positive and negative ids'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from grpo' -l num-candidates -x -d 'K candidates per prompt'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from grpo' -l group-size -x -d 'G completions sampled per prompt (>= 2)'

@@ -282,6 +282,7 @@ _retrv_train_grpo() {
         '--init[Reasoner checkpoint to start from (usually the SFT stages output); also the frozen KL reference]:value: ' \
         '--index[Index of the candidate pool whose coarse top-K gives each querys candidates]:value: ' \
         '--split[Which query split to train on]:value: ' \
+        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each query its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` do]' \
         '--pool[Candidate pool that resolves positive and negative ids]:value: ' \
         '--num-candidates[K candidates per prompt]:value: ' \
         '--group-size[G completions sampled per prompt (>= 2)]:value: ' \

@@ -53,3 +53,7 @@ app.add_typer(train_app, name="train")
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,8 @@
 
 A world with no pretrained model (the synthetic world of `retrv data synth`) still needs a base reasoner
 that can see: this stage builds a random tiny Qwen2.5-VL (`retrv.tiny.build_tiny_reasoner`, its byte-level
-BPE tokenizer fitted to the world's own texts) and trains every weight, vision tower included, on two
-kinds of example drawn from the training split:
+BPE tokenizer fitted to the world's own texts) and trains every weight, vision tower included, on up to
+three kinds of example drawn from the training split:
 
 - caption: (image -> its caption), language modelling on the caption tokens. Every image of the split
   whose caption is known (`src_content` "caption" or "scene", else the text of an image+text item).
@@ -11,8 +11,11 @@ kinds of example drawn from the training split:
   with the task instruction the bench adds), for the positive, the first `hard_negatives` hard negatives
   (`neg_cand_list`: in the synthetic world the same words bound differently) and `random_negatives`
   other pool members.
+- text (`--texts`): plain language modelling of the split's other texts (the teacher CoT in
+  `cot/train_cot.jsonl`), so that every word the later stages write has a trained embedding: SFT trains a
+  LoRA, not the embeddings, and on untrained rows it stalled (token accuracy 0.26 after 100 steps).
 
-Loss: cross-entropy on the answer tokens only (the caption + end of turn; the Yes/No token + end of
+Loss: cross-entropy on the answer tokens only (the caption, the Yes/No token or the text, each + end of
 turn), averaged per example, then over the batch, so a short Yes/No answer weighs as much as a caption.
 
 The output directory is a plain model directory (save_pretrained + tokenizer + image processor, the
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from retrv.errors import DataError
 from retrv.progress import ProgressCallback, emit
 from retrv.train.config import TrainConfig, TrainConfigError, _help
-from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, train
+from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +72,9 @@ class CaptionTrainConfig(TrainConfig):
         "Give each pair its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."))
     captions: bool = field(default=True, metadata=_help("Train on (image -> caption) examples."))
     pairs: bool = field(default=True, metadata=_help("Train on (query, candidate -> Yes/No) examples (score mode)."))
+    texts: bool = field(default=False, metadata=_help(
+        "Also language-model the world's training texts (the CoT in cot/train_cot.jsonl), so the base has seen "
+        "every word later stages write; without it SFT must learn untrained token embeddings through a LoRA."))
     hard_negatives: int = field(default=2, metadata=_help(
         "Hard negatives per query (from neg_cand_list, in file order) added as 'No' pairs; -1: all of them."))
     random_negatives: int = field(default=1, metadata=_help(
@@ -92,8 +98,8 @@ class CaptionTrainConfig(TrainConfig):
             raise TrainConfigError(f"--rope-theta must be positive, got {self.rope_theta}")
         if self.image_size < 28:
             raise TrainConfigError(f"--image-size must be at least 28 (one merged 28x28 patch), got {self.image_size}")
-        if not (self.captions or self.pairs):
-            raise TrainConfigError("--no-captions and --no-pairs together leave nothing to train on")
+        if not (self.captions or self.pairs or self.texts):
+            raise TrainConfigError("--no-captions and --no-pairs (without --texts) leave nothing to train on")
         if self.hard_negatives < -1:
             raise TrainConfigError(f"--hard-negatives must be >= -1 (-1: all), got {self.hard_negatives}")
         if self.random_negatives < 0:
@@ -109,9 +115,9 @@ class Side:
 
 @dataclass(frozen=True)
 class CaptionExample:
-    """A caption (`query` is the image, `candidate` None) or a pair (`answer` True/False)."""
+    """A caption (`query` is the image, `candidate` None), a pair (`answer` True/False) or a text (`caption`)."""
 
-    kind: str  # "caption" | "pair"
+    kind: str  # "caption" | "pair" | "text"
     query: Side
     source: str
     caption: str = ""
@@ -149,8 +155,8 @@ def _side(item: MBeirQuery | MBeirCandidate) -> Side:
 
 
 def load_examples(root: str | Path, split: str = "train", *, captions: bool = True, pairs: bool = True,
-                  hard_negatives: int = -1, random_negatives: int = 1, instructions: bool = True, seed: int = 0,
-                  issues: DataIssues | None = None) -> list[CaptionExample]:  # fmt: skip
+                  texts: bool = False, hard_negatives: int = -1, random_negatives: int = 1, instructions: bool = True,
+                  seed: int = 0, issues: DataIssues | None = None) -> list[CaptionExample]:  # fmt: skip
     """Caption and pair examples of one split, in file order (deterministic in `seed`)."""
     from retrv.data.mbeir import MBeirDataset
 
@@ -192,8 +198,30 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
                 instruction = ds.instruction(dataset, q.modality, cand.modality) if instructions else None
                 out.append(CaptionExample("pair", _side(q), source, candidate=_side(cand), answer=did in positives,
                                           instruction=instruction))  # fmt: skip
+    if texts:
+        # Plain language modelling (no prompt): writing each CoT after its query was tried and gained nothing
+        # on the tiny-world recipe (reason R@1 6.2 both ways, docs/training.md).
+        out += [CaptionExample("text", Side(None, None, "text"), where, caption=text)
+                for where, _qid, text in _world_texts(ds.root, split)]  # fmt: skip
     if not out:
-        raise DataError(f"{ds.root}: no caption or pair examples in the {split} split")
+        raise DataError(f"{ds.root}: no caption, pair or text examples in the {split} split")
+    return out
+
+
+def _world_texts(root: Path, split: str) -> list[tuple[str, str | None, str]]:
+    """(file:line, qid, text) of the split's CoT file (`cot/<split>_cot.jsonl`), when there is one."""
+    path = root / "cot" / f"{split}_cot.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line)
+            text, qid = record["cot"], record.get("qid")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(text, str) and text:
+            out.append((f"cot/{path.name}:{n}", qid if isinstance(qid, str) else None, text))
     return out
 
 
@@ -247,6 +275,8 @@ class CaptionCollator:
         """The prompt string and its image paths, in order."""
         from retrv.rerank.prompts import SCORE_SYSTEM, Segment, render, score_segments
 
+        if e.kind == "text":  # plain language modelling of an assistant turn
+            return "<|im_start|>assistant\n", []
         if e.kind == "caption":
             return render([Segment("image"), Segment("text", CAPTION_REQUEST)], self.tokenizer, self.processor,
                           system=CAPTION_SYSTEM), [e.query.image_path]  # type: ignore[list-item]  # fmt: skip
@@ -259,7 +289,7 @@ class CaptionCollator:
         return render(segments, self.tokenizer, self.processor, system=SCORE_SYSTEM), images
 
     def target(self, e: CaptionExample) -> list[int]:
-        if e.kind == "caption":
+        if e.kind in ("caption", "text"):
             return [*self.tokenizer.encode(e.caption, add_special_tokens=False), self.end]
         return [self.answers.yes_id if e.answer else self.answers.no_id, self.end]
 
@@ -292,7 +322,7 @@ class CaptionCollator:
         for i, e in enumerate(kept):
             prompt_ids, types = enc["input_ids"][i, : lengths[i]].tolist(), types_all[i, : lengths[i]].tolist()
             answer = self.target(e)
-            rows.append((prompt_ids + answer, types + [0] * len(answer), [IGNORE] * len(prompt_ids) + answer, e.kind == "pair"))
+            rows.append((prompt_ids + answer, types + [0] * len(answer), [IGNORE] * len(prompt_ids) + answer, e.kind))
         if not rows:
             return None
         width = max(len(ids) for ids, _, _, _ in rows)
@@ -302,7 +332,8 @@ class CaptionCollator:
             "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _, _, _ in rows]),
             "mm_token_type_ids": torch.tensor([t + [0] * (width - len(t)) for _, t, _, _ in rows]),
             "labels": torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, _, lab, _ in rows]),
-            "is_pair": torch.tensor([p for _, _, _, p in rows]),
+            "is_pair": torch.tensor([k == "pair" for _, _, _, k in rows]),
+            "is_text": torch.tensor([k == "text" for _, _, _, k in rows]),
             "answer_ids": torch.tensor([self.answers.yes_id, self.answers.no_id]),
         }
         if images:
@@ -325,10 +356,13 @@ def caption_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[
     per_example = (token_loss * counted).sum(1) / counted.sum(1).clamp(min=1)
     loss = per_example.mean()
     metrics: dict[str, float] = {}
-    is_pair = batch["is_pair"]
+    is_pair, is_text = batch["is_pair"], batch["is_text"]
+    is_caption = ~is_pair & ~is_text
     with torch.no_grad():
-        if (~is_pair).any():
-            metrics["caption_loss"] = float(per_example.detach()[~is_pair].mean())
+        if is_caption.any():
+            metrics["caption_loss"] = float(per_example.detach()[is_caption].mean())
+        if is_text.any():
+            metrics["text_loss"] = float(per_example.detach()[is_text].mean())
         if is_pair.any():
             first = counted.argmax(1)[is_pair]  # the Yes/No position of each pair
             rows = torch.arange(len(labels), device=labels.device)[is_pair]
@@ -383,11 +417,11 @@ def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None 
     config.validate()
     issues = DataIssues(progress)
     examples = load_examples(config.data, config.split, captions=config.captions, pairs=config.pairs,  # type: ignore[arg-type]
-                             hard_negatives=config.hard_negatives, random_negatives=config.random_negatives,
+                             texts=config.texts, hard_negatives=config.hard_negatives, random_negatives=config.random_negatives,
                              instructions=config.instructions, seed=config.seed, issues=issues)  # fmt: skip
-    n_pairs = sum(e.kind == "pair" for e in examples)
-    emit(progress, "data", len(examples), len(examples),
-         f"{len(examples) - n_pairs} captions, {n_pairs} pairs, {len(issues)} problems skipped")
+    counts = {kind: sum(e.kind == kind for e in examples) for kind in ("caption", "pair", "text")}
+    emit(progress, "data", len(examples), len(examples), f"{counts['caption']} captions, {counts['pair']} pairs, "
+         f"{counts['text']} texts, {len(issues)} problems skipped")  # fmt: skip
     base = build_base(config, world_corpus(examples, config.data))  # type: ignore[arg-type]
     model = base.model
     model.requires_grad_(True)
@@ -395,20 +429,10 @@ def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None 
     summary = train(model, caption_loss, batches, config, progress=progress, issues=issues)
     summary.examples = len(examples)
 
-    from accelerate import PartialState
-
-    from retrv.rerank.checkpoint import quiet_transformers
-
+    save_pretrained_model(config.out, model, base.tokenizer, base.image_processor,  # type: ignore[arg-type]
+                          {"stage": "caption", "config": asdict(config), "captions": counts["caption"],
+                           "pairs": counts["pair"], "texts": counts["text"],
+                           "parameters": sum(p.numel() for p in model.parameters())}, summary)  # fmt: skip
     out = Path(config.out)  # type: ignore[arg-type]
-    if PartialState().is_main_process:
-        with quiet_transformers():
-            model.to("cpu").save_pretrained(out)
-            base.tokenizer.save_pretrained(out)
-            base.image_processor.save_pretrained(out)
-        record = {"stage": "caption", "config": asdict(config), "steps": summary.steps, "final_loss": summary.final_loss,
-                  "examples": summary.examples, "captions": len(examples) - n_pairs, "pairs": n_pairs,
-                  "parameters": sum(p.numel() for p in model.parameters()),
-                  "skipped": [str(i) for i in summary.data_issues]}  # fmt: skip
-        (out / "retrv-train.json").write_text(json.dumps(record, indent=2))
     emit(progress, "save", 1, 1, f"base reasoner saved to {out} (load it with --reasoner {out})")
     return summary

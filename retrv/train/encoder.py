@@ -22,7 +22,6 @@ in-batch negatives (no cross-process gather).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from retrv.errors import DataError
 from retrv.progress import ProgressCallback, emit
 from retrv.train.config import EncoderTrainConfig
-from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, train
+from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
 
 if TYPE_CHECKING:
     import torch
@@ -276,18 +275,8 @@ def train_encoder(config: EncoderTrainConfig, progress: ProgressCallback | None 
 
     summary = train(model, step, batches, config, progress=progress, issues=issues)
     summary.examples = len(pairs)
+    save_pretrained_model(config.out, model, encoder.tokenizer, encoder.image_processor,  # type: ignore[arg-type]
+                          {"stage": "encoder", "config": asdict(config)}, summary)  # fmt: skip
     out = Path(config.out)  # type: ignore[arg-type]
-    from accelerate import PartialState
-
-    from retrv.hub import quiet_transformers
-
-    if PartialState().is_main_process:
-        with quiet_transformers():
-            model.to("cpu").save_pretrained(out)
-            encoder.tokenizer.save_pretrained(out)
-            encoder.image_processor.save_pretrained(out)
-        record = {"stage": "encoder", "config": asdict(config), "steps": summary.steps, "final_loss": summary.final_loss,
-                  "examples": summary.examples, "skipped": [str(i) for i in summary.data_issues]}  # fmt: skip
-        (out / "retrv-train.json").write_text(json.dumps(record, indent=2))
     emit(progress, "save", 1, 1, f"encoder saved to {out} (load it with --encoder clip:{out})")
     return summary

@@ -68,6 +68,8 @@ class GrpoTrainConfig(TrainConfig):
         "Index of the candidate pool whose coarse top-K gives each query's candidates. Without it: the "
         "positive, its hard negatives and pool members, in a seeded order."))
     split: str = field(default="train", metadata=_help("Which query split to train on."))
+    instructions: bool = field(default=True, metadata=_help(
+        "Give each query its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."))
     pool: str = field(default="local", metadata=_help("Candidate pool that resolves positive and negative ids."))
     num_candidates: int = field(default=8, metadata=_help("K: candidates per prompt."))
     group_size: int = field(default=4, metadata=_help("G: completions sampled per prompt (>= 2)."))
@@ -153,7 +155,8 @@ def load_grpo_samples(config: GrpoTrainConfig, issues: DataIssues | None = None)
 
         index = Index.open(config.index, device=config.device)
     samples = load_reasoning_samples(config.data, config.split, pool=config.pool, num_candidates=config.num_candidates,  # type: ignore[arg-type]
-                                     seed=config.seed, index=index, issues=issues)  # fmt: skip
+                                     seed=config.seed, instructions=config.instructions, index=index,
+                                     issues=issues)  # fmt: skip
     return [grpo_sample(s) for s in samples]
 
 

@@ -387,3 +387,23 @@ def _save_checkpoint(accelerator: Any, out: Path, model: Any, optimizer: Any, sc
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_pretrained_model(out: str | Path, model: Any, tokenizer: Any, image_processor: Any, record: dict[str, Any],
+                          summary: TrainSummary) -> None:  # fmt: skip
+    """Write a trained transformers model as a plain model directory (safetensors, tokenizer, image processor)
+    plus `retrv-train.json` (`record` + steps, final loss, examples, skipped lines); main process only."""
+    from accelerate import PartialState
+
+    from retrv.hub import quiet_transformers
+
+    if not PartialState().is_main_process:
+        return
+    out = Path(out)
+    with quiet_transformers():
+        model.to("cpu").save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        image_processor.save_pretrained(out)
+    record = {**record, "steps": summary.steps, "final_loss": summary.final_loss, "examples": summary.examples,
+              "skipped": [str(i) for i in summary.data_issues]}  # fmt: skip
+    (out / "retrv-train.json").write_text(json.dumps(record, indent=2, default=str))

@@ -41,6 +41,9 @@ def test_examples_cover_captions_positives_and_every_hard_negative(synth_world):
     assert [e.answer for e in mine[: 1 + len(q.neg)]] == [True] + [False] * len(q.neg)
     capped = [e for e in load_examples(synth_world, hard_negatives=1, random_negatives=0) if e.kind == "pair"]
     assert len(capped) == 2 * len(queries)  # the positive and the first hard negative
+    texts = [e for e in load_examples(synth_world, captions=False, pairs=False, texts=True)]
+    cots = (synth_world / "cot" / "train_cot.jsonl").read_text().splitlines()
+    assert [e.caption for e in texts] == [json.loads(line)["cot"] for line in cots]
     captions = [e for e in examples if e.kind == "caption"]
     assert len({e.query.image_path for e in captions}) == len(captions)  # every image once
     cand = next(c for c in ds.candidates(dataset="synth_task0") if c.image_path)
