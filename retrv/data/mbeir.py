@@ -26,16 +26,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from retrv.errors import DataError
 
 if TYPE_CHECKING:
     from retrv.items import Item, Query
     from retrv.progress import ProgressCallback
+
+T = TypeVar("T")
 
 MBEIR_DATASET_IDS: dict[str, int] = {
     "VisualNews": 0, "Fashion200K": 1, "WebQA": 2, "EDIS": 3, "NIGHTS": 4,
@@ -250,6 +252,17 @@ def numbered_lines(path: Path, root: Path | None = None) -> Iterator[tuple[str, 
         for n, line in enumerate(f, 1):
             if line.strip():
                 yield f"{rel}:{n}", line
+
+
+def parsed_lines(path: Path, root: Path | None, parse: Callable[[str, str], T],
+                 on_error: Callable[[str, str], None]) -> Iterator[tuple[str, T]]:  # fmt: skip
+    """(where, record) for every line that `parse(line, where)` accepts; a line it rejects with DataError goes to
+    `on_error(where, reason)` and is skipped (training reads data this way: report bad lines, keep going)."""
+    for where, line in numbered_lines(path, root):
+        try:
+            yield where, parse(line, where)
+        except DataError as e:
+            on_error(where, str(e).removeprefix(f"{where}: "))
 
 
 class MBeirDataset:

@@ -23,6 +23,7 @@ in-batch negatives (no cross-process gather).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +62,7 @@ def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard
     Skipped with a report naming file and line: malformed JSON or fields, a missing image file, a positive
     that is not in the pool. Negatives not in the pool (or with a missing image) are dropped with a report.
     """
-    from retrv.data.mbeir import MBeirDataset, numbered_lines, parse_candidate, parse_query
+    from retrv.data.mbeir import MBeirDataset, parse_candidate, parse_query, parsed_lines
 
     issues = issues if issues is not None else DataIssues()
     ds = MBeirDataset.open(root, split)
@@ -70,12 +71,8 @@ def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard
     def read_pool(path: Path, dataset: str) -> dict[str, Side]:
         if path not in pools:
             found: dict[str, Side] = {}
-            for where, line in numbered_lines(path, ds.root):
-                try:
-                    c = parse_candidate(line, where, ds.root, dataset)
-                except DataError as e:
-                    issues.report(where, str(e).removeprefix(f"{where}: "))
-                    continue
+            parse = partial(parse_candidate, root=ds.root, dataset=dataset)
+            for where, c in parsed_lines(path, ds.root, parse, issues.report):
                 found.setdefault(c.did, Side(c.did, c.text, c.image_path, where))
             pools[path] = found
         return pools[path]
@@ -89,12 +86,8 @@ def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard
     pairs: list[ContrastivePair] = []
     for dataset in ds.datasets:
         candidates = read_pool(ds.pool_file(None if pool == "global" else dataset, pool), dataset)
-        for where, line in numbered_lines(ds.query_file(dataset), ds.root):
-            try:
-                q = parse_query(line, where, ds.root, dataset, split)
-            except DataError as e:
-                issues.report(where, str(e).removeprefix(f"{where}: "))
-                continue
+        parse = partial(parse_query, root=ds.root, dataset=dataset, split=split)
+        for where, q in parsed_lines(ds.query_file(dataset), ds.root, parse, issues.report):
             query = Side(q.qid, q.text, q.image_path, where)
             if not usable(query):
                 continue

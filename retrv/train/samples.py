@@ -27,6 +27,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,28 +73,20 @@ class _Split:
 
 
 def _read_split(root: str | Path, split: str, pool: str, issues: DataIssues) -> _Split:
-    from retrv.data.mbeir import MBeirDataset, numbered_lines, parse_candidate, parse_query
+    from retrv.data.mbeir import MBeirDataset, parse_candidate, parse_query, parsed_lines
 
     ds = MBeirDataset.open(root, split)
     out = _Split(ds)
     by_file: dict[Path, dict[str, MBeirCandidate]] = {}
     for dataset in ds.datasets:
-        for where, line in numbered_lines(ds.query_file(dataset), ds.root):
-            try:
-                q = parse_query(line, where, ds.root, dataset, split)
-            except DataError as e:
-                issues.report(where, str(e).removeprefix(f"{where}: "))
-                continue
+        parse = partial(parse_query, root=ds.root, dataset=dataset, split=split)
+        for where, q in parsed_lines(ds.query_file(dataset), ds.root, parse, issues.report):
             out.queries.setdefault(q.qid, (q, where))
         path = ds.pool_file(None if pool == "global" else dataset, pool)
         if path not in by_file:
             found: dict[str, MBeirCandidate] = {}
-            for where, line in numbered_lines(path, ds.root):
-                try:
-                    c = parse_candidate(line, where, ds.root, dataset)
-                except DataError as e:
-                    issues.report(where, str(e).removeprefix(f"{where}: "))
-                    continue
+            parse = partial(parse_candidate, root=ds.root, dataset=dataset)
+            for _, c in parsed_lines(path, ds.root, parse, issues.report):
                 found.setdefault(c.did, c)
             by_file[path] = found
         out.pools[dataset] = by_file[path]
