@@ -195,6 +195,7 @@ _retrv_train_caption() {
         '--vision-hidden[Vision tower hidden size of the new model]:value: ' \
         '--vision-depth[Vision tower blocks of the new model]:value: ' \
         '--rope-theta[RoPE base of the new model]:value: ' \
+        '--mrope-section[Rotary pairs of each attention head given to the temporal, height and width axes, e.g. 1,1,6 (sum h]:value: ' \
         '--vocab-size[Byte-level BPE vocabulary fitted to the worlds texts]:value: ' \
         '--image-size[Images are resized to about this many pixels a side (size/28)^2 image tokens each (112 -> 16)]:value: ' \
         '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each pair its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` doe]' \
@@ -367,7 +368,7 @@ _retrv_train_sft() {
         '--limit[Use at most this many training queries (0 all)]:value: ' \
         '--cot[Chain-of-thought jsonl (the synth worlds cot/train_cot.jsonl or `retrv train cot` output)]:value: ' \
         '--init[Reasoner checkpoint to start from, with ICM weights (the output of `retrv train icm`)]:value: ' \
-        '--lora-r[LoRA rank]:value: ' \
+        '--lora-r[LoRA rank; 0 fine-tunes every weight of the LLM instead (vision tower still frozen) for tiny models]:value: ' \
         '--lora-alpha[LoRA scaling numerator (scale = alpha / r)]:value: ' \
         '--lora-dropout[Dropout on the LoRA input]:value: ' \
         '--lora-targets[Comma-separated projection names the LoRA wraps, in the LLMs layers only (never the vision tower)]:value: ' \

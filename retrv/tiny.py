@@ -7,7 +7,7 @@ loaders (`clip:DIR`, `--reasoner DIR`) open like any downloaded model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,15 @@ def build_tiny_reasoner(
     vocab_size: int = 400,
     seed: int = 0,
     rope_theta: float = 10000.0,
+    mrope_section: Sequence[int] | None = None,
 ) -> Path:
     """Save a random Qwen2_5_VLForConditionalGeneration with its tokenizer and image processor.
 
-    `rope_theta`: with a tiny head (hidden / heads = 16), M-RoPE gives the image's width axis the lowest
-    rotary frequencies, which at theta 1e4 barely turn across a small image (left and right look alike);
-    a model trained from scratch on small images wants a small theta (e.g. 10).
+    `rope_theta`, `mrope_section` (rotary pairs given to the temporal, height and width axes, summing to
+    head_dim / 2; default about a third each): M-RoPE gives the width axis the lowest frequencies. A small
+    theta makes every pair turn fast, which lets left and right differ across a small image but leaves no
+    slow pair for attention by content over a long prompt (copying a query 100 tokens back fails). A model
+    trained from scratch wants both: a theta near 1e3 and most pairs on the width axis (e.g. 1, 1, 6).
 
     The processor itself cannot be saved without torchvision (transformers 5.x), so the tokenizer and
     the image processor are saved side by side; `rerank.checkpoint` rebuilds the processor.
@@ -127,14 +130,16 @@ def build_tiny_reasoner(
     tok = train_byte_bpe_tokenizer(corpus, vocab_size)
     head_dim = hidden // heads
     half = head_dim // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]  # sums to head_dim / 2
+    mrope = list(mrope_section) if mrope_section else [half - 2 * (half // 3), half // 3, half // 3]
+    if len(mrope) != 3 or sum(mrope) != half or min(mrope) < 0:
+        raise ValueError(f"mrope_section must be 3 non-negative ints summing to head_dim / 2 = {half}, got {mrope}")
     ids = tok.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
         text_config=dict(
             hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=heads,
             num_key_value_heads=kv_heads, vocab_size=len(tok), max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta), "mrope_section": mrope},
-            tie_word_embeddings=True,
+            tie_word_embeddings=True, bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
         ),
         vision_config=dict(
             depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_heads=4,

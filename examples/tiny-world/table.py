@@ -89,7 +89,9 @@ def main(work: Path) -> None:
             f"steps {c['steps']}: lambda {c['lambda']:.2f}, inspections {c['inspections']:.2f}, accuracy {c['accuracy']:.2f}"
             for c in curve))  # fmt: skip
     if times:
-        print("\nseconds per stage: " + ", ".join(f"{k} {v}" for k, v in times.items()) + f"; total {sum(times.values())}")
+        stages = {k: v for k, v in times.items() if k != "wall"}
+        wall = f"; wall {times['wall']} (two lanes side by side)" if "wall" in times else ""
+        print("\nseconds per stage: " + ", ".join(f"{k} {v}" for k, v in stages.items()) + f"; sum {sum(stages.values())}{wall}")
     for goal, ok in goals.items():
         print(f"{'PASS' if ok else 'FAIL'}  {goal}")
     table = {"schema": "retrv.tiny-world/1", "task": 0, "rows": rows, "grpo_curve": curve, "seconds": times, "goals": goals}

@@ -30,10 +30,10 @@ Chain-of-thought for SFT, `cot/train_cot.jsonl`, one JSON object per training qu
      "answer": 4,                               # 1-based index of the positive in candidates
      "inspected": [1, 4]}                       # indices inspected in step 3, in order
 
-The candidates are the positive, its hard negatives and other pool members (8 in all, shuffled). Step 3 writes
-`<inspection-index-start>i<inspection-index-end>` before what candidate i's full content shows, only for
-candidates with the positive's exact words (the only ones compressed tokens cannot separate), in order, and
-stops at the positive; when no look-alike is among the candidates it inspects nothing.
+The candidates are the positive, its hard negatives and other pool members (8 in all, shuffled). Step 3 checks the
+candidates with the positive's exact words (the only ones compressed tokens cannot separate), in order, up to
+the positive: "Candidate i <inspection-index-start>i<inspection-index-end> shows <what it shows>; it should
+show <the truth>: <verdict>."; when no look-alike is among the candidates it inspects nothing.
 """
 
 from __future__ import annotations
@@ -185,8 +185,9 @@ class _World:
         return qid
 
 
-def _describe(scene: Scene, task: int) -> str:
-    return f'says "{scene.caption()}"' if task == 3 else f"shows {scene.caption()}"
+def _describe(scene: Scene, task: int, should: bool = False) -> str:
+    verb = ("should say" if should else "says") if task == 3 else ("should show" if should else "shows")
+    return f'{verb} "{scene.caption()}"' if task == 3 else f"{verb} {scene.caption()}"
 
 
 def _difference(scene: Scene, truth: Scene) -> str:
@@ -199,14 +200,19 @@ def _difference(scene: Scene, truth: Scene) -> str:
 
 
 def build_cot(task: int, truth: Scene, ideal: str, candidates: list[tuple[str, Scene]], positive: str) -> dict:
-    """The 4-step teacher reasoning over `candidates` (did, scene), 1-indexed in the text."""
+    """The 4-step teacher reasoning over `candidates` (did, scene), 1-indexed in the text.
+
+    Each detailed check asks to see the candidate, says what it shows, then restates what it should show: the
+    verdict compares two descriptions side by side (the same few tokens apart in the text-only pretraining
+    and after an injected image) instead of one against the query far back.
+    """
     answer = next(i for i, (did, _) in enumerate(candidates, 1) if did == positive)
     alike = [i for i, (_, s) in enumerate(candidates, 1) if s.words() == truth.words()]
     easy = [i for i in range(1, len(candidates) + 1) if i not in alike]
-    gist = lambda s: f"{s.left.phrase()}, {s.right.phrase()}"  # noqa: E731
-    step2 = (f"{'Candidate' if len(easy) == 1 else 'Candidates'} "
-             + ", ".join(f"{i} ({gist(candidates[i - 1][1])})" for i in easy)
-             + f" {'does' if len(easy) == 1 else 'do'} not have both a {truth.left.phrase()} and a"
+    # Step 2 names the ruled-out candidates without describing them: a description read off two compressed
+    # tokens is where a small reasoner errs most, and nothing later depends on it.
+    step2 = (f"{'Candidate' if len(easy) == 1 else 'Candidates'} {', '.join(map(str, easy))}"
+             f" {'does' if len(easy) == 1 else 'do'} not have both a {truth.left.phrase()} and a"
              f" {truth.right.phrase()}: ruled out." if easy else "No candidate can be ruled out at a glance.")  # fmt: skip
     inspected: list[int] = []
     if len(alike) == 1:
@@ -216,11 +222,12 @@ def build_cot(task: int, truth: Scene, ideal: str, candidates: list[tuple[str, S
         for i in alike:
             inspected.append(i)
             scene = candidates[i - 1][1]
-            tag = f"<inspection-index-start>{i}<inspection-index-end>"
+            look = (f"Candidate {i} <inspection-index-start>{i}<inspection-index-end> {_describe(scene, task)};"
+                    f" it {_describe(truth, task, should=True)}")  # fmt: skip
             if i == answer:
-                parts.append(f"Candidate {i} {tag} {_describe(scene, task)}: it matches.")
+                parts.append(f"{look}: it matches.")
                 break
-            parts.append(f"Candidate {i} {tag} {_describe(scene, task)}: {_difference(scene, truth)}.")
+            parts.append(f"{look}: {_difference(scene, truth)}.")
         step3 = " ".join(parts)
     cot = (f"Step 1 (ideal result): {ideal}.\nStep 2 (quick elimination): {step2}\n"
            f"Step 3 (detailed check): {step3}\nStep 4 (answer): <answer>{answer}</answer>")  # fmt: skip
@@ -284,7 +291,7 @@ def generate(out: str | Path, config: SynthConfig | None = None, overwrite: bool
     write_dataset(out, queries, candidates, None, instructions, world.images)
     (out / "cot").mkdir(parents=True, exist_ok=True)
     (out / "cot" / "train_cot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cots), encoding="utf-8")
-    meta = {"generator": "retrv.data.synth", "version": 1, "dataset": SYNTH_DATASET, "dataset_id": SYNTH_DATASET_ID,
+    meta = {"generator": "retrv.data.synth", "version": 2, "dataset": SYNTH_DATASET, "dataset_id": SYNTH_DATASET_ID,
             "tasks": list(SYNTH_TASKS), "seed": config.seed, "size": config.size, "cot_candidates": config.cot_candidates}  # fmt: skip
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
@@ -296,8 +303,7 @@ def _cot_record(q: MBeirQuery, truth: Scene, by_did: dict[str, Scene], k: int, r
     chosen += rng.sample(others, min(k - len(chosen), len(others)))
     rng.shuffle(chosen)
     task = q.task_id or 0
-    what = f"a {truth.left.phrase()} on the left and a {truth.right.phrase()} on the right"
-    ideal = {0: f"an image of {what}", 3: f'the caption "{truth.caption()}"',
-             7: f"the query image after the edit ({q.text}): {what}"}[task]  # fmt: skip
+    ideal = {0: f"an image that shows {truth.caption()}", 3: f'the caption "{truth.caption()}"',
+             7: f"the query image after the edit ({q.text}), which shows {truth.caption()}"}[task]  # fmt: skip
     cot = build_cot(task, truth, ideal, [(d, by_did[d]) for d in chosen], q.pos[0])
     return {"qid": q.qid, "task_id": task, "dataset": q.dataset, **cot}

@@ -11,9 +11,10 @@ three kinds of example drawn from the training split:
   with the task instruction the bench adds), for the positive, the first `hard_negatives` hard negatives
   (`neg_cand_list`: in the synthetic world the same words bound differently) and `random_negatives`
   other pool members.
-- text (`--texts`): plain language modelling of the split's other texts (the teacher CoT in
-  `cot/train_cot.jsonl`), so that every word the later stages write has a trained embedding: SFT trains a
-  LoRA, not the embeddings, and on untrained rows it stalled (token accuracy 0.26 after 100 steps).
+- text (`--texts`): language modelling of the split's other texts (the teacher CoT in `cot/train_cot.jsonl`),
+  each after its query ("Query: ..." and/or the query image), so that every word the later stages write has a
+  trained embedding (a LoRA SFT stalled on untrained rows: token accuracy 0.26 after 100 steps) and copying
+  from the query starts here.
 
 Loss: cross-entropy on the answer tokens only (the caption, the Yes/No token or the text, each + end of
 turn), averaged per example, then over the batch, so a short Yes/No answer weighs as much as a caption.
@@ -62,9 +63,13 @@ class CaptionTrainConfig(TrainConfig):
     kv_heads: int = field(default=2, metadata=_help("LLM key/value heads of the new model (grouped-query attention)."))
     vision_hidden: int = field(default=32, metadata=_help("Vision tower hidden size of the new model."))
     vision_depth: int = field(default=2, metadata=_help("Vision tower blocks of the new model."))
-    rope_theta: float = field(default=10.0, metadata=_help(
-        "RoPE base of the new model. M-RoPE gives an image's width axis the lowest frequencies; with a tiny head "
-        "and theta 1e4 they barely turn across a small image, so left and right look alike. 10 keeps them apart."))
+    rope_theta: float = field(default=1000.0, metadata=_help(
+        "RoPE base of the new model. Too large and the image's width axis (the lowest M-RoPE frequencies) barely "
+        "turns across a small image, so left and right look alike; too small and no pair turns slowly enough for "
+        "attention by content over a long prompt (at 10 the reasoner could not copy its query)."))
+    mrope_section: str = field(default="", metadata=_help(
+        "Rotary pairs of each attention head given to the temporal, height and width axes, e.g. 1,1,6 (sum: head "
+        "size / 2). Default: one each to temporal and height, the rest to width, the axis that tells left from right."))
     vocab_size: int = field(default=1024, metadata=_help("Byte-level BPE vocabulary fitted to the world's texts."))
     image_size: int = field(default=112, metadata=_help(
         "Images are resized to about this many pixels a side: (size/28)^2 image tokens each (112 -> 16)."))
@@ -82,6 +87,16 @@ class CaptionTrainConfig(TrainConfig):
     lr: float = field(default=3e-3, metadata=_help("Peak learning rate (AdamW); from-scratch training wants a high one."))
     warmup_steps: int = field(default=20, metadata=_help("Linear warm-up steps before the schedule."))
 
+    def rope_sections(self) -> list[int]:
+        """--mrope-section as three ints ([] when it does not parse)."""
+        if not self.mrope_section:
+            half = self.hidden // max(self.heads, 1) // 2
+            return [1, 1, half - 2] if half >= 3 else [half, 0, 0]
+        try:
+            return [int(x) for x in self.mrope_section.split(",")]
+        except ValueError:
+            return []
+
     def validate(self) -> None:
         super().validate()
         if not self.data:
@@ -94,6 +109,10 @@ class CaptionTrainConfig(TrainConfig):
                                    f"and --heads must be a multiple of --kv-heads {self.kv_heads}")  # fmt: skip
         if self.vision_hidden % 4:
             raise TrainConfigError(f"--vision-hidden must be a multiple of 4 (4 vision heads), got {self.vision_hidden}")
+        section = self.rope_sections()
+        if len(section) != 3 or min(section) < 0 or sum(section) * 2 != self.hidden // self.heads:
+            raise TrainConfigError(f"--mrope-section must be three counts summing to head size / 2 = "
+                                   f"{self.hidden // self.heads // 2}, got {self.mrope_section!r}")  # fmt: skip
         if self.rope_theta <= 0:
             raise TrainConfigError(f"--rope-theta must be positive, got {self.rope_theta}")
         if self.image_size < 28:
@@ -199,10 +218,12 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
                 out.append(CaptionExample("pair", _side(q), source, candidate=_side(cand), answer=did in positives,
                                           instruction=instruction))  # fmt: skip
     if texts:
-        # Plain language modelling (no prompt): writing each CoT after its query was tried and gained nothing
-        # on the tiny-world recipe (reason R@1 6.2 both ways, docs/training.md).
-        out += [CaptionExample("text", Side(None, None, "text"), where, caption=text)
-                for where, _qid, text in _world_texts(ds.root, split)]  # fmt: skip
+        # Each text after its query (when the record names one), so copying from the query is learnt here, on
+        # batches of 32, rather than in SFT's LoRA on batches of 4.
+        queries = {q.qid: q for dataset in ds.datasets for q in ds.queries(dataset=dataset)}
+        for where, qid, text in _world_texts(ds.root, split):
+            q = queries.get(qid) if qid else None
+            out.append(CaptionExample("text", _side(q) if q else Side(None, None, "text"), where, caption=text))
     if not out:
         raise DataError(f"{ds.root}: no caption, pair or text examples in the {split} split")
     return out
@@ -275,8 +296,12 @@ class CaptionCollator:
         """The prompt string and its image paths, in order."""
         from retrv.rerank.prompts import SCORE_SYSTEM, Segment, render, score_segments
 
-        if e.kind == "text":  # plain language modelling of an assistant turn
-            return "<|im_start|>assistant\n", []
+        if e.kind == "text":  # language modelling of an assistant turn, after its query when there is one
+            if e.query.text is None and e.query.image_path is None:
+                return "<|im_start|>assistant\n", []
+            segments = [Segment("image")] if e.query.image_path else []
+            segments += [Segment("text", f"Query: {e.query.text}")] if e.query.text else []
+            return render(segments, self.tokenizer, self.processor, system=None), [p for p in [e.query.image_path] if p]
         if e.kind == "caption":
             return render([Segment("image"), Segment("text", CAPTION_REQUEST)], self.tokenizer, self.processor,
                           system=CAPTION_SYSTEM), [e.query.image_path]  # type: ignore[list-item]  # fmt: skip
@@ -397,7 +422,8 @@ def build_base(config: CaptionTrainConfig, corpus: list[str]) -> BaseModel:
             build_tiny_reasoner(tmp, hidden=config.hidden, layers=config.layers, heads=config.heads,
                                 kv_heads=config.kv_heads, vision_hidden=config.vision_hidden,
                                 vision_depth=config.vision_depth, corpus=corpus, vocab_size=config.vocab_size,
-                                seed=config.seed, rope_theta=config.rope_theta)  # fmt: skip
+                                seed=config.seed, rope_theta=config.rope_theta,
+                                mrope_section=config.rope_sections())  # fmt: skip
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         image_processor = AutoImageProcessor.from_pretrained(str(source))
         model = AutoModelForImageTextToText.from_pretrained(str(source), dtype="float32", use_safetensors=True)

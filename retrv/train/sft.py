@@ -16,7 +16,9 @@ of `language_model` only; the vision tower is untouched, so full tokens stay wha
 and the input/output embedding rows of the role tokens (`--train-token-rows`: `<answer>`, the inspection
 tags, ... are new tokens whose rows would otherwise stay at their initial values, identical for all of them
 on a hub model). Everything else is frozen. Output: a reasoner checkpoint, stage "sft", weights "lora"
-(adapter + ICM + role-token rows), loadable with `--reasoner OUT` and as GRPO's init.
+(adapter + ICM + role-token rows), loadable with `--reasoner OUT` and as GRPO's init. With `--lora-r 0`
+every LLM weight trains instead (no LoRA, no separate rows; the vision tower stays frozen) and the
+checkpoint holds full weights: for a tiny LLM trained from scratch, where a low-rank update gains nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ class SftTrainConfig(ReasonerDataConfig):
         "Chain-of-thought jsonl (the synth world's cot/train_cot.jsonl or `retrv train cot` output).", required=True))
     init: str | None = field(default=None, metadata=_help(
         "Reasoner checkpoint to start from, with ICM weights (the output of `retrv train icm`).", required=True))
-    lora_r: int = field(default=16, metadata=_help("LoRA rank."))
+    lora_r: int = field(default=16, metadata=_help(
+        "LoRA rank; 0 fine-tunes every weight of the LLM instead (vision tower still frozen): for tiny models "
+        "trained from scratch, where a low-rank update is the bottleneck."))
     lora_alpha: float = field(default=32.0, metadata=_help("LoRA scaling numerator (scale = alpha / r)."))
     lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
     lora_targets: str = field(default=",".join(LLM_PROJECTIONS), metadata=_help(
@@ -69,8 +73,8 @@ class SftTrainConfig(ReasonerDataConfig):
             raise TrainConfigError("--cot is required: a chain-of-thought jsonl file")
         if not self.init:
             raise TrainConfigError("--init is required: the stage-1 reasoner checkpoint (retrv train icm)")
-        if self.lora_r < 1:
-            raise TrainConfigError(f"--lora-r must be at least 1, got {self.lora_r}")
+        if self.lora_r < 0:
+            raise TrainConfigError(f"--lora-r must be >= 0 (0: full fine-tuning), got {self.lora_r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise TrainConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not [t for t in self.lora_targets.split(",") if t.strip()]:
@@ -272,6 +276,16 @@ def attach_lora(model: Any, config: SftTrainConfig) -> Any:
     return get_peft_model(model, lora)
 
 
+def unfreeze_llm(model: Any) -> Any:
+    """Full fine-tuning: every LLM weight (embeddings and LM head included) trains; the vision tower stays frozen."""
+    from retrv.icm.features import unwrap_model
+
+    base = unwrap_model(model)
+    base.model.language_model.requires_grad_(True)
+    base.get_output_embeddings().requires_grad_(True)
+    return model
+
+
 @dataclass
 class SftRun:
     """Everything `train_sft` trains: `model` holds the trainable modules (llm with LoRA, icm, rows)."""
@@ -301,8 +315,9 @@ def prepare_sft(config: SftTrainConfig, progress: ProgressCallback | None = None
     set_seed(config.seed)
     icm = loaded.icm.requires_grad_(config.train_icm)
     ids = role_token_ids(loaded.tokenizer, loaded.config.special_tokens)
-    rows = role_rows(loaded.model, ids) if config.train_token_rows else None
-    llm = attach_lora(loaded.model, config)
+    full = config.lora_r == 0
+    rows = role_rows(loaded.model, ids) if config.train_token_rows and not full else None
+    llm = attach_lora(loaded.model, config) if not full else unfreeze_llm(loaded.model)
     model = torch.nn.ModuleDict({"llm": llm, "icm": icm} | ({"rows": rows} if rows is not None else {}))
     ctx = SftContext(loaded, SpecialTokens.from_mapping(loaded.config.special_tokens), token_budget(config),
                      FeatureCache(config.feature_cache), ids, config.max_inspections)  # fmt: skip
@@ -327,6 +342,6 @@ def train_sft(config: SftTrainConfig, progress: ProgressCallback | None = None) 
         if "rows" in run.model:
             write_role_rows(run.model["llm"], ctx.role_ids, run.model["rows"])
         save_stage(run.loaded, out, stage="sft", icm=run.model["icm"], training=training_record(config, summary),
-                   lora_model=run.model["llm"])  # fmt: skip
+                   lora_model=run.model["llm"] if config.lora_r else None)  # fmt: skip
     emit(progress, "save", 1, 1, f"reasoner checkpoint (stage sft) saved to {out}")
     return summary

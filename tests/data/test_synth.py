@@ -134,6 +134,16 @@ def test_cot_is_the_true_reasoning(world):
         if len(alike) > 1:  # look-alikes are inspected in order up to the answer, nothing else is
             assert tags == alike[: alike.index(r["answer"]) + 1]
             saw_inspection = True
+            caption = lambda did: json.loads(pools[q.dataset][did].src_content)["caption"]  # noqa: E731
+            verb, should = ("says", "should say") if q.task_id == 3 else ("shows", "should show")
+            quote = (lambda t: f'"{t}"') if q.task_id == 3 else (lambda t: t)  # noqa: E731
+            for i in tags:  # the request, what it shows, what it should show, the verdict
+                seen = caption(r["candidates"][i - 1])
+                look = (f"Candidate {i} <inspection-index-start>{i}<inspection-index-end> {verb} {quote(seen)};"
+                        f" it {should} {quote(caption(q.pos[0]))}: ")  # fmt: skip
+                assert look in steps[2]
+                verdict = steps[2].split(look)[1].split(".")[0]
+                assert (verdict == "it matches") == (i == r["answer"])
         else:
             assert tags == [] and "no detailed check is needed" in steps[2]
     assert saw_inspection

@@ -44,6 +44,9 @@ def test_examples_cover_captions_positives_and_every_hard_negative(synth_world):
     texts = [e for e in load_examples(synth_world, captions=False, pairs=False, texts=True)]
     cots = (synth_world / "cot" / "train_cot.jsonl").read_text().splitlines()
     assert [e.caption for e in texts] == [json.loads(line)["cot"] for line in cots]
+    by_qid = {q.qid: q for q in queries}
+    assert [(e.query.text, e.query.image_path) for e in texts] == [
+        (by_qid[json.loads(line)["qid"]].text, by_qid[json.loads(line)["qid"]].image_path) for line in cots]  # each after its query
     captions = [e for e in examples if e.kind == "caption"]
     assert len({e.query.image_path for e in captions}) == len(captions)  # every image once
     cand = next(c for c in ds.candidates(dataset="synth_task0") if c.image_path)
@@ -101,6 +104,38 @@ def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")}
             logits = loaded.model(**inputs).logits[0, answer_at, batch["answer_ids"]]
         assert float(torch.softmax(logits, -1)[0]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_text_is_written_after_its_query(synth_world, trained):
+    from retrv.rerank.checkpoint import load_reasoner
+    from retrv.train.caption import CaptionCollator, load_examples
+    from retrv.train.loop import DataIssues
+
+    loaded = load_reasoner(trained[0].out, device="cpu")
+    texts = load_examples(synth_world, captions=False, pairs=False, texts=True)
+    collator = CaptionCollator(loaded.tokenizer, loaded.processor, DataIssues())
+    by_modality = {e.query.modality: e for e in texts}
+    text_query, image_query = by_modality["text"], by_modality["image"]
+    prompt, images = collator.prompt(text_query)
+    assert f"Query: {text_query.query.text}" in prompt and images == [] and prompt.endswith("assistant\n")
+    prompt, images = collator.prompt(image_query)
+    assert images == [image_query.query.image_path] and "<|vision_start|>" in prompt
+    batch = collator([text_query, image_query])
+    labels = batch["labels"][0]
+    written = loaded.tokenizer.decode(labels[labels != -100].tolist())
+    assert written.startswith(text_query.caption)  # the loss is on the reasoning only, not on the query
+
+
+def test_rope_sections_default_to_the_width_axis_and_are_checked(synth_world, trained, tmp_path):
+    from retrv.train.caption import CaptionTrainConfig
+    from retrv.train.config import TrainConfigError
+
+    rope = json.loads((trained[1].out_dir / "config.json").read_text())["text_config"]["rope_parameters"]
+    assert rope["mrope_section"] == [1, 1, 2] and rope["rope_theta"] == 1000.0  # head size 8 in the tiny test model
+
+    assert CaptionTrainConfig(out=str(tmp_path), data=str(synth_world)).rope_sections() == [1, 1, 6]  # 64 / 4 heads
+    with pytest.raises(TrainConfigError, match="--mrope-section must be three counts summing to head size / 2 = 8"):
+        CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), mrope_section="2,2,2").validate()
 
 
 def test_bad_config_is_one_clear_message(synth_world, tmp_path):

@@ -102,8 +102,8 @@ def test_training_sequence_is_bit_equal_to_what_inference_decodes(reasoner, worl
 
 def _config(tmp_path, world, init, name="out", **kw):
     args = dict(out=str(tmp_path / name), data=str(world), cot=str(world / "cot/train_cot.jsonl"), init=str(init),
-                max_steps=24, batch_size=1, lr=1e-2, lr_schedule="constant", weight_decay=0.0, save_every=0,
-                device="cpu", lora_r=4, limit=3)  # fmt: skip
+                max_steps=24, batch_size=1, lr=5e-3, lr_schedule="constant", weight_decay=0.0, save_every=0,
+                device="cpu", lora_r=16, limit=3)  # fmt: skip
     args.update(kw)
     return SftTrainConfig(**args)
 
@@ -171,3 +171,26 @@ def test_a_sample_can_be_trained_twice_with_the_same_result(reasoner, world):
     _, b = _built(reasoner, dataclasses.replace(sample), sample.cot)
     assert torch.equal(a.sequence.embeds, b.sequence.embeds) and torch.equal(a.targets, b.targets)
     assert a.inspected == list(sample.inspected)
+
+
+def test_lora_rank_zero_fine_tunes_every_llm_weight_and_saves_them(tmp_path, world, icm_checkpoint, tiny_reasoner_dir):
+    from retrv.rerank.checkpoint import load_reasoner
+
+    config = _config(tmp_path, world, icm_checkpoint, "full", lora_r=0, lr=1e-3, max_steps=12)
+    run = prepare_sft(config)
+    trainable = {k for k, v in run.model.named_parameters() if v.requires_grad}
+    assert "rows" not in run.model and not any("lora_" in k for k in trainable)  # the embeddings train directly
+    assert any(".visual." in k for k, _ in run.model.named_parameters()) and not any(".visual." in k for k in trainable)
+    summary = train_sft(config)
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert np.mean([r["loss"] for r in rows[-3:]]) < 0.95 * np.mean([r["loss"] for r in rows[:3]])
+    assert summary.steps == 12
+
+    loaded = load_reasoner(str(tmp_path / "full"), device="cpu", require_icm=True)
+    assert loaded.config.stage == "sft" and loaded.config.weights == "full"
+    base = load_reasoner(str(tiny_reasoner_dir), device="cpu").model.state_dict()
+    after = loaded.model.state_dict()
+    llm = [k for k in base if "language_model" in k]
+    vision = [k for k in base if ".visual." in k or k.startswith("model.visual")]
+    assert llm and [k for k in llm if torch.equal(base[k], after[k])] == []  # every LLM tensor moved
+    assert vision and all(torch.equal(base[k], after[k]) for k in vision)
