@@ -26,25 +26,19 @@ layout `build_tiny_reasoner` writes), next to `checkpoints/`, `metrics.jsonl` an
 
 from __future__ import annotations
 
-import json
-import random
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrv.errors import DataError
 from retrv.progress import ProgressCallback, emit
+from retrv.train.caption_examples import CAPTION_REQUEST, CAPTION_SYSTEM, CaptionExample, load_examples, world_corpus
 from retrv.train.config import TrainConfig, TrainConfigError, _help
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
 
 if TYPE_CHECKING:
     import torch
 
-    from retrv.data.mbeir import MBeirCandidate, MBeirDataset, MBeirQuery
-
-CAPTION_SYSTEM = "You describe pictures."
-CAPTION_REQUEST = "Describe the image."
 IGNORE = -100
 
 
@@ -123,157 +117,6 @@ class CaptionTrainConfig(TrainConfig):
             raise TrainConfigError(f"--hard-negatives must be >= -1 (-1: all), got {self.hard_negatives}")
         if self.random_negatives < 0:
             raise TrainConfigError(f"--random-negatives must be >= 0, got {self.random_negatives}")
-
-
-@dataclass(frozen=True)
-class Side:
-    text: str | None
-    image_path: str | None
-    modality: str
-
-
-@dataclass(frozen=True)
-class CaptionExample:
-    """A caption (`query` is the image, `candidate` None), a pair (`answer` True/False) or a text (`caption`)."""
-
-    kind: str  # "caption" | "pair" | "text"
-    query: Side
-    source: str
-    caption: str = ""
-    candidate: Side | None = None
-    answer: bool = False
-    instruction: str | None = None
-
-
-# ---------------------------------------------------------------- data
-
-
-def caption_of(src_content: str | None, text: str | None = None, modality: str = "") -> str | None:
-    """The caption of an image: `src_content` "caption", or a synthetic "scene", else an image+text item's text."""
-    if src_content:
-        try:
-            src = json.loads(src_content)
-        except ValueError:
-            src = None
-        if isinstance(src, dict):
-            if isinstance(src.get("caption"), str):
-                return src["caption"]
-            scene = src.get("scene")
-            if isinstance(scene, dict):
-                from retrv.data.synth import Scene, Shape
-
-                try:
-                    return Scene(Shape(**scene["left"]), Shape(**scene["right"])).caption()
-                except (KeyError, TypeError):
-                    return None
-    return text if modality == "image,text" and text else None
-
-
-def _side(item: MBeirQuery | MBeirCandidate) -> Side:
-    return Side(item.text or None, item.image_path, item.modality)
-
-
-def load_examples(root: str | Path, split: str = "train", *, captions: bool = True, pairs: bool = True,
-                  texts: bool = False, hard_negatives: int = -1, random_negatives: int = 1, instructions: bool = True,
-                  seed: int = 0, issues: DataIssues | None = None) -> list[CaptionExample]:  # fmt: skip
-    """Caption and pair examples of one split, in file order (deterministic in `seed`)."""
-    from retrv.data.mbeir import MBeirDataset
-
-    issues = issues if issues is not None else DataIssues()
-    ds = MBeirDataset.open(root, split)
-    rng = random.Random(f"retrv-caption:{seed}")
-    out: list[CaptionExample] = []
-    seen_images: set[str] = set()
-
-    def add_caption(side: Side, caption: str | None, source: str) -> None:
-        if not captions or side.image_path is None or caption is None or side.image_path in seen_images:
-            return
-        if not Path(side.image_path).is_file():
-            issues.report(source, f"image not found: {side.image_path}")
-            return
-        seen_images.add(side.image_path)
-        out.append(CaptionExample("caption", Side(None, side.image_path, "image"), source, caption=caption))
-
-    for dataset in ds.datasets:
-        pool = {c.did: c for c in _pool(ds, dataset, issues)}
-        for c in pool.values():
-            add_caption(_side(c), caption_of(c.src_content, c.text, c.modality), f"{dataset} candidate {c.did}")
-        dids = sorted(pool)
-        for q in ds.queries(dataset=dataset):
-            source = f"{dataset} query {q.qid}"
-            add_caption(_side(q), caption_of(q.src_content, q.text, q.modality), source)
-            if not pairs:
-                continue
-            positives = [d for d in q.pos if d in pool]
-            if not positives:
-                issues.report(source, "no positive in the local pool")
-                continue
-            negatives = [d for d in q.neg if d in pool and d not in positives]
-            negatives = negatives if hard_negatives < 0 else negatives[:hard_negatives]
-            others = [d for d in dids if d not in positives and d not in q.neg]
-            negatives += rng.sample(others, min(random_negatives, len(others)))
-            for did in positives + negatives:
-                cand = pool[did]
-                instruction = ds.instruction(dataset, q.modality, cand.modality) if instructions else None
-                out.append(CaptionExample("pair", _side(q), source, candidate=_side(cand), answer=did in positives,
-                                          instruction=instruction))  # fmt: skip
-    if texts:
-        # Each text after its query (when the record names one), so copying from the query is learnt here, on
-        # batches of 32, rather than in SFT's LoRA on batches of 4.
-        queries = {q.qid: q for dataset in ds.datasets for q in ds.queries(dataset=dataset)}
-        for where, qid, text in _world_texts(ds.root, split):
-            q = queries.get(qid) if qid else None
-            out.append(CaptionExample("text", _side(q) if q else Side(None, None, "text"), where, caption=text))
-    if not out:
-        raise DataError(f"{ds.root}: no caption, pair or text examples in the {split} split")
-    return out
-
-
-def _world_texts(root: Path, split: str) -> list[tuple[str, str | None, str]]:
-    """(file:line, qid, text) of the split's CoT file (`cot/<split>_cot.jsonl`), when there is one."""
-    path = root / "cot" / f"{split}_cot.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            record = json.loads(line)
-            text, qid = record["cot"], record.get("qid")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-        if isinstance(text, str) and text:
-            out.append((f"cot/{path.name}:{n}", qid if isinstance(qid, str) else None, text))
-    return out
-
-
-def _pool(ds: MBeirDataset, dataset: str, issues: DataIssues) -> list[MBeirCandidate]:
-    try:
-        return list(ds.candidates(pool="local", dataset=dataset))
-    except DataError as e:
-        issues.report(dataset, str(e))
-        return []
-
-
-def world_corpus(examples: list[CaptionExample], root: str | Path) -> list[str]:
-    """Texts the tokenizer is fitted on: captions, queries, instructions, both prompts, the teacher CoT."""
-    from retrv.rerank.prompts import SCORE_SYSTEM, pair_question
-    from retrv.rerank.sequence import SpecialTokens, system_prompt
-    from retrv.tiny import DEFAULT_CORPUS
-
-    texts = [*DEFAULT_CORPUS, SCORE_SYSTEM, CAPTION_SYSTEM, CAPTION_REQUEST, system_prompt(SpecialTokens(), True),
-             system_prompt(SpecialTokens(), False), "Query: ", "Candidate: ", "Candidates:", "Task: "]  # fmt: skip
-    texts += [pair_question(q, c) + " Answer Yes or No." for q in ("text", "image", "image,text") for c in ("text", "image")]
-    texts += ["Yes", "No"] * 50  # single tokens, whatever the corpus
-    for e in examples:
-        texts += [t for t in (e.caption, e.query.text, e.instruction, e.candidate and e.candidate.text) if t]
-    cot = Path(root) / "cot" / "train_cot.jsonl"
-    if cot.is_file():
-        for line in cot.read_text(encoding="utf-8").splitlines():
-            try:
-                texts.append(json.loads(line)["cot"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return texts
 
 
 # ---------------------------------------------------------------- batches

@@ -28,7 +28,7 @@ def trained(synth_world, tmp_path_factory):
 
 def test_examples_cover_captions_positives_and_every_hard_negative(synth_world):
     from retrv.data.mbeir import MBeirDataset
-    from retrv.train.caption import caption_of, load_examples
+    from retrv.train.caption_examples import caption_of, load_examples
 
     examples = load_examples(synth_world, random_negatives=1)
     ds = MBeirDataset.open(synth_world, "train")
@@ -59,7 +59,8 @@ def test_loss_falls_and_every_parameter_changes(trained):
     import torch
 
     from retrv.rerank.checkpoint import load_reasoner
-    from retrv.train.caption import build_base, load_examples, world_corpus
+    from retrv.train.caption import build_base
+    from retrv.train.caption_examples import load_examples, world_corpus
 
     config, summary = trained
     losses = [json.loads(line)["loss"] for line in summary.metrics_path.read_text().splitlines()]
@@ -80,7 +81,8 @@ def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
     from retrv.rerank.base import Candidate
     from retrv.rerank.checkpoint import load_reasoner
     from retrv.rerank.scorer import Scorer
-    from retrv.train.caption import CaptionCollator, load_examples
+    from retrv.train.caption import CaptionCollator
+    from retrv.train.caption_examples import load_examples
     from retrv.train.loop import DataIssues
 
     config, _ = trained
@@ -108,7 +110,8 @@ def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
 
 def test_a_text_is_written_after_its_query(synth_world, trained):
     from retrv.rerank.checkpoint import load_reasoner
-    from retrv.train.caption import CaptionCollator, load_examples
+    from retrv.train.caption import CaptionCollator
+    from retrv.train.caption_examples import load_examples
     from retrv.train.loop import DataIssues
 
     loaded = load_reasoner(trained[0].out, device="cpu")
