@@ -73,7 +73,7 @@ stage "world (test)" "$WORK/test-world" $RETRV data synth --out "$WORK/test-worl
 lane=$!
 
 # The base VLM from scratch: captions alone until the vision tower sees the binding (at 224 px and width 128
-# the caption loss falls to ~0.05 in 350 steps; at 112 px or width 64 it stays near 0.2 with the shapes'
+# the caption loss falls to 0.06-0.14 in 350 steps; at 112 px or width 64 it stays near 0.2 with the shapes'
 # sides confused).
 stage "caption pretraining" "$WORK/captions" $RETRV train caption --data "$WORK/train-world" --out "$WORK/captions" \
   --max-steps "$CAPTION_STEPS" --batch-size 32 --save-every 0 --no-pairs --quiet \
@@ -96,7 +96,7 @@ bench() {  # bench NAME ARGS...: task 0 of the test world, the same encoder and 
 lane=$!
 
 # The reasoner's base: the captioner taught to write the world's CoT after its query (text only). This is
-# where copying from the query is learnt (loss 0.6 -> 0.2); mixed into the caption batches it never was.
+# where copying from the query is learnt (loss 0.6 -> 0.2-0.3); mixed into the caption batches it never was.
 stage "texts" "$WORK/texts" $RETRV train caption --data "$WORK/train-world" --base "$WORK/captions" \
   --out "$WORK/texts" --max-steps "$TEXT_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
   --no-captions --no-pairs --texts --no-instructions --quiet
