@@ -39,6 +39,7 @@ _retrv_bench_mbeir() {
         '--reasoner[Reasoner spec for --rerank score|reason]:value: ' \
         '--rerank-k[Candidates the reranker sees]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
+        '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands)]:value: ' \
         '--no-icm[reason mode every candidates full tokens instead of 2 ICM tokens (ablation)]' \
         '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Prefix queries with UniIRs task instructions]' \
         '--limit[At most this many queries per dataset]:value: ' \
@@ -144,6 +145,7 @@ _retrv_search() {
         '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
         '--fusion-weight[score mode final = coarse + w * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
+        '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands)]:value: ' \
         '--min-score[Drop results below this score (reranker probability, else cosine); says no match when none is left]:value: ' \
         '--show-reasoning[Print the reasoners reasoning (inspected candidates marked)]' \
         '--encoder[Refuse to search unless the index was built with this encoder]:value: ' \
@@ -202,6 +204,7 @@ _retrv_train_caption() {
         '(--captions --no-captions)'{--captions,--no-captions}'[Train on (image -> caption) examples]' \
         '(--pairs --no-pairs)'{--pairs,--no-pairs}'[Train on (query, candidate -> Yes/No) examples (score mode)]' \
         '(--texts --no-texts)'{--texts,--no-texts}'[Also language-model the worlds training texts (the CoT in cot/train_cot.jsonl), so the base has see]' \
+        '--texts-file[The JSONL --texts reads (records with "cot"; "qid" or "query", a query to write it after; "context",]:value: ' \
         '--hard-negatives[Hard negatives per query (from neg_cand_list, in file order) added as No pairs; -1 all of them]:value: ' \
         '--random-negatives[Pool members that are neither positive nor hard negative, added as No pairs per query]:value: ' \
         '--json[Print the summary as JSON on stdout]' \

@@ -30,6 +30,7 @@ class Settings:
     rerank_k: int = 50
     fusion_weight: float = 1.0
     max_inspections: int = 5
+    max_new_tokens: int = 512
     exact_search_max: int = 50_000
 
 

@@ -5,9 +5,9 @@
 #   WORK=/tmp/tw SIZE=24 bash examples/tiny-world/run.sh
 #
 # Two synthetic worlds: one to train on (TRAIN_SEED), one to test on (TEST_SEED, never trained on).
-# Stages: tiny CLIP encoder (contrastive); tiny VLM from scratch on captions -> on the CoT texts -> ICM -> SFT
-# -> GRPO (and, beside it, the captioner taught Yes/No for score mode); `retrv bench` on task 0 of the test world:
-# coarse, score, reason (ICM tokens) and reason (full tokens), after SFT and after GRPO.
+# Stages: tiny CLIP encoder (contrastive); tiny VLM from scratch on captions -> the CoT's skills -> the CoT texts
+# -> ICM -> SFT -> GRPO (and, beside it, the captioner taught Yes/No for score mode); `retrv bench` on task 0 of
+# the test world: coarse, score, reason (ICM tokens) and reason (full tokens), after SFT and after GRPO.
 # The final table goes to stdout and to $WORK/table.json. Every stage's output stays in $WORK; a stage
 # whose output already exists is skipped (delete its folder to run it again).
 set -euo pipefail
@@ -22,6 +22,7 @@ SIZE="${SIZE:-48}"               # test queries per task; the training world has
 K="${K:-8}"                      # candidates the reranker sees (the synth CoT shows 8)
 LIMIT="${LIMIT:-48}"             # test queries benchmarked
 HIDDEN="${HIDDEN:-128}"          # the base VLM's LLM width (at 64 it never learnt to copy its query)
+LAYERS="${LAYERS:-4}"            # at 2 the CoT's copying and comparing were not learnt
 HEADS="${HEADS:-4}"
 KV_HEADS="${KV_HEADS:-2}"
 IMAGE_SIZE="${IMAGE_SIZE:-224}"  # pixels a side the base VLM sees: (IMAGE_SIZE/28)^2 tokens per image
@@ -30,6 +31,7 @@ SFT_LR="${SFT_LR:-1e-3}"
 ENCODER_STEPS="${ENCODER_STEPS:-400}"
 CAPTION_STEPS="${CAPTION_STEPS:-350}"
 PAIR_STEPS="${PAIR_STEPS:-200}"
+SKILL_STEPS="${SKILL_STEPS:-1000}"
 TEXT_STEPS="${TEXT_STEPS:-250}"
 ICM_STEPS="${ICM_STEPS:-100}"
 SFT_STEPS="${SFT_STEPS:-450}"
@@ -77,7 +79,7 @@ lane=$!
 # sides confused).
 stage "caption pretraining" "$WORK/captions" $RETRV train caption --data "$WORK/train-world" --out "$WORK/captions" \
   --max-steps "$CAPTION_STEPS" --batch-size 32 --save-every 0 --no-pairs --quiet \
-  --hidden "$HIDDEN" --heads "$HEADS" --kv-heads "$KV_HEADS" --image-size "$IMAGE_SIZE"
+  --hidden "$HIDDEN" --layers "$LAYERS" --heads "$HEADS" --kv-heads "$KV_HEADS" --image-size "$IMAGE_SIZE"
 wait "$lane"
 
 bench() {  # bench NAME ARGS...: task 0 of the test world, the same encoder and index for every mode
@@ -95,9 +97,14 @@ bench() {  # bench NAME ARGS...: task 0 of the test world, the same encoder and 
 ) &
 lane=$!
 
-# The reasoner's base: the captioner taught to write the world's CoT after its query (text only). This is
-# where copying from the query is learnt (loss 0.6 -> 0.2-0.3); mixed into the caption batches it never was.
-stage "texts" "$WORK/texts" $RETRV train caption --data "$WORK/train-world" --base "$WORK/captions" \
+# The reasoner's base, text only. First the CoT's two hardest skills alone, short and without images: restating
+# a text query in the "left of" form (Step 1), and a detailed check's comparison ("left small/large no, ...:
+# the sizes are swapped."). Inside whole CoTs neither was learnt in the steps this recipe can afford.
+stage "skills" "$WORK/skills" $RETRV train caption --data "$WORK/train-world" --base "$WORK/captions" \
+  --out "$WORK/skills" --max-steps "$SKILL_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
+  --no-captions --no-pairs --texts --texts-file "$WORK/train-world/cot/train_skills.jsonl" --no-instructions --quiet
+# Then whole CoTs, each after its query (text, image, or both).
+stage "texts" "$WORK/texts" $RETRV train caption --data "$WORK/train-world" --base "$WORK/skills" \
   --out "$WORK/texts" --max-steps "$TEXT_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
   --no-captions --no-pairs --texts --no-instructions --quiet
 
@@ -115,7 +122,7 @@ wait "$lane"
 ) &
 lane=$!
 stage "grpo" "$WORK/grpo" $RETRV train grpo --data "$WORK/train-world" --init "$WORK/sft" --out "$WORK/grpo" \
-  --max-steps "$GRPO_STEPS" --batch-size 2 --group-size 4 --num-candidates "$K" --max-new-tokens 300 --temperature 0.7 \
+  --max-steps "$GRPO_STEPS" --batch-size 2 --group-size 4 --num-candidates "$K" --max-new-tokens 640 --temperature 0.7 \
   --max-inspections 5 --lr "$GRPO_LR" --save-every 0 --no-instructions --quiet
 wait "$lane"
 

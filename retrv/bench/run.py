@@ -45,6 +45,7 @@ class BenchConfig:
     rerank_k: int = 50
     fusion_weight: float = 1.0
     max_inspections: int = 5
+    max_new_tokens: int = 512
     use_icm: bool = True
 
 
@@ -97,7 +98,8 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
         from retrv.rerank.factory import make_reranker
 
         reranker = make_reranker(config.rerank, config.reasoner, device=config.device, fusion_weight=config.fusion_weight,
-                                 max_inspections=config.max_inspections, use_icm=config.use_icm, notify=notify)  # fmt: skip
+                                 max_inspections=config.max_inspections, max_new_tokens=config.max_new_tokens,
+                                 use_icm=config.use_icm, notify=notify)  # fmt: skip
     done: dict[str, list[str]] = {}
     if config.run_file is not None and config.run_file.exists():
         done = run_rankings(read_run(config.run_file, repair=True))

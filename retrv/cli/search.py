@@ -31,6 +31,7 @@ def search(
     rerank_k: Annotated[Optional[int], typer.Option(help="How many coarse candidates the reranker sees. [env: RETRV_RERANK_K]")] = None,
     fusion_weight: Annotated[Optional[float], typer.Option(help="score mode: final = coarse + w * P(yes). [env: RETRV_FUSION_WEIGHT]")] = None,
     max_inspections: Annotated[Optional[int], typer.Option(help="reason mode: cap on detail inspections. [env: RETRV_MAX_INSPECTIONS]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="reason mode: cap on generated tokens (then the coarse order stands). [env: RETRV_MAX_NEW_TOKENS]")] = None,
     min_score: Annotated[Optional[float], typer.Option(help="Drop results below this score (reranker probability, else cosine); says 'no match' when none is left.")] = None,
     show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Print the reasoner's reasoning (inspected candidates marked).")] = False,
     encoder: Annotated[Optional[str], typer.Option(help="Refuse to search unless the index was built with this encoder.")] = None,
@@ -47,7 +48,7 @@ def search(
     from retrv.items import Query
 
     settings = load_settings(dict(index=index, device=device, reasoner=reasoner, rerank_k=rerank_k,
-                                  fusion_weight=fusion_weight, max_inspections=max_inspections,
+                                  fusion_weight=fusion_weight, max_inspections=max_inspections, max_new_tokens=max_new_tokens,
                                   rerank=(rerank.value if rerank else None)))  # fmt: skip
     if query is None and image is None:
         raise ValueError("give a QUERY (words or an image path) or --image PATH")
@@ -68,6 +69,7 @@ def search(
 
         reranker = make_reranker(mode, settings.reasoner, index=idx, device=settings.device,
                                  fusion_weight=settings.fusion_weight, max_inspections=settings.max_inspections,
+                                 max_new_tokens=settings.max_new_tokens,
                                  trust_remote_code=trust_remote_code, notify=notice(quiet))  # fmt: skip
     engine = Engine(idx, reranker, rerank_k=settings.rerank_k, min_score=min_score)
     ranking = engine.search(q, k=k)

@@ -74,6 +74,11 @@ class CaptionTrainConfig(TrainConfig):
     texts: bool = field(default=False, metadata=_help(
         "Also language-model the world's training texts (the CoT in cot/train_cot.jsonl), so the base has seen "
         "every word later stages write; without it SFT must learn untrained token embeddings through a LoRA."))
+    texts_file: str | None = field(default=None, metadata=_help(
+        "The JSONL --texts reads (records with \"cot\"; \"qid\" or \"query\", a query to write it after; "
+        "\"context\", text given before it); default: "
+        "<data>/cot/<split>_cot.jsonl. `retrv data synth` also writes cot/train_skills.jsonl: the CoT's "
+        "restatement of a text query and its detailed checks' comparisons, to learn one at a time first."))
     hard_negatives: int = field(default=2, metadata=_help(
         "Hard negatives per query (from neg_cand_list, in file order) added as 'No' pairs; -1: all of them."))
     random_negatives: int = field(default=1, metadata=_help(
@@ -111,6 +116,8 @@ class CaptionTrainConfig(TrainConfig):
             raise TrainConfigError(f"--rope-theta must be positive, got {self.rope_theta}")
         if self.image_size < 28:
             raise TrainConfigError(f"--image-size must be at least 28 (one merged 28x28 patch), got {self.image_size}")
+        if self.texts_file is not None and not Path(self.texts_file).is_file():
+            raise TrainConfigError(f"--texts-file {self.texts_file}: no such file")
         if not (self.captions or self.pairs or self.texts):
             raise TrainConfigError("--no-captions and --no-pairs (without --texts) leave nothing to train on")
         if self.hard_negatives < -1:
@@ -141,10 +148,11 @@ class CaptionCollator:
 
         if e.kind == "text":  # language modelling of an assistant turn, after its query when there is one
             if e.query.text is None and e.query.image_path is None:
-                return "<|im_start|>assistant\n", []
+                return "<|im_start|>assistant\n" + e.context, []
             segments = [Segment("image")] if e.query.image_path else []
             segments += [Segment("text", f"Query: {e.query.text}")] if e.query.text else []
-            return render(segments, self.tokenizer, self.processor, system=None), [p for p in [e.query.image_path] if p]
+            prompt = render(segments, self.tokenizer, self.processor, system=None) + e.context
+            return prompt, [p for p in [e.query.image_path] if p]
         if e.kind == "caption":
             return render([Segment("image"), Segment("text", CAPTION_REQUEST)], self.tokenizer, self.processor,
                           system=CAPTION_SYSTEM), [e.query.image_path]  # type: ignore[list-item]  # fmt: skip
@@ -286,7 +294,7 @@ def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None 
     config.validate()
     issues = DataIssues(progress)
     examples = load_examples(config.data, config.split, captions=config.captions, pairs=config.pairs,  # type: ignore[arg-type]
-                             texts=config.texts, hard_negatives=config.hard_negatives, random_negatives=config.random_negatives,
+                             texts=config.texts, texts_file=config.texts_file, hard_negatives=config.hard_negatives, random_negatives=config.random_negatives,
                              instructions=config.instructions, seed=config.seed, issues=issues)  # fmt: skip
     counts = {kind: sum(e.kind == kind for e in examples) for kind in ("caption", "pair", "text")}
     emit(progress, "data", len(examples), len(examples), f"{counts['caption']} captions, {counts['pair']} pairs, "

@@ -29,7 +29,8 @@ class Side:
 
 @dataclass(frozen=True)
 class CaptionExample:
-    """A caption (`query` is the image, `candidate` None), a pair (`answer` True/False) or a text (`caption`)."""
+    """A caption (`query` is the image, `candidate` None), a pair (`answer` True/False) or a text (`caption`,
+    written after `context`, which is given and not trained on)."""
 
     kind: str  # "caption" | "pair" | "text"
     query: Side
@@ -38,6 +39,7 @@ class CaptionExample:
     candidate: Side | None = None
     answer: bool = False
     instruction: str | None = None
+    context: str = ""
 
 
 def caption_of(src_content: str | None, text: str | None = None, modality: str = "") -> str | None:
@@ -66,9 +68,11 @@ def _side(item: MBeirQuery | MBeirCandidate) -> Side:
 
 
 def load_examples(root: str | Path, split: str = "train", *, captions: bool = True, pairs: bool = True,
-                  texts: bool = False, hard_negatives: int = -1, random_negatives: int = 1, instructions: bool = True,
-                  seed: int = 0, issues: DataIssues | None = None) -> list[CaptionExample]:  # fmt: skip
-    """Caption and pair examples of one split, in file order (deterministic in `seed`)."""
+                  texts: bool = False, texts_file: str | Path | None = None, hard_negatives: int = -1,
+                  random_negatives: int = 1, instructions: bool = True, seed: int = 0,
+                  issues: DataIssues | None = None) -> list[CaptionExample]:  # fmt: skip
+    """Caption, pair and text examples of one split, in file order (deterministic in `seed`); the texts come from
+    `texts_file` (default `cot/<split>_cot.jsonl` under the root)."""
     from retrv.data.mbeir import MBeirDataset
 
     issues = issues if issues is not None else DataIssues()
@@ -113,28 +117,42 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
         # Each text after its query (when the record names one), so copying from the query is learnt here, on
         # batches of 32, rather than in SFT's LoRA on batches of 4.
         queries = {q.qid: q for dataset in ds.datasets for q in ds.queries(dataset=dataset)}
-        for where, qid, text in _world_texts(ds.root, split):
-            q = queries.get(qid) if qid else None
-            out.append(CaptionExample("text", _side(q) if q else Side(None, None, "text"), where, caption=text))
+        for where, query, context, text in _world_texts(Path(texts_file or ds.root / "cot" / f"{split}_cot.jsonl"), issues):
+            q = queries.get(query.get("qid", ""))
+            if "qid" in query and q is None:
+                issues.report(where, f"qid {query['qid']} is not a {split} query")
+                continue
+            side = _side(q) if q else Side(query.get("query"), None, "text")
+            out.append(CaptionExample("text", side, where, caption=text, context=context))
     if not out:
         raise DataError(f"{ds.root}: no caption, pair or text examples in the {split} split")
     return out
 
 
-def _world_texts(root: Path, split: str) -> list[tuple[str, str | None, str]]:
-    """(file:line, qid, text) of the split's CoT file (`cot/<split>_cot.jsonl`), when there is one."""
-    path = root / "cot" / f"{split}_cot.jsonl"
+def _world_texts(path: Path, issues: DataIssues) -> list[tuple[str, dict[str, str], str, str]]:
+    """(file:line, query, context, text) of a JSONL of {"cot": text, "context": ..., "qid": ... or "query": ...}
+    records, when the file exists: the text is written after the split's query `qid`, or after a text query
+    given inline, or after nothing; `context` is given before it in the same turn."""
     if not path.is_file():
         return []
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        where = f"{path}:{n}"
         try:
             record = json.loads(line)
-            text, qid = record["cot"], record.get("qid")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except ValueError as e:
+            issues.report(where, f"not JSON ({e})")
             continue
-        if isinstance(text, str) and text:
-            out.append((f"cot/{path.name}:{n}", qid if isinstance(qid, str) else None, text))
+        text = record.get("cot") if isinstance(record, dict) else None
+        if not isinstance(text, str) or not text:
+            issues.report(where, 'expected an object with a non-empty "cot" string')
+            continue
+        context = record.get("context", "")
+        if not isinstance(context, str) or not isinstance(record.get("query", ""), str):
+            issues.report(where, '"context" and "query" must be strings')
+            continue
+        query = {k: record[k] for k in ("qid", "query") if isinstance(record.get(k), str)}
+        out.append((where, query, context, text))
     return out
 
 

@@ -95,6 +95,12 @@ def test_compress_then_reason(mixed_index, reasoner_checkpoint):
     assert plain.exit_code == 0, plain.output
     assert plain.stdout.startswith("# ") and "inspected:" in plain.stdout
 
+    capped = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason", "--json",
+                                 "--reasoner", str(reasoner_checkpoint), "--k", "5", "--max-new-tokens", "3"])  # fmt: skip
+    capped = json.loads(capped.stdout)
+    assert capped["generated_tokens"] <= 3 and "max_new_tokens (3) reached" in capped["fallback"]
+    assert [h["id"] for h in capped["hits"]] == coarse_ids
+
 
 def test_reason_mode_without_icm_suggests_score(mixed_index, tiny_reasoner_dir):
     result = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason",

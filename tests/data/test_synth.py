@@ -137,16 +137,60 @@ def test_cot_is_the_true_reasoning(world):
             caption = lambda did: json.loads(pools[q.dataset][did].src_content)["caption"]  # noqa: E731
             verb, should = ("says", "should say") if q.task_id == 3 else ("shows", "should show")
             quote = (lambda t: f'"{t}"') if q.task_id == 3 else (lambda t: t)  # noqa: E731
-            for i in tags:  # the request, what it shows, what it should show, the verdict
-                seen = caption(r["candidates"][i - 1])
+            for i in tags:  # the request, what it shows, what it should show, the attributes side by side, the verdict
+                seen, truth = caption(r["candidates"][i - 1]), caption(q.pos[0])
                 look = (f"Candidate {i} <inspection-index-start>{i}<inspection-index-end> {verb} {quote(seen)};"
-                        f" it {should} {quote(caption(q.pos[0]))}: ")  # fmt: skip
+                        f" it {should} {quote(truth)}; ")  # fmt: skip
                 assert look in steps[2]
-                verdict = steps[2].split(look)[1].split(".")[0]
-                assert (verdict == "it matches") == (i == r["answer"])
+                comparison, verdict = steps[2].split(look)[1].split(".")[0].split(": ")
+                assert comparison == _comparison(seen, truth)
+                assert (verdict == "it matches") == (i == r["answer"]) == (seen == truth)
         else:
             assert tags == [] and "no detailed check is needed" in steps[2]
     assert saw_inspection
+
+
+def _comparison(seen: str, truth: str) -> str:
+    """'left small/large no, ...; right ...' from two captions 'a S C H left of a S C H'."""
+    attributes = lambda c: [w for w in c.split() if w not in ("a", "left", "of")]  # noqa: E731
+    pairs = [f"{a}/{b} {'ok' if a == b else 'no'}" for a, b in zip(attributes(seen), attributes(truth))]
+    return f"left {', '.join(pairs[:3])}; right {', '.join(pairs[3:])}"
+
+
+def test_skills_restate_text_queries_and_check_each_truth_against_its_look_alikes(world):
+    records = [json.loads(line) for line in (world / "cot/train_skills.jsonl").read_text().splitlines()]
+    ds = MBeirDataset.open(world, "train")
+    restated = [r for r in records if r["skill"] == "restate"]
+    assert len(restated) == 2 * len(list(ds.queries()))  # each truth in both forms
+    for r in restated:
+        words = r["query"].split()
+        canonical = r["query"] if words[4] == "left" else " ".join(words[6:] + ["left", "of"] + words[:4])
+        assert r["cot"] == f"Step 1 (ideal result): an image that shows {canonical}."
+    task0 = [json.loads(line) for line in (world / "cot/train_cot.jsonl").read_text().splitlines() if '"task_id": 0' in line]
+    assert {r["cot"] for r in restated} >= {c["cot"].split("\n")[0] for c in task0}  # the CoT's own Step 1 lines
+    records = [r for r in records if r["skill"] == "check"]
+    assert len(records) == 3 * len(list(ds.queries()))
+    caption = {c.did: json.loads(c.src_content)["caption"] for c in ds.candidates()}
+    truths: dict[str, list[str]] = {}
+    for q in ds.queries():
+        truths.setdefault(q.dataset, []).append(caption[q.pos[0]])
+    matches: dict[str, list[str]] = {}
+    kinds = set()
+    for r in records:
+        m = re.fullmatch(r"Candidate (\d) <inspection-index-start>(\d)<inspection-index-end> (?:shows|says) \"?(.+?)\"?;"
+                         r" it should (?:show|say) \"?(.+?)\"?;", r["context"])  # fmt: skip
+        assert m and m[1] == m[2] and 1 <= int(m[1]) <= 8, r["context"]
+        seen, truth = m[3], m[4]
+        assert truth in truths[r["dataset"]] and sorted(seen.split()) == sorted(truth.split())  # a look-alike
+        comparison, verdict = r["cot"].rstrip(".").split(": ")  # only the comparison is trained
+        assert comparison == " " + _comparison(seen, truth)
+        assert (verdict == "it matches") == r["answer"] == (seen == truth)
+        kinds.add(verdict)
+        if r["answer"]:
+            matches.setdefault(r["dataset"], []).append(truth)
+    assert {d: sorted(t) for d, t in matches.items()} == {d: sorted(t) for d, t in truths.items()}  # each truth once
+    assert kinds == {"it matches", "the colours are swapped", "the sizes are swapped", "the shapes are swapped",
+                     "the two shapes are on the wrong sides"}  # fmt: skip
 
 
 def test_bad_sizes_and_non_empty_folders_are_refused(world, tmp_path):

@@ -127,6 +127,43 @@ def test_a_text_is_written_after_its_query(synth_world, trained):
     labels = batch["labels"][0]
     written = loaded.tokenizer.decode(labels[labels != -100].tolist())
     assert written.startswith(text_query.caption)  # the loss is on the reasoning only, not on the query
+    skills = load_examples(synth_world, captions=False, pairs=False, texts=True,
+                           texts_file=synth_world / "cot" / "train_skills.jsonl")
+    check = next(e for e in skills if e.context)
+    assert collator.prompt(check) == ("<|im_start|>assistant\n" + check.context, [])
+    labels = collator([check])["labels"][0]
+    assert loaded.tokenizer.decode(labels[labels != -100].tolist()) == check.caption + "<|im_end|>"  # the verdict only
+
+
+def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path):
+    from retrv.data.mbeir import MBeirDataset
+    from retrv.train.caption import CaptionTrainConfig
+    from retrv.train.caption_examples import load_examples
+    from retrv.train.config import TrainConfigError
+    from retrv.train.loop import DataIssues
+
+    skills = synth_world / "cot" / "train_skills.jsonl"
+    texts = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=skills)
+    records = [json.loads(line) for line in skills.read_text().splitlines()]
+    assert [(e.context, e.caption) for e in texts] == [(r.get("context", ""), r["cot"]) for r in records]
+    for e, r in zip(texts, records):  # a restatement after its (inline) query; a check needs none
+        assert e.query.text == r.get("query") and e.query.image_path is None
+    by_qid = {q.qid: q for q in MBeirDataset.open(synth_world, "train").queries()}
+    qid = next(iter(by_qid))
+    (tmp_path / "by-qid.jsonl").write_text(json.dumps({"qid": qid, "cot": "Step 1"}) + "\n")
+    [e] = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=tmp_path / "by-qid.jsonl")
+    assert (e.query.text, e.query.image_path) == (by_qid[qid].text, by_qid[qid].image_path)
+    broken = tmp_path / "texts.jsonl"
+    broken.write_text(json.dumps(records[0]) + "\n{not json\n" + json.dumps({"qid": "90:1"}) + "\n"
+                      + json.dumps({"qid": "99:99", "cot": "Step 1"}) + "\n")
+    issues = DataIssues()
+    texts = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=broken, issues=issues)
+    assert [e.caption for e in texts] == [records[0]["cot"]]
+    assert [(i.source, i.reason.split(" (")[0]) for i in issues.items] == [
+        (f"{broken}:2", "not JSON"), (f"{broken}:3", 'expected an object with a non-empty "cot" string'),
+        (f"{broken}:4", "qid 99:99 is not a train query")]
+    with pytest.raises(TrainConfigError, match="--texts-file .*missing.jsonl: no such file"):
+        CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), texts=True, texts_file=str(tmp_path / "missing.jsonl")).validate()
 
 
 def test_rope_sections_default_to_the_width_axis_and_are_checked(synth_world, trained, tmp_path):
