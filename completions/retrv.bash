@@ -17,7 +17,7 @@ _retrv_options() {
         "compress") echo "--reasoner --index -i --batch-size --drop-stale --device --trust-remote-code --quiet -q --json --help -h" ;;
         "data") echo "--help -h" ;;
         "data check") echo "--json --quiet -q --help -h" ;;
-        "data synth") echo "--out -o --seed --size --force --json --quiet -q --help -h" ;;
+        "data synth") echo "--out -o --seed --size --cot-variants --force --json --quiet -q --help -h" ;;
         "info") echo "--index -i --json --help -h" ;;
         "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --min-score --show-reasoning --encoder --device --trust-remote-code --paths-only -f --json --quiet -q --help -h" ;;
         "train") echo "--help -h" ;;
@@ -60,6 +60,7 @@ _retrv_value() {
         "data synth:--out"|"data synth:-o") echo "file" ;;
         "data synth:--seed") echo "value" ;;
         "data synth:--size") echo "value" ;;
+        "data synth:--cot-variants") echo "value" ;;
         "info:--index"|"info:-i") echo "value" ;;
         "search:--image") echo "file" ;;
         "search:--k"|"search:-k") echo "value" ;;

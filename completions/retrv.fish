@@ -66,6 +66,7 @@ complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcomma
 complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l out -s o -r -F -d 'Folder to write the dataset into (empty or new)'
 complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l seed -x -d 'Random seed the same seed writes the same bytes'
 complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l size -x -d 'Test queries per task (train gets 4x); at most 144'
+complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l cot-variants -x -d 'Chain-of-thought records per training query, each over its own draw and order of candidates'
 complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l force -d 'Replace a synthetic world already in --out'
 complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l json -d 'Print JSON (schema retrv.data.synth/1)'
 complete -c retrv -n '__fish_seen_subcommand_from data; and __fish_seen_subcommand_from synth' -l quiet -s q -d 'No progress or summary on stderr'

@@ -117,6 +117,7 @@ _retrv_data_synth() {
         '(--out -o)'{--out,-o}'[Folder to write the dataset into (empty or new)]:file:_files' \
         '--seed[Random seed the same seed writes the same bytes]:value: ' \
         '--size[Test queries per task (train gets 4x); at most 144]:value: ' \
+        '--cot-variants[Chain-of-thought records per training query, each over its own draw and order of candidates]:value: ' \
         '--force[Replace a synthetic world already in --out]' \
         '--json[Print JSON (schema retrv.data.synth/1)]' \
         '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \

@@ -56,6 +56,21 @@ def tiny_reasoner_dir(tmp_path_factory) -> Path:
     return build_tiny_reasoner(tmp_path_factory.mktemp("tiny-reasoner"))
 
 
+@pytest.fixture(scope="session")
+def reasoner_checkpoint(tiny_reasoner_dir, tmp_path_factory) -> Path:
+    """The tiny Qwen2.5-VL with a freshly initialised ICM, saved as a retrv reasoner checkpoint."""
+    import torch
+
+    from retrv.icm.module import ICM, ICMConfig
+    from retrv.rerank.checkpoint import load_reasoner, save_reasoner
+
+    torch.manual_seed(0)
+    loaded = load_reasoner(str(tiny_reasoner_dir), device="cpu")
+    hidden = loaded.model.get_input_embeddings().weight.shape[-1]
+    return save_reasoner(loaded, tmp_path_factory.mktemp("ckpt") / "reasoner", stage="icm",
+                         icm=ICM(ICMConfig(hidden_size=hidden, num_heads=4)))  # fmt: skip
+
+
 SAMPLE_PHOTOS = {
     # file name -> (loader, what is in it)
     "coffee.jpg": "skimage:coffee",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import resource
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
     rankings: dict[str, list[str]] = dict(done)
     all_queries: list[MBeirQuery] = []
     latencies: dict[str, list[float]] = {}
-    prompt_tokens, generated_tokens, inspections, fallbacks, run = [], [], [], 0, 0
+    prompt_tokens, generated_tokens, inspections, fallbacks, run = [], [], [], Counter(), 0
     try:
         for name in names:
             queries = list(ds.queries(dataset=name))[: config.limit]
@@ -134,7 +135,8 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
                 prompt_tokens.append(ranking.prompt_tokens)
                 generated_tokens.append(ranking.generated_tokens)
                 inspections.append(len(ranking.inspected))
-                fallbacks += ranking.fallback is not None
+                if ranking.fallback is not None:
+                    fallbacks[ranking.fallback] += 1
                 run += 1
                 emit(progress, f"queries {name}", n + 1, len(todo))
     finally:
@@ -185,7 +187,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _cost(latencies: dict[str, list[float]], prompt: list[int], generated: list[int], inspections: list[int],
-          fallbacks: int, run: int) -> dict[str, Any]:  # fmt: skip
+          fallbacks: Counter[str], run: int) -> dict[str, Any]:  # fmt: skip
     def mean(xs: list[int]) -> float:
         return sum(xs) / len(xs) if xs else 0.0
 
@@ -197,7 +199,8 @@ def _cost(latencies: dict[str, list[float]], prompt: list[int], generated: list[
         "prompt_tokens_mean": mean(prompt),
         "generated_tokens_mean": mean(generated),
         "inspections_mean": mean(inspections),
-        "fallbacks": fallbacks,
+        "fallbacks": sum(fallbacks.values()),
+        "fallback_reasons": dict(fallbacks.most_common()),  # why the coarse order stood, e.g. the token cap
         "peak_rss_bytes": peak_bytes,
     }
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():

@@ -43,6 +43,8 @@ def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the dataset into (empty or new).")],
     seed: Annotated[int, typer.Option(help="Random seed: the same seed writes the same bytes.")] = 0,
     size: Annotated[int, typer.Option(min=1, help="Test queries per task (train gets 4x); at most 144.")] = 32,
+    cot_variants: Annotated[int, typer.Option(min=1, help=(
+        "Chain-of-thought records per training query, each over its own draw and order of candidates."))] = 4,
     force: Annotated[bool, typer.Option("--force", help="Replace a synthetic world already in --out.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (schema retrv.data.synth/1).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")] = False,
@@ -52,7 +54,7 @@ def synth(
     from retrv.data.synth import SynthConfig, generate
 
     with progress_bar(quiet) as progress:
-        path = generate(out, SynthConfig(seed=seed, size=size), overwrite=force, progress=progress)
+        path = generate(out, SynthConfig(seed=seed, size=size, cot_variants=cot_variants), overwrite=force, progress=progress)
     counts = {split: {name: sum(1 for _ in ds.queries(dataset=name)) for name in ds.datasets}
               for split in ("train", "test") for ds in [MBeirDataset.open(path, split)]}  # fmt: skip
     if json_out:

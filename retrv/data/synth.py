@@ -21,7 +21,8 @@ candidate per distinct scene, so a scene is never both a positive and an unlabel
 N test and 4N train queries per task (N <= 144: positives of train and test are distinct scenes).
 `query_src_content`/`src_content` hold the scenes as JSON (and each hard negative's kind); `synth.json` the config.
 
-Chain-of-thought for SFT, `cot/train_cot.jsonl`, one JSON object per training query::
+Chain-of-thought for SFT, `cot/train_cot.jsonl`, `cot_variants` JSON objects per training query (each over its
+own draw and order of candidates)::
 
     {"qid": "90:3", "task_id": 0, "dataset": "synth_task0",
      "candidates": ["90:41", "90:7", ...],      # the dids the CoT talks about; "candidate i" is candidates[i-1]
@@ -39,8 +40,7 @@ the positive; when no look-alike is among the candidates it inspects nothing. On
     blue/blue ok, triangle/circle no; right large/large ok, yellow/yellow ok, circle/triangle no: the shapes
     are swapped.
 
-The CoT's two hardest skills one at a time, `cot/train_skills.jsonl`, short and text only; for each training
-truth, in turn:
+The CoT's hardest skills one at a time, `cot/train_skills.jsonl`, short; for each training truth, in turn:
 
 - "restate", twice: a text query for the truth ("left of" and "right of" forms, inline), then Step 1's line
   for a text query, which restates it in the "left of" form::
@@ -48,15 +48,19 @@ truth, in turn:
     {"query": "a large yellow triangle right of a small blue circle", "task_id": 0, "dataset": "synth_task0",
      "skill": "restate", "cot": "Step 1 (ideal result): an image that shows a small blue circle left of a ..."}
 
-- "check", three times: the truth against itself and two scenes with its words bound differently, under a
-  random candidate number; the look is given (`context`, not trained), the comparison is trained::
+- "check", three times: the truth against itself and two scenes with its words bound differently, each the
+  candidate under a random number: after the query and its Step 1 (given, not trained), one detailed check is
+  trained whole, the inspected candidate injected after the request as the reasoner injects it, so what it
+  "shows" is read off the candidate and what it "should show" is copied from Step 1::
 
-    {"task_id": 0, "dataset": "synth_task0", "skill": "check", "answer": true,
-     "context": "Candidate 6 <inspection-index-start>6<inspection-index-end> shows ...; it should show ...;",
-     "cot": " left small/small ok, ...: it matches."}
+    {"qid": "90:3", "task_id": 0, "dataset": "synth_task0", "skill": "check", "answer": true,
+     "candidates": ["90:17", ..., "90:4", ...],  # candidates[5] is the one inspected
+     "context": "Step 1 (ideal result): an image that shows ....\\n",
+     "cot": "Candidate 6 <inspection-index-start>6<inspection-index-end> shows ...; it should show ...; left
+             small/small ok, ...: it matches."}
 
 `retrv train caption --texts --texts-file .../train_skills.jsonl` teaches them before whole CoTs: inside whole
-CoTs a tiny model learnt neither in the steps the recipe can afford (measured in docs/training.md).
+CoTs a tiny model learnt none of them in the steps the recipe can afford (measured in docs/training.md).
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ class SynthConfig:
     seed: int = 0
     size: int = 32  # test queries per task; train gets 4x
     cot_candidates: int = 8
+    cot_variants: int = 4  # CoT records per training query, each over its own draw and order of candidates
 
 
 def all_scenes() -> list[Scene]:
@@ -278,6 +283,8 @@ def generate(out: str | Path, config: SynthConfig | None = None, overwrite: bool
     config = config or SynthConfig()
     if not 1 <= config.size <= MAX_SIZE:
         raise ValueError(f"synth size must be between 1 and {MAX_SIZE}, got {config.size}")
+    if config.cot_variants < 1:
+        raise ValueError(f"synth cot_variants must be at least 1, got {config.cot_variants}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -291,7 +298,9 @@ def generate(out: str | Path, config: SynthConfig | None = None, overwrite: bool
     total, done = len(SYNTH_TASKS) * (n_train + n_test), 0
     for task in SYNTH_TASKS:
         rng = random.Random(f"retrv-synth:{config.seed}:task{task}")
-        skill_rng = random.Random(f"retrv-synth:{config.seed}:task{task}:skills")  # leaves the rest as version 2 wrote it
+        # own RNGs for what later versions added, so the rest stays as version 2 wrote it
+        skill_rng = random.Random(f"retrv-synth:{config.seed}:task{task}:skills")
+        variant_rng = random.Random(f"retrv-synth:{config.seed}:task{task}:variants")
         sampled = rng.sample(scenes, n_train + n_test)
         for split, chunk in (("train", sampled[:n_train]), ("test", sampled[n_train:])):
             pool, dataset = f"synth_task{task}_{split}", f"synth_task{task}"
@@ -323,7 +332,12 @@ def generate(out: str | Path, config: SynthConfig | None = None, overwrite: bool
                 by_did = {c.did: s for s, c in world.pools[pool].items()}
                 for q, truth in split_queries:
                     cots.append(_cot_record(q, truth, by_did, config.cot_candidates, rng))
-                    skills += _skill_records(q, truth, config.cot_candidates, skill_rng)
+                    # Over one fixed list a query's looks are a function of its text, and a small model learns
+                    # them by heart instead of reading the inspected image (measured: 9 of 129 looks right on
+                    # unseen queries); over fresh draws and orders only the image tells.
+                    cots += [_cot_record(q, truth, by_did, config.cot_candidates, variant_rng)
+                             for _ in range(config.cot_variants - 1)]
+                    skills += _skill_records(q, truth, config.cot_candidates, skill_rng, world.pools[pool])
     candidates = {name: sorted(cands.values(), key=lambda c: int(c.did.split(":")[1])) for name, cands in world.pools.items()}
     for split in ("train", "test"):
         candidates[f"union_{split}"] = [c for name, cs in candidates.items() if name.endswith(f"_{split}") for c in cs]
@@ -332,8 +346,9 @@ def generate(out: str | Path, config: SynthConfig | None = None, overwrite: bool
     (out / "cot").mkdir(parents=True, exist_ok=True)
     for name, records in (("train_cot.jsonl", cots), ("train_skills.jsonl", skills)):
         (out / "cot" / name).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    meta = {"generator": "retrv.data.synth", "version": 3, "dataset": SYNTH_DATASET, "dataset_id": SYNTH_DATASET_ID,
-            "tasks": list(SYNTH_TASKS), "seed": config.seed, "size": config.size, "cot_candidates": config.cot_candidates}  # fmt: skip
+    meta = {"generator": "retrv.data.synth", "version": 4, "dataset": SYNTH_DATASET, "dataset_id": SYNTH_DATASET_ID,
+            "tasks": list(SYNTH_TASKS), "seed": config.seed, "size": config.size, "cot_candidates": config.cot_candidates,
+            "cot_variants": config.cot_variants}  # fmt: skip
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 
@@ -344,22 +359,32 @@ def _cot_record(q: MBeirQuery, truth: Scene, by_did: dict[str, Scene], k: int, r
     chosen += rng.sample(others, min(k - len(chosen), len(others)))
     rng.shuffle(chosen)
     task = q.task_id or 0
-    ideal = {0: f"an image that shows {truth.caption()}", 3: f'the caption "{truth.caption()}"',
-             7: f"the query image after the edit ({q.text}), which shows {truth.caption()}"}[task]  # fmt: skip
-    cot = build_cot(task, truth, ideal, [(d, by_did[d]) for d in chosen], q.pos[0])
+    cot = build_cot(task, truth, _ideal(task, q, truth), [(d, by_did[d]) for d in chosen], q.pos[0])
     return {"qid": q.qid, "task_id": task, "dataset": q.dataset, **cot}
 
 
-def _skill_records(q: MBeirQuery, truth: Scene, k: int, rng: random.Random) -> list[dict]:
-    """Step 1 of a text query for the truth, in both forms; the truth checked against itself and two of its
-    look-alikes. About as many restatements as checks: each skill gets its share of every batch."""
+def _skill_records(q: MBeirQuery, truth: Scene, k: int, rng: random.Random, pool: dict[Scene, MBeirCandidate]) -> list[dict]:
+    """Step 1 of a text query for the truth, in both forms; the truth and two of its look-alikes inspected and
+    checked after the query and its Step 1. About as many restatements as checks: each skill gets its share of
+    every batch."""
     task = q.task_id or 0
     out = [{"query": truth.caption(form), "task_id": task, "dataset": q.dataset, "skill": "restate",
             "cot": f"Step 1 (ideal result): an image that shows {truth.caption()}."} for form in ("left", "right")]  # fmt: skip
     seen = [truth, *rng.sample(list(truth.swaps().values()), 2)]
     rng.shuffle(seen)
+    dids = sorted((c.did for c in pool.values()), key=lambda d: int(d.split(":")[1]))
     for scene in seen:
-        look, comparison = check_parts(task, rng.randint(1, k), scene, truth)  # only the comparison is trained
-        out.append({"task_id": task, "dataset": q.dataset, "skill": "check", "answer": scene == truth,
-                    "context": look, "cot": comparison})  # fmt: skip
+        index = rng.randint(1, k)
+        look, comparison = check_parts(task, index, scene, truth)
+        # what it shows is read off the injected candidate; what it should show is copied from Step 1
+        candidates = rng.sample([d for d in dids if d != pool[scene].did], k - 1)
+        candidates.insert(index - 1, pool[scene].did)
+        out.append({"qid": q.qid, "task_id": task, "dataset": q.dataset, "skill": "check", "answer": scene == truth,
+                    "candidates": candidates, "context": f"Step 1 (ideal result): {_ideal(task, q, truth)}.\n",
+                    "cot": look + comparison})  # fmt: skip
     return out
+
+
+def _ideal(task: int, q: MBeirQuery, truth: Scene) -> str:
+    return {0: f"an image that shows {truth.caption()}", 3: f'the caption "{truth.caption()}"',
+            7: f"the query image after the edit ({q.text}), which shows {truth.caption()}"}[task]  # fmt: skip

@@ -14,7 +14,10 @@ three kinds of example drawn from the training split:
 - text (`--texts`): language modelling of the split's other texts (the teacher CoT in `cot/train_cot.jsonl`),
   each after its query ("Query: ..." and/or the query image), so that every word the later stages write has a
   trained embedding (a LoRA SFT stalled on untrained rows: token accuracy 0.26 after 100 steps) and copying
-  from the query starts here.
+  from the query starts here. Where a text asks to inspect candidate i (and its record lists the candidates),
+  candidate i's image and/or text is injected right after the request, untrained, as the reasoner injects it:
+  what the CoT says a candidate shows is then learnt from the candidate (text-only, a tiny model wrote the
+  looks of unseen candidates from its priors: 9 of 129 right).
 
 Loss: cross-entropy on the answer tokens only (the caption, the Yes/No token or the text, each + end of
 turn), averaged per example, then over the batch, so a short Yes/No answer weighs as much as a caption.
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrv.progress import ProgressCallback, emit
-from retrv.train.caption_examples import CAPTION_REQUEST, CAPTION_SYSTEM, CaptionExample, load_examples, world_corpus
+from retrv.train.caption_examples import CAPTION_REQUEST, CAPTION_SYSTEM, CaptionExample, Side, load_examples, world_corpus
 from retrv.train.config import TrainConfig, TrainConfigError, _help
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
 
@@ -141,6 +144,8 @@ class CaptionCollator:
         self.tokenizer, self.processor, self.issues = tokenizer, processor, issues
         self.answers = pick_answer_tokens(tokenizer, render([], tokenizer, processor, system=SCORE_SYSTEM))
         self.end = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        self.vision_start, self.vision_end, self.image_pad = (int(tokenizer.convert_tokens_to_ids(t)) for t in
+                                                              ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>"))  # fmt: skip
 
     def prompt(self, e: CaptionExample) -> tuple[str, list[str]]:
         """The prompt string and its image paths, in order."""
@@ -164,21 +169,53 @@ class CaptionCollator:
         images = [p for p in (e.query.image_path, c.image_path) if p is not None]
         return render(segments, self.tokenizer, self.processor, system=SCORE_SYSTEM), images
 
-    def target(self, e: CaptionExample) -> list[int]:
-        if e.kind in ("caption", "text"):
-            return [*self.tokenizer.encode(e.caption, add_special_tokens=False), self.end]
-        return [self.answers.yes_id if e.answer else self.answers.no_id, self.end]
+    def target(self, e: CaptionExample, grids: list[tuple[int, int, int]]) -> tuple[list[int], list[int], list[int]]:
+        """The answer's ids, labels and mm_token_type_ids. A text's inspections are injected after each request,
+        as the reasoner injects them (`rerank.sequence.inspection_segment`), untrained; `grids` are the
+        (t, h, w) patch grids of the text's inspected images, in order."""
+        if e.kind == "pair":
+            ids = [self.answers.yes_id if e.answer else self.answers.no_id, self.end]
+            return ids, ids, [0, 0]
+        if not e.inspections:
+            ids = [*self.tokenizer.encode(e.caption, add_special_tokens=False), self.end]
+            return ids, ids, [0] * len(ids)
+        from retrv.rerank.sequence import SpecialTokens
+        from retrv.train.sft import split_reasoning
+
+        ids, labels, types = [], [], []
+        injections, images = iter(e.inspections), iter(grids)
+        for piece in split_reasoning(e.caption, SpecialTokens()):
+            written = self.tokenizer.encode(piece, add_special_tokens=False)
+            ids, labels, types = ids + written, labels + written, types + [0] * len(written)
+            if piece.endswith(SpecialTokens().inspect_end):
+                block, block_types = self.injected(next(injections, ""), images)
+                ids, labels, types = ids + block, labels + [IGNORE] * len(block), types + block_types
+        return ids + [self.end], labels + [self.end], types + [0]
+
+    def injected(self, what: Side | str, grids: Any) -> tuple[list[int], list[int]]:
+        """Ids and token types of one injection: the candidate's image block and text, then a newline; or a notice."""
+        if isinstance(what, str):
+            ids = self.tokenizer.encode(what, add_special_tokens=False)
+            return ids, [0] * len(ids)
+        ids, types = [], []
+        if what.image_path:
+            t, h, w = next(grids)
+            n = t * h * w // self.processor.image_processor.merge_size**2
+            ids, types = [self.vision_start, *[self.image_pad] * n, self.vision_end], [0, *[1] * n, 0]
+        text = [*self.tokenizer.encode(what.text or "", add_special_tokens=False), *self.tokenizer.encode("\n", add_special_tokens=False)]
+        return ids + text, types + [0] * len(text)
 
     def __call__(self, examples: list[CaptionExample]) -> dict[str, Any] | None:
         import torch
         from PIL import Image
 
-        kept, prompts, images = [], [], []
+        kept, prompts, images, looks = [], [], [], []
         for e in examples:
             text, paths = self.prompt(e)
+            inspected = [s.image_path for s in e.inspections if isinstance(s, Side) and s.image_path]
             try:
                 opened = []
-                for p in paths:
+                for p in paths + inspected:
                     with Image.open(p) as im:
                         opened.append(im.convert("RGB"))
             except (OSError, ValueError) as exc:
@@ -186,21 +223,25 @@ class CaptionCollator:
                 continue
             kept.append(e)
             prompts.append(text)
-            images += opened
+            images.append(opened[: len(paths)])
+            looks.append(opened[len(paths) :])
         if not kept:
             return None
         # One processor call for the whole batch (much faster than one per example); rows are cut back to
         # their own length, then each gets its answer appended.
-        enc = self.processor(text=prompts, images=images or None, padding=True, padding_side="right", return_tensors="pt")
+        flat = [im for row in images for im in row]
+        enc = self.processor(text=prompts, images=flat or None, padding=True, padding_side="right", return_tensors="pt")
+        pixels = _per_image(enc, [len(row) for row in images])
+        inspected = [im for row in looks for im in row]
+        look_pixels = _per_image(self.processor.image_processor(images=inspected, return_tensors="pt"),
+                                 [len(row) for row in looks]) if inspected else [[] for _ in looks]  # fmt: skip
         lengths = enc["attention_mask"].sum(1).tolist()
         types_all = enc.get("mm_token_type_ids", torch.zeros_like(enc["input_ids"]))
         rows = []
         for i, e in enumerate(kept):
             prompt_ids, types = enc["input_ids"][i, : lengths[i]].tolist(), types_all[i, : lengths[i]].tolist()
-            answer = self.target(e)
-            rows.append((prompt_ids + answer, types + [0] * len(answer), [IGNORE] * len(prompt_ids) + answer, e.kind))
-        if not rows:
-            return None
+            answer, labels, answer_types = self.target(e, [tuple(g.tolist()) for _, g in look_pixels[i]])
+            rows.append((prompt_ids + answer, types + answer_types, [IGNORE] * len(prompt_ids) + labels, e.kind))
         width = max(len(ids) for ids, _, _, _ in rows)
         pad = int(self.tokenizer.pad_token_id)
         batch = {
@@ -212,9 +253,25 @@ class CaptionCollator:
             "is_text": torch.tensor([k == "text" for _, _, _, k in rows]),
             "answer_ids": torch.tensor([self.answers.yes_id, self.answers.no_id]),
         }
-        if images:
-            batch["pixel_values"], batch["image_grid_thw"] = enc["pixel_values"], enc["image_grid_thw"]
+        # the model fills image tokens in sequence order: each row's prompt images, then its inspections
+        ordered = [image for i in range(len(kept)) for image in pixels[i] + look_pixels[i]]
+        if ordered:
+            batch["pixel_values"] = torch.cat([p for p, _ in ordered])
+            batch["image_grid_thw"] = torch.stack([g for _, g in ordered])
         return batch
+
+
+def _per_image(enc: Any, counts: list[int]) -> list[list[tuple[Any, Any]]]:
+    """A processor's batched pixel_values / image_grid_thw cut back into (pixels, grid) per image, grouped by row."""
+    if not sum(counts):
+        return [[] for _ in counts]
+    grids = enc["image_grid_thw"]
+    pieces = list(zip(enc["pixel_values"].split(grids.prod(-1).tolist()), grids))
+    out, start = [], 0
+    for n in counts:
+        out.append(pieces[start : start + n])
+        start += n
+    return out
 
 
 def caption_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:

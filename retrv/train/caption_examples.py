@@ -30,7 +30,10 @@ class Side:
 @dataclass(frozen=True)
 class CaptionExample:
     """A caption (`query` is the image, `candidate` None), a pair (`answer` True/False) or a text (`caption`,
-    written after `context`, which is given and not trained on)."""
+    written after `context`, which is given and not trained on). A text that asks to inspect candidates
+    (`<inspection-index-start>i<inspection-index-end>`) gets each one's full tokens injected after the request,
+    as the reasoner does: `inspections` holds them in order, or for a request past the limit or naming no
+    candidate the notice the reasoner injects instead."""
 
     kind: str  # "caption" | "pair" | "text"
     query: Side
@@ -40,6 +43,7 @@ class CaptionExample:
     answer: bool = False
     instruction: str | None = None
     context: str = ""
+    inspections: tuple[Side | str, ...] = ()
 
 
 def caption_of(src_content: str | None, text: str | None = None, modality: str = "") -> str | None:
@@ -80,6 +84,7 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
     rng = random.Random(f"retrv-caption:{seed}")
     out: list[CaptionExample] = []
     seen_images: set[str] = set()
+    pools: dict[str, dict[str, MBeirCandidate]] = {}
 
     def add_caption(side: Side, caption: str | None, source: str) -> None:
         if not captions or side.image_path is None or caption is None or side.image_path in seen_images:
@@ -91,7 +96,7 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
         out.append(CaptionExample("caption", Side(None, side.image_path, "image"), source, caption=caption))
 
     for dataset in ds.datasets:
-        pool = {c.did: c for c in _pool(ds, dataset, issues)}
+        pool = pools[dataset] = {c.did: c for c in _pool(ds, dataset, issues)}
         for c in pool.values():
             add_caption(_side(c), caption_of(c.src_content, c.text, c.modality), f"{dataset} candidate {c.did}")
         dids = sorted(pool)
@@ -117,22 +122,45 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
         # Each text after its query (when the record names one), so copying from the query is learnt here, on
         # batches of 32, rather than in SFT's LoRA on batches of 4.
         queries = {q.qid: q for dataset in ds.datasets for q in ds.queries(dataset=dataset)}
-        for where, query, context, text in _world_texts(Path(texts_file or ds.root / "cot" / f"{split}_cot.jsonl"), issues):
+        for where, query, context, text, dids in _world_texts(Path(texts_file or ds.root / "cot" / f"{split}_cot.jsonl"), issues):
             q = queries.get(query.get("qid", ""))
             if "qid" in query and q is None:
                 issues.report(where, f"qid {query['qid']} is not a {split} query")
                 continue
+            pool = pools.get(q.dataset, {}) if q else {}
+            if missing := [d for d in dids if d not in pool]:
+                issues.report(where, f"candidate {missing[0]} is not in the local pool of {q.dataset if q else 'a query'}")
+                continue
             side = _side(q) if q else Side(query.get("query"), None, "text")
-            out.append(CaptionExample("text", side, where, caption=text, context=context))
+            inspections = _inspections(text, [_side(pool[d]) for d in dids])
+            out.append(CaptionExample("text", side, where, caption=text, context=context, inspections=inspections))
     if not out:
         raise DataError(f"{ds.root}: no caption, pair or text examples in the {split} split")
     return out
 
 
-def _world_texts(path: Path, issues: DataIssues) -> list[tuple[str, dict[str, str], str, str]]:
-    """(file:line, query, context, text) of a JSONL of {"cot": text, "context": ..., "qid": ... or "query": ...}
-    records, when the file exists: the text is written after the split's query `qid`, or after a text query
-    given inline, or after nothing; `context` is given before it in the same turn."""
+def _inspections(text: str, candidates: list[Side]) -> tuple[Side | str, ...]:
+    """What each inspection request in `text` injects, in order, as `rerank.reasoner` serves them: the candidate,
+    or a notice."""
+    from retrv.rerank.parse import inspection_requests
+    from retrv.rerank.reasoner import INVALID_NOTICE, LIMIT_NOTICE, ReasonerOptions
+
+    out: list[Side | str] = []
+    for request in inspection_requests(text, len(candidates)):
+        if request.index is None:
+            out.append(INVALID_NOTICE)
+        elif sum(isinstance(x, Side) for x in out) >= ReasonerOptions().max_inspections:
+            out.append(LIMIT_NOTICE)
+        else:
+            out.append(candidates[request.index])
+    return tuple(out)
+
+
+def _world_texts(path: Path, issues: DataIssues) -> list[tuple[str, dict[str, str], str, str, list[str]]]:
+    """(file:line, query, context, text, candidates) of a JSONL of {"cot": text, "context": ..., "qid": ... or
+    "query": ..., "candidates": [did, ...]} records, when the file exists: the text is written after the split's
+    query `qid`, or after a text query given inline, or after nothing; `context` is given before it in the same
+    turn; candidate i of an inspection request is candidates[i-1] of the query's local pool."""
     if not path.is_file():
         return []
     out = []
@@ -151,8 +179,12 @@ def _world_texts(path: Path, issues: DataIssues) -> list[tuple[str, dict[str, st
         if not isinstance(context, str) or not isinstance(record.get("query", ""), str):
             issues.report(where, '"context" and "query" must be strings')
             continue
+        dids = record.get("candidates", [])
+        if not isinstance(dids, list) or not all(isinstance(d, str) for d in dids) or (dids and "qid" not in record):
+            issues.report(where, '"candidates" must be a list of dids of the pool of the record\'s "qid"')
+            continue
         query = {k: record[k] for k in ("qid", "query") if isinstance(record.get(k), str)}
-        out.append((where, query, context, text))
+        out.append((where, query, context, text, dids))
     return out
 
 
@@ -178,9 +210,14 @@ def world_corpus(examples: list[CaptionExample], root: str | Path) -> list[str]:
         texts += [t for t in (e.caption, e.query.text, e.instruction, e.candidate and e.candidate.text) if t]
     cot = Path(root) / "cot" / "train_cot.jsonl"
     if cot.is_file():
+        seen: set[str] = set()  # one CoT a query: its variants hold the same words, and would outweigh the rest
         for line in cot.read_text(encoding="utf-8").splitlines():
             try:
-                texts.append(json.loads(line)["cot"])
-            except (ValueError, KeyError, TypeError):
+                record = json.loads(line)
+                qid, text = record.get("qid"), record["cot"]
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
+            if qid is None or qid not in seen:
+                seen.add(qid)
+                texts.append(text)
     return texts

@@ -115,7 +115,13 @@ def test_edit_queries_describe_their_target(world):
 def test_cot_is_the_true_reasoning(world):
     records = [json.loads(line) for line in (world / "cot/train_cot.jsonl").read_text().splitlines()]
     train = {q.qid: q for q in MBeirDataset.open(world, "train").queries()}
-    assert sorted(r["qid"] for r in records) == sorted(train)
+    assert sorted(r["qid"] for r in records) == sorted(list(train) * SynthConfig().cot_variants)
+    by_qid: dict[str, list[dict]] = {}
+    for r in records:
+        by_qid.setdefault(r["qid"], []).append(r)
+    # the variants of a query draw and order their candidates afresh: which look-alike is candidate i is in the images
+    assert sum(len({tuple(v["candidates"]) for v in vs}) == len(vs) for vs in by_qid.values()) >= 0.9 * len(by_qid)
+    assert len({tuple(v["answer"] for v in vs) for vs in by_qid.values()}) > 1
     pools = {name: {c.did: c for c in MBeirDataset.open(world, "train").candidates(dataset=name)} for name in
              ("synth_task0", "synth_task3", "synth_task7")}  # fmt: skip
     saw_inspection = False
@@ -176,14 +182,18 @@ def test_skills_restate_text_queries_and_check_each_truth_against_its_look_alike
         truths.setdefault(q.dataset, []).append(caption[q.pos[0]])
     matches: dict[str, list[str]] = {}
     kinds = set()
+    queries = {q.qid: q for q in ds.queries()}
     for r in records:
+        q = queries[r["qid"]]  # written after its own query and that query's Step 1
         m = re.fullmatch(r"Candidate (\d) <inspection-index-start>(\d)<inspection-index-end> (?:shows|says) \"?(.+?)\"?;"
-                         r" it should (?:show|say) \"?(.+?)\"?;", r["context"])  # fmt: skip
-        assert m and m[1] == m[2] and 1 <= int(m[1]) <= 8, r["context"]
+                         r" it should (?:show|say) \"?(.+?)\"?; (.+)", r["cot"])  # fmt: skip
+        assert m and m[1] == m[2] and 1 <= int(m[1]) <= 8 and len(r["candidates"]) == 8, r["cot"]
         seen, truth = m[3], m[4]
-        assert truth in truths[r["dataset"]] and sorted(seen.split()) == sorted(truth.split())  # a look-alike
-        comparison, verdict = r["cot"].rstrip(".").split(": ")  # only the comparison is trained
-        assert comparison == " " + _comparison(seen, truth)
+        assert seen == caption[r["candidates"][int(m[1]) - 1]]  # what it shows is the inspected candidate
+        assert truth == caption[q.pos[0]] and r["context"].startswith("Step 1 (ideal result): ") and truth in r["context"]
+        assert sorted(seen.split()) == sorted(truth.split())  # a look-alike
+        comparison, verdict = m[5].rstrip(".").split(": ")
+        assert comparison == _comparison(seen, truth)
         assert (verdict == "it matches") == r["answer"] == (seen == truth)
         kinds.add(verdict)
         if r["answer"]:
@@ -196,6 +206,8 @@ def test_skills_restate_text_queries_and_check_each_truth_against_its_look_alike
 def test_bad_sizes_and_non_empty_folders_are_refused(world, tmp_path):
     with pytest.raises(ValueError, match="between 1 and 144"):
         generate(tmp_path / "x", SynthConfig(size=145))
+    with pytest.raises(ValueError, match="cot_variants must be at least 1"):
+        generate(tmp_path / "x", SynthConfig(cot_variants=0))
     with pytest.raises(DataError, match="not empty"):
         generate(world, SynthConfig(seed=7, size=3))
     keep = tmp_path / "mine"

@@ -129,10 +129,54 @@ def test_a_text_is_written_after_its_query(synth_world, trained):
     assert written.startswith(text_query.caption)  # the loss is on the reasoning only, not on the query
     skills = load_examples(synth_world, captions=False, pairs=False, texts=True,
                            texts_file=synth_world / "cot" / "train_skills.jsonl")
-    check = next(e for e in skills if e.context)
-    assert collator.prompt(check) == ("<|im_start|>assistant\n" + check.context, [])
+    check = next(e for e in skills if e.context and e.query.text)
+    prompt, images = collator.prompt(check)
+    assert f"Query: {check.query.text}" in prompt and prompt.endswith("assistant\n" + check.context) and images == []
     labels = collator([check])["labels"][0]
-    assert loaded.tokenizer.decode(labels[labels != -100].tolist()) == check.caption + "<|im_end|>"  # the verdict only
+    assert loaded.tokenizer.decode(labels[labels != -100].tolist()) == check.caption + "<|im_end|>"  # not Step 1
+
+
+def test_a_text_sees_each_candidate_it_inspects(synth_world, trained):
+    import torch
+    from PIL import Image
+
+    from retrv.data.mbeir import MBeirDataset
+    from retrv.rerank.checkpoint import load_reasoner
+    from retrv.train.caption import IGNORE, CaptionCollator, caption_loss
+    from retrv.train.caption_examples import Side, load_examples
+    from retrv.train.loop import DataIssues
+
+    loaded = load_reasoner(trained[0].out, device="cpu")
+    tok = loaded.tokenizer
+    texts = load_examples(synth_world, captions=False, pairs=False, texts=True)
+    cots = {json.loads(line)["cot"]: json.loads(line) for line in (synth_world / "cot" / "train_cot.jsonl").read_text().splitlines()}
+    collator = CaptionCollator(tok, loaded.processor, DataIssues())
+    # an edit query (its own image first) whose CoT inspects image candidates, and a caption query inspecting texts
+    edit = next(e for e in texts if e.query.modality == "image,text" and len(e.inspections) > 1)
+    captions = next(e for e in texts if e.query.modality == "image" and e.inspections)
+    record = cots[edit.caption]
+    pool = {c.did: c for c in MBeirDataset.open(synth_world, "train").candidates(dataset=record["dataset"])}
+    assert [s.image_path for s in edit.inspections] == [pool[record["candidates"][i - 1]].image_path for i in record["inspected"]]
+    assert all(isinstance(s, Side) and s.text and s.image_path is None for s in captions.inspections)
+    batch = collator([edit, captions])
+    for row, e in enumerate((edit, captions)):
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        assert tok.decode(labels[labels != IGNORE].tolist()) == e.caption + "<|im_end|>"  # injections are not trained
+        written = tok.decode(ids[batch["attention_mask"][row] == 1].tolist())
+        after = written.split("<inspection-index-end>")[1:]
+        assert len(after) == len(e.inspections)
+        for piece, seen in zip(after, e.inspections):
+            pads = "<|image_pad|>" * (trained[0].image_size // 28) ** 2
+            injected = f"<|vision_start|>{pads}<|vision_end|>\n" if seen.image_path else f"{seen.text}\n"
+            assert piece.startswith(injected) and piece[len(injected):].startswith(" ")  # then the reasoning goes on
+        assert bool(((batch["mm_token_type_ids"][row] == 1) == (ids == collator.image_pad)).all())
+    # pixels in the order the model fills image tokens: each row's query image, then what that row inspected
+    in_order = [edit.query.image_path, *[s.image_path for s in edit.inspections], captions.query.image_path]
+    expected = loaded.processor.image_processor(images=[Image.open(p).convert("RGB") for p in in_order], return_tensors="pt")
+    torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"])
+    assert batch["image_grid_thw"].tolist() == expected["image_grid_thw"].tolist()
+    loss, _ = caption_loss(loaded.model, batch)  # the model takes every image token where it stands
+    assert torch.isfinite(loss)
 
 
 def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path):
@@ -146,9 +190,11 @@ def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path
     texts = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=skills)
     records = [json.loads(line) for line in skills.read_text().splitlines()]
     assert [(e.context, e.caption) for e in texts] == [(r.get("context", ""), r["cot"]) for r in records]
-    for e, r in zip(texts, records):  # a restatement after its (inline) query; a check needs none
-        assert e.query.text == r.get("query") and e.query.image_path is None
     by_qid = {q.qid: q for q in MBeirDataset.open(synth_world, "train").queries()}
+    for e, r in zip(texts, records):  # a restatement after its inline query, a check after its split's query
+        q = by_qid.get(r.get("qid", ""))
+        assert (e.query.text, e.query.image_path) == ((q.text, q.image_path) if q else (r["query"], None))
+        assert len(e.inspections) == (1 if r["skill"] == "check" else 0)
     qid = next(iter(by_qid))
     (tmp_path / "by-qid.jsonl").write_text(json.dumps({"qid": qid, "cot": "Step 1"}) + "\n")
     [e] = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=tmp_path / "by-qid.jsonl")
