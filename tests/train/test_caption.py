@@ -201,13 +201,17 @@ def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path
     assert (e.query.text, e.query.image_path) == (by_qid[qid].text, by_qid[qid].image_path)
     broken = tmp_path / "texts.jsonl"
     broken.write_text(json.dumps(records[0]) + "\n{not json\n" + json.dumps({"qid": "90:1"}) + "\n"
-                      + json.dumps({"qid": "99:99", "cot": "Step 1"}) + "\n")
+                      + json.dumps({"qid": "99:99", "cot": "Step 1"}) + "\n"
+                      + json.dumps({"qid": qid, "cot": "Step 1", "candidates": ["99:99"]}) + "\n"
+                      + json.dumps({"cot": "Step 1", "candidates": [qid]}) + "\n")
     issues = DataIssues()
     texts = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=broken, issues=issues)
     assert [e.caption for e in texts] == [records[0]["cot"]]
-    assert [(i.source, i.reason.split(" (")[0]) for i in issues.items] == [
+    assert sorted((i.source, i.reason.split(" (")[0]) for i in issues.items) == [
         (f"{broken}:2", "not JSON"), (f"{broken}:3", 'expected an object with a non-empty "cot" string'),
-        (f"{broken}:4", "qid 99:99 is not a train query")]
+        (f"{broken}:4", "qid 99:99 is not a train query"),
+        (f"{broken}:5", f"candidate 99:99 is not in the local pool of {by_qid[qid].dataset}"),
+        (f"{broken}:6", '"candidates" must be a list of dids of the pool of the record\'s "qid"')]
     with pytest.raises(TrainConfigError, match="--texts-file .*missing.jsonl: no such file"):
         CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), texts=True, texts_file=str(tmp_path / "missing.jsonl")).validate()
 
