@@ -24,9 +24,9 @@ _retrv_options() {
         "train caption") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
         "train cot") echo "--data --teacher --out --split --pool --num-candidates --hard-candidates --instructions --no-instructions --limit --batch-size --seed --device --json --quiet -q --help -h" ;;
         "train encoder") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --pool --hard-negatives --loss --learn-temperature --no-learn-temperature --freeze-vision --no-freeze-vision --freeze-text --no-freeze-text --json --quiet -q --help -h" ;;
-        "train grpo") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --init --index --split --instructions --no-instructions --pool --num-candidates --group-size --temperature --top-p --max-new-tokens --max-inspections --beta --clip-eps --fixed-lambda --lora-rank --lora-alpha --lora-dropout --lora-targets --max-queries --json --quiet -q --help -h" ;;
-        "train icm") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --feature-cache --limit --reasoner --candidates-per-query --icm-heads --icm-layers --icm-memory-tokens --json --quiet -q --help -h" ;;
-        "train sft") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --feature-cache --limit --cot --init --lora-r --lora-alpha --lora-dropout --lora-targets --train-icm --no-train-icm --train-token-rows --no-train-token-rows --max-inspections --json --quiet -q --help -h" ;;
+        "train grpo") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --init --index --split --instructions --no-instructions --pool --num-candidates --group-size --temperature --top-p --max-new-tokens --max-inspections --beta --clip-eps --fixed-lambda --lora-rank --lora-alpha --lora-dropout --lora-targets --max-queries --tasks --json --quiet -q --help -h" ;;
+        "train icm") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --feature-cache --limit --tasks --reasoner --candidates-per-query --icm-heads --icm-layers --icm-memory-tokens --prompt-style --json --quiet -q --help -h" ;;
+        "train sft") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --feature-cache --limit --tasks --cot --init --lora-r --lora-alpha --lora-dropout --lora-targets --train-icm --no-train-icm --train-token-rows --no-train-token-rows --max-inspections --json --quiet -q --help -h" ;;
     esac
 }
 _retrv_value() {
@@ -167,6 +167,7 @@ _retrv_value() {
         "train grpo:--lora-dropout") echo "value" ;;
         "train grpo:--lora-targets") echo "value" ;;
         "train grpo:--max-queries") echo "value" ;;
+        "train grpo:--tasks") echo "value" ;;
         "train icm:--out") echo "value" ;;
         "train icm:--max-steps") echo "value" ;;
         "train icm:--batch-size") echo "value" ;;
@@ -187,11 +188,13 @@ _retrv_value() {
         "train icm:--max-text-tokens") echo "value" ;;
         "train icm:--feature-cache") echo "value" ;;
         "train icm:--limit") echo "value" ;;
+        "train icm:--tasks") echo "value" ;;
         "train icm:--reasoner") echo "value" ;;
         "train icm:--candidates-per-query") echo "value" ;;
         "train icm:--icm-heads") echo "value" ;;
         "train icm:--icm-layers") echo "value" ;;
         "train icm:--icm-memory-tokens") echo "value" ;;
+        "train icm:--prompt-style") echo "value" ;;
         "train sft:--out") echo "value" ;;
         "train sft:--max-steps") echo "value" ;;
         "train sft:--batch-size") echo "value" ;;
@@ -212,6 +215,7 @@ _retrv_value() {
         "train sft:--max-text-tokens") echo "value" ;;
         "train sft:--feature-cache") echo "value" ;;
         "train sft:--limit") echo "value" ;;
+        "train sft:--tasks") echo "value" ;;
         "train sft:--cot") echo "value" ;;
         "train sft:--init") echo "value" ;;
         "train sft:--lora-r") echo "value" ;;

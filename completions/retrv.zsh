@@ -303,6 +303,7 @@ _retrv_train_grpo() {
         '--lora-dropout[LoRA dropout (0 keeps the update exactly on-policy)]:value: ' \
         '--lora-targets[Comma-separated linear layers of the LLMs text stack that get LoRA adapters]:value: ' \
         '--max-queries[Use at most this many training queries (0 all)]:value: ' \
+        '--tasks[Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split]:value: ' \
         '--json[Print the summary as JSON on stdout]' \
         '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
@@ -334,11 +335,13 @@ _retrv_train_icm() {
         '--max-text-tokens[Text tokens kept per query or candidate]:value: ' \
         '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
         '--limit[Use at most this many training queries (0 all)]:value: ' \
+        '--tasks[Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split]:value: ' \
         '--reasoner[Reasoner to align a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint]:value: ' \
         '--candidates-per-query[Candidates paired with each query its positive, its hard negatives, then random pool members]:value: ' \
         '--icm-heads[New ICM only attention heads (must divide the LLM hidden size)]:value: ' \
         '--icm-layers[New ICM only cross-attention blocks per stack]:value: ' \
         '--icm-memory-tokens[New ICM only memory tokens per candidate]:value: ' \
+        '--prompt-style[Reason-mode prompt the checkpoint (and every later stage and search) uses chat (system prompt and i]:value: ' \
         '--json[Print the summary as JSON on stdout]' \
         '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
@@ -370,6 +373,7 @@ _retrv_train_sft() {
         '--max-text-tokens[Text tokens kept per query or candidate]:value: ' \
         '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
         '--limit[Use at most this many training queries (0 all)]:value: ' \
+        '--tasks[Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split]:value: ' \
         '--cot[Chain-of-thought jsonl (the synth worlds cot/train_cot.jsonl or `retrv train cot` output)]:value: ' \
         '--init[Reasoner checkpoint to start from, with ICM weights (the output of `retrv train icm`)]:value: ' \
         '--lora-r[LoRA rank; 0 fine-tunes every weight of the LLM instead (vision tower still frozen) for tiny models]:value: ' \

@@ -38,6 +38,7 @@ ICM_STEPS="${ICM_STEPS:-100}"
 SFT_STEPS="${SFT_STEPS:-450}"
 GRPO_STEPS="${GRPO_STEPS:-20}"
 GRPO_LR="${GRPO_LR:-3e-4}"
+PROMPT_STYLE="${PROMPT_STYLE:-bare}"  # reason mode's prompt: bare (candidates, then the query) or chat (instructed)
 # No task instructions anywhere: `retrv train encoder` encodes bare query texts, so an instruction prefix at
 # search time would be text the encoder never saw (measured: coarse R@5 8% with it, 56% without).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -112,7 +113,8 @@ stage "texts" "$WORK/texts" $RETRV train caption --data "$WORK/train-world" --ba
   --no-captions --no-pairs --texts --no-instructions --quiet
 
 stage "icm" "$WORK/icm" $RETRV train icm --data "$WORK/train-world" --reasoner "$WORK/texts" --out "$WORK/icm" \
-  --max-steps "$ICM_STEPS" --batch-size 16 --lr 1e-3 --icm-heads 4 --save-every 0 --no-instructions --quiet
+  --max-steps "$ICM_STEPS" --batch-size 16 --lr 1e-3 --icm-heads 4 --save-every 0 --no-instructions \
+  --prompt-style "$PROMPT_STYLE" --quiet
 
 stage "sft" "$WORK/sft" $RETRV train sft --data "$WORK/train-world" --cot "$WORK/train-world/cot/train_cot.jsonl" \
   --init "$WORK/icm" --out "$WORK/sft" --max-steps "$SFT_STEPS" --batch-size 4 --lr "$SFT_LR" --lora-r "$SFT_LORA_R" \

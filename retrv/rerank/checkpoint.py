@@ -69,6 +69,7 @@ class ReasonerConfig:
     icm: dict[str, Any] | None = None  # retrv.icm.module.ICMConfig fields; None for a bare base model
     special_tokens: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SPECIAL_TOKENS))
     prompt_version: int = 1
+    prompt_style: str = "chat"  # rerank.sequence.PROMPT_STYLES: "chat" (instructed) or "bare" (trained from scratch)
     stage: str = "base"  # base | icm | sft | grpo
     weights: str = "base"  # base | full | lora: where the LLM weights come from
     training: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +85,10 @@ class ReasonerConfig:
             raise ModelLoadError(f"{path}: not a valid reasoner config ({exc})") from None
         if cfg.stage not in STAGES or cfg.weights not in WEIGHT_SOURCES:
             raise ModelLoadError(f"{path}: stage must be one of {STAGES} and weights one of {WEIGHT_SOURCES}")
+        from retrv.rerank.sequence import PROMPT_STYLES
+
+        if cfg.prompt_style not in PROMPT_STYLES:
+            raise ModelLoadError(f"{path}: prompt_style must be one of {PROMPT_STYLES}, got {cfg.prompt_style!r}")
         cfg.special_tokens = {**DEFAULT_SPECIAL_TOKENS, **cfg.special_tokens}
         return cfg
 

@@ -261,10 +261,11 @@ class Reasoner:
         icm: ICM | None = None,
         options: ReasonerOptions | None = None,
         special: SpecialTokens = SpecialTokens(),
+        prompt_style: str = "chat",
     ):
         self.model, self.tokenizer, self.image_processor, self.icm = model, tokenizer, image_processor, icm
         self.options = options or ReasonerOptions()
-        self.special = special
+        self.special, self.prompt_style = special, prompt_style
         if self.options.use_icm and icm is None:
             raise RetrvError("reason mode needs a reasoner checkpoint with ICM weights (or use_icm=False)")
         hidden = unwrap_model(model).get_input_embeddings().weight.shape[-1]
@@ -274,7 +275,8 @@ class Reasoner:
     @classmethod
     def from_loaded(cls, loaded: LoadedReasoner, options: ReasonerOptions | None = None) -> Reasoner:
         special = SpecialTokens.from_mapping(loaded.config.special_tokens)
-        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, loaded.icm, options, special)
+        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, loaded.icm, options, special,
+                   loaded.config.prompt_style)
 
     @classmethod
     def load(cls, spec: str, *, device: str = "auto", trust_remote_code: bool = False,
@@ -336,10 +338,11 @@ class Reasoner:
         embed = unwrap_model(self.model).get_input_embeddings()
         if self.options.use_icm:
             soft = self._soft_tokens(q, candidates, full, cache)
-            prompt = build_prompt(self.tokenizer, embed, q, soft_tokens=soft, special=self.special)
+            prompt = build_prompt(self.tokenizer, embed, q, soft_tokens=soft, special=self.special, style=self.prompt_style)
         else:
             full(list(range(len(candidates))))
-            prompt = build_prompt(self.tokenizer, embed, q, full=[cache[i] for i in range(len(candidates))], special=self.special)
+            prompt = build_prompt(self.tokenizer, embed, q, full=[cache[i] for i in range(len(candidates))], special=self.special,
+                                  style=self.prompt_style)
         return PreparedPrompt(prompt, len(candidates), inspect, {"prepare": (time.perf_counter() - started) * 1000.0})
 
     def trace(self, query: Query, candidates: list[Candidate], options: DecodeOptions | None = None,

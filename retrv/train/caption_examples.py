@@ -206,6 +206,8 @@ def world_corpus(examples: list[CaptionExample], root: str | Path) -> list[str]:
              system_prompt(SpecialTokens(), False), "Query: ", "Candidate: ", "Candidates:", "Task: "]  # fmt: skip
     texts += [pair_question(q, c) + " Answer Yes or No." for q in ("text", "image", "image,text") for c in ("text", "image")]
     texts += ["Yes", "No"] * 50  # single tokens, whatever the corpus
+    texts += ["user assistant system"] * 50  # the chat roles as single tokens: every prompt carries two
+    texts += [" ".join(map(str, range(1, 51)))] * 10  # candidate numbers (1..50) as single tokens
     for e in examples:
         texts += [t for t in (e.caption, e.query.text, e.instruction, e.candidate and e.candidate.text) if t]
     cot = Path(root) / "cot" / "train_cot.jsonl"

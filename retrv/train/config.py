@@ -24,6 +24,19 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
 
 
+TASKS_HELP = "Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty: every task of the split."
+
+
+def parse_tasks(text: str) -> frozenset[int] | None:
+    """`--tasks "0,3"` -> {0, 3}; empty -> None (every task). TrainConfigError on anything else."""
+    if not text.strip():
+        return None
+    try:
+        return frozenset(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise TrainConfigError(f"--tasks must be comma-separated task ids such as 0,3, got {text!r}") from None
+
+
 @dataclass
 class TrainConfig:
     """What every training stage shares: the loop, checkpoints, logging and devices."""

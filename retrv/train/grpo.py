@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.errors import DataError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TrainConfig, TrainConfigError, _help
+from retrv.train.config import TASKS_HELP, TrainConfig, TrainConfigError, _help, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, train
 from retrv.train.rewards import group_advantages, grpo_loss, lambda_schedule, reward
 
@@ -88,6 +88,7 @@ class GrpoTrainConfig(TrainConfig):
     lora_targets: str = field(default=LLM_LINEAR_LAYERS, metadata=_help(
         "Comma-separated linear layers of the LLM's text stack that get LoRA adapters."))
     max_queries: int = field(default=0, metadata=_help("Use at most this many training queries (0: all)."))
+    tasks: str = field(default="", metadata=_help(TASKS_HELP))
     lr: float = field(default=1e-5, metadata=_help("Peak learning rate (AdamW) of the LoRA weights."))
 
     def validate(self) -> None:
@@ -110,6 +111,7 @@ class GrpoTrainConfig(TrainConfig):
         for name in ("max_inspections", "beta", "clip_eps", "max_queries", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        parse_tasks(self.tasks)
         if self.fixed_lambda is not None and self.fixed_lambda < 0:
             raise TrainConfigError(f"--fixed-lambda must be >= 0, got {self.fixed_lambda}")
 
@@ -156,7 +158,7 @@ def load_grpo_samples(config: GrpoTrainConfig, issues: DataIssues | None = None)
         index = Index.open(config.index, device=config.device)
     samples = load_reasoning_samples(config.data, config.split, pool=config.pool, num_candidates=config.num_candidates,  # type: ignore[arg-type]
                                      seed=config.seed, instructions=config.instructions, index=index,
-                                     issues=issues)  # fmt: skip
+                                     tasks=parse_tasks(config.tasks), issues=issues)  # fmt: skip
     return [grpo_sample(s) for s in samples]
 
 
@@ -384,7 +386,8 @@ def train_grpo(
     options = ReasonerOptions(max_new_tokens=config.max_new_tokens, max_inspections=config.max_inspections,
                               temperature=config.temperature, top_p=config.top_p)  # fmt: skip
     special = SpecialTokens.from_mapping(loaded.config.special_tokens)
-    reasoner = Reasoner(peft_model, loaded.tokenizer, loaded.image_processor, loaded.icm, options, special)
+    reasoner = Reasoner(peft_model, loaded.tokenizer, loaded.image_processor, loaded.icm, options, special,
+                        loaded.config.prompt_style)
     from accelerate import PartialState
 
     state = PartialState()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TrainConfig, TrainConfigError, _help
+from retrv.train.config import TASKS_HELP, TrainConfig, TrainConfigError, _help, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, set_seed, train
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class ReasonerDataConfig(TrainConfig):
     feature_cache: int = field(default=1024, metadata=_help(
         "Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0: recompute)."))
     limit: int = field(default=0, metadata=_help("Use at most this many training queries (0: all)."))
+    tasks: str = field(default="", metadata=_help(TASKS_HELP))
     batch_size: int = field(default=8, metadata=_help("Examples per micro-batch on each process."))
     lr: float = field(default=1e-4, metadata=_help("Peak learning rate (AdamW)."))
 
@@ -68,6 +69,7 @@ class ReasonerDataConfig(TrainConfig):
             raise TrainConfigError("--data is required: an M-BEIR-layout dataset directory")
         if self.pool not in ("local", "global"):
             raise TrainConfigError(f"--pool must be local or global, got {self.pool!r}")
+        parse_tasks(self.tasks)
         for name in ("max_image_tokens", "max_text_tokens"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -85,6 +87,10 @@ class IcmTrainConfig(ReasonerDataConfig):
     icm_heads: int = field(default=8, metadata=_help("New ICM only: attention heads (must divide the LLM hidden size)."))
     icm_layers: int = field(default=2, metadata=_help("New ICM only: cross-attention blocks per stack."))
     icm_memory_tokens: int = field(default=4, metadata=_help("New ICM only: memory tokens per candidate."))
+    prompt_style: str = field(default="", metadata=_help(
+        "Reason-mode prompt the checkpoint (and every later stage and search) uses: chat (system prompt and "
+        "instruction, for instruct VLMs) or bare (query and candidates only, for a reasoner trained from "
+        "scratch); empty keeps the reasoner's own (chat for a base model)."))
 
     def validate(self) -> None:
         super().validate()
@@ -92,6 +98,10 @@ class IcmTrainConfig(ReasonerDataConfig):
             raise TrainConfigError("--reasoner is required: the model whose ICM to train")
         if self.candidates_per_query < 2:
             raise TrainConfigError(f"--candidates-per-query must be at least 2, got {self.candidates_per_query}")
+        from retrv.rerank.sequence import PROMPT_STYLES
+
+        if self.prompt_style and self.prompt_style not in PROMPT_STYLES:
+            raise TrainConfigError(f"--prompt-style must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt_style!r}")
 
 
 @dataclass(frozen=True)
@@ -216,10 +226,13 @@ def prepare_icm(config: IcmTrainConfig, progress: ProgressCallback | None = None
     config.validate()
     issues = DataIssues(progress)
     samples = load_reasoning_samples(config.data, config.split, pool=config.pool, num_candidates=config.candidates_per_query,  # type: ignore[arg-type]
-                                     seed=config.seed, instructions=config.instructions, limit=config.limit, issues=issues)  # fmt: skip
+                                     seed=config.seed, instructions=config.instructions, limit=config.limit,
+                                     tasks=parse_tasks(config.tasks), issues=issues)  # fmt: skip
     pairs = [AlignmentPair(s, j) for s in samples for j in range(s.num_candidates)]
     emit(progress, "data", len(pairs), len(pairs), f"{len(samples)} queries, {len(pairs)} pairs, {len(issues)} problems skipped")
     loaded = load_stage_reasoner(str(config.reasoner), config)
+    if config.prompt_style:
+        loaded = dataclasses.replace(loaded, config=dataclasses.replace(loaded.config, prompt_style=config.prompt_style))
     set_seed(config.seed)
     icm = loaded.icm if loaded.icm is not None else new_icm(loaded.model.get_input_embeddings().weight.shape[-1], config)
     icm.float().requires_grad_(True)

@@ -130,6 +130,7 @@ def load_reasoning_samples(
     instructions: bool = True,
     limit: int = 0,
     index: Index | None = None,
+    tasks: frozenset[int] | None = None,
     issues: DataIssues | None = None,
 ) -> list[ReasoningSample]:
     """Every query of `split` with K candidates: its first positive, its hard negatives, random pool members.
@@ -144,6 +145,8 @@ def load_reasoning_samples(
     data = _read_split(root, split, pool, issues)
     samples: list[ReasoningSample] = []
     for qid, (q, where) in data.queries.items():
+        if tasks is not None and q.task_id not in tasks:
+            continue
         cands = data.pools[q.dataset]
         positive = next((d for d in q.pos if d in cands), None)
         if positive is None:
@@ -218,9 +221,11 @@ def load_cot_samples(
     pool: str = "local",
     instructions: bool = True,
     limit: int = 0,
+    tasks: frozenset[int] | None = None,
     issues: DataIssues | None = None,
 ) -> list[ReasoningSample]:
-    """The records of a CoT jsonl file (synth format) resolved against the dataset; bad records reported, skipped."""
+    """The records of a CoT jsonl file (synth format) resolved against the dataset; bad records reported, skipped.
+    `tasks`: only records whose query has one of these task ids (None: all)."""
     from retrv.data.mbeir import numbered_lines
 
     issues = issues if issues is not None else DataIssues()
@@ -231,7 +236,9 @@ def load_cot_samples(
     samples: list[ReasoningSample] = []
     for where, line in numbered_lines(path):
         try:
-            samples.append(_cot_record(json.loads(line.rstrip("\r\n")), where, data, instructions))
+            sample = _cot_record(json.loads(line.rstrip("\r\n")), where, data, instructions)
+            if tasks is None or sample.task_id in tasks:
+                samples.append(sample)
         except json.JSONDecodeError as e:
             issues.report(where, f"malformed JSON ({e.msg} at column {e.colno})")
         except DataError as e:
@@ -313,12 +320,12 @@ def soft_tokens(icm: ICM, query: CandidateTokens, candidates: list[CandidateToke
 
 
 def reasoning_prompt(tokenizer: Any, embed_tokens: Any, icm: ICM, tokens: SampleTokens,
-                     special: SpecialTokens | None = None) -> Segment:  # fmt: skip
+                     special: SpecialTokens | None = None, style: str = "chat") -> Segment:  # fmt: skip
     """The reason-mode prompt of a sample, exactly as inference builds it (`sequence.build_prompt`)."""
     from retrv.rerank.sequence import SpecialTokens, build_prompt
 
     soft = soft_tokens(icm, tokens.query, tokens.candidates)
-    return build_prompt(tokenizer, embed_tokens, tokens.query, soft_tokens=soft, special=special or SpecialTokens())
+    return build_prompt(tokenizer, embed_tokens, tokens.query, soft_tokens=soft, special=special or SpecialTokens(), style=style)
 
 
 def lm_hidden(model: Any, embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

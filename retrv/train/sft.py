@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.errors import RetrvError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TrainConfigError, _help
+from retrv.train.config import TrainConfigError, _help, parse_tasks
 from retrv.train.icm import ReasonerDataConfig, load_stage_reasoner, save_stage, token_budget, training_record
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, set_seed, train
 
@@ -243,7 +243,7 @@ def sft_loss(model: Any, icm: Any, rows: Any, samples: list[ReasoningSample],
     built = []
     for sample in samples:
         tokens = sample_tokens(model, ctx.parts, sample, ctx.budget, ctx.cache)
-        prompt = reasoning_prompt(ctx.parts.tokenizer, embed, icm, tokens, ctx.special)
+        prompt = reasoning_prompt(ctx.parts.tokenizer, embed, icm, tokens, ctx.special, ctx.parts.config.prompt_style)
         built.append(build_sft_sequence(ctx.parts.tokenizer, embed, prompt, sample.cot or "", tokens.inspect,
                                         sample.num_candidates, special=ctx.special, max_inspections=ctx.max_inspections))  # fmt: skip
     embeds, positions, mask = batch_segments([b.sequence for b in built])
@@ -307,7 +307,8 @@ def prepare_sft(config: SftTrainConfig, progress: ProgressCallback | None = None
     config.validate()
     issues = DataIssues(progress)
     samples = load_cot_samples(config.data, config.cot, config.split, pool=config.pool,  # type: ignore[arg-type]
-                               instructions=config.instructions, limit=config.limit, issues=issues)  # fmt: skip
+                               instructions=config.instructions, limit=config.limit, tasks=parse_tasks(config.tasks),
+                               issues=issues)  # fmt: skip
     emit(progress, "data", len(samples), len(samples), f"{len(samples)} CoT samples, {len(issues)} problems skipped")
     loaded = load_stage_reasoner(str(config.init), config)
     if loaded.icm is None:

@@ -77,3 +77,20 @@ def test_build_prompt_needs_one_kind_of_candidate(loaded):
     q = query_tokens(loaded.model, loaded, Query(text="a cat"))
     with pytest.raises(ValueError, match="exactly one"):
         build_prompt(loaded.tokenizer, loaded.model.get_input_embeddings(), q)
+
+
+def test_bare_prompt_is_the_query_and_the_candidates_only(loaded):
+    soft = torch.randn(3, 2, loaded.model.config.text_config.hidden_size)
+    q = query_tokens(loaded.model, loaded, Query(text="a cat"))
+    embed = loaded.model.get_input_embeddings()
+    bare = build_prompt(loaded.tokenizer, embed, q, soft_tokens=soft, style="bare")
+    chat = build_prompt(loaded.tokenizer, embed, q, soft_tokens=soft)
+    assert loaded.tokenizer.decode(bare.token_ids.tolist()) == (
+        "<|im_start|>user\nCandidates:\n1<|icm|><|icm|>2<|icm|><|icm|>3<|icm|><|icm|>\nQuery: a cat"
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    rows = (bare.token_ids == loaded.tokenizer.convert_tokens_to_ids("<|icm|>")).nonzero().flatten()
+    assert torch.equal(bare.embeds[rows], soft.reshape(-1, soft.shape[-1]))
+    assert len(bare) < len(chat) - 40  # the system prompt, instruction and separators are gone
+    with pytest.raises(ValueError, match="prompt style"):
+        build_prompt(loaded.tokenizer, embed, q, soft_tokens=soft, style="terse")

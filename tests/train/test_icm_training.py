@@ -90,3 +90,19 @@ def test_an_empty_split_is_an_error(tmp_path, world, tiny_reasoner_dir):
         f.write_text("")
     with pytest.raises(DataError, match="no usable queries"):
         train_icm(_config(tmp_path, copy, tiny_reasoner_dir))
+
+
+def test_the_prompt_style_is_recorded_and_search_builds_it(tmp_path, world, tiny_reasoner_dir):
+    from retrv.rerank.checkpoint import load_reasoner
+    from retrv.rerank.reasoner import Reasoner
+
+    train_icm(_config(tmp_path, world, tiny_reasoner_dir, max_steps=1, prompt_style="bare", tasks="0"))
+    loaded = load_reasoner(str(tmp_path / "out"), device="cpu", require_icm=True)
+    assert loaded.config.prompt_style == "bare" and json.loads((tmp_path / "out/metrics.jsonl").read_text())["step"] == 1
+    sample = load_reasoning_samples(world, num_candidates=2)[0]
+    prompt = Reasoner.from_loaded(loaded).prepare(sample.query, [Candidate(item, 0.0) for item in sample.candidates]).prompt
+    assert loaded.tokenizer.decode(prompt.token_ids.tolist()).startswith("<|im_start|>user\nCandidates:\n1<|icm|><|icm|>2")
+    with pytest.raises(Exception, match="prompt-style"):
+        _config(tmp_path, world, tiny_reasoner_dir, prompt_style="terse").validate()
+    with pytest.raises(Exception, match="--tasks"):
+        _config(tmp_path, world, tiny_reasoner_dir, tasks="zero").validate()

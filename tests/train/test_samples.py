@@ -41,6 +41,13 @@ def test_every_train_query_gets_k_candidates_with_its_positive_and_hard_negative
     assert [[c.id for c in s.candidates] for s in other] != [[c.id for c in s.candidates] for s in samples]
 
 
+def test_tasks_keep_only_their_queries_and_cot_records(world):
+    samples = load_reasoning_samples(world, num_candidates=4, tasks=frozenset({0, 7}))
+    assert len(samples) == 16 and {s.task_id for s in samples} == {0, 7}
+    cot = load_cot_samples(world, world / "cot/train_cot.jsonl", tasks=frozenset({3}))
+    every = load_cot_samples(world, world / "cot/train_cot.jsonl")
+    assert cot and {s.task_id for s in cot} == {3} and len(cot) == sum(s.task_id == 3 for s in every)
+
 
 def test_an_index_gives_its_coarse_top_k_in_order_and_a_positive_outside_it_is_reported(colour_world_dir,
                                                                                           colour_caption_index_dir):  # fmt: skip
@@ -109,7 +116,8 @@ def test_cot_records_resolve_and_bad_ones_are_reported(world, tmp_path):
         load_cot_samples(world, empty)
 
 
-def test_training_prompt_is_bit_equal_to_the_inference_prompt(world, tiny_reasoner_dir):
+@pytest.mark.parametrize("style", ["chat", "bare"])
+def test_training_prompt_is_bit_equal_to_the_inference_prompt(world, tiny_reasoner_dir, style):
     from retrv.icm.module import ICM, ICMConfig
     from retrv.rerank.checkpoint import load_reasoner
     from retrv.rerank.reasoner import Reasoner
@@ -117,12 +125,13 @@ def test_training_prompt_is_bit_equal_to_the_inference_prompt(world, tiny_reason
     loaded = load_reasoner(str(tiny_reasoner_dir), device="cpu")
     torch.manual_seed(0)
     icm = ICM(ICMConfig(hidden_size=64, num_heads=4, num_memory_tokens=3)).eval()
-    reasoner = Reasoner.from_loaded(dataclasses.replace(loaded, icm=icm))
+    loaded = dataclasses.replace(loaded, icm=icm, config=dataclasses.replace(loaded.config, prompt_style=style))
+    reasoner = Reasoner.from_loaded(loaded)
     sample = next(s for s in load_reasoning_samples(world, num_candidates=4) if s.task_id == 7)  # image + text query
     cache = FeatureCache(16)
     tokens = sample_tokens(loaded.model, loaded, sample, cache=cache)
     with torch.no_grad():
-        ours = reasoning_prompt(loaded.tokenizer, loaded.model.get_input_embeddings(), icm, tokens)
+        ours = reasoning_prompt(loaded.tokenizer, loaded.model.get_input_embeddings(), icm, tokens, style=style)
     theirs = reasoner.prepare(sample.query, [Candidate(item, 0.0) for item in sample.candidates]).prompt
     assert torch.equal(ours.embeds, theirs.embeds)
     assert torch.equal(ours.position_ids, theirs.position_ids) and torch.equal(ours.token_ids, theirs.token_ids)
