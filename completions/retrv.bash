@@ -21,7 +21,7 @@ _retrv_options() {
         "info") echo "--index -i --json --help -h" ;;
         "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --min-score --show-reasoning --encoder --device --trust-remote-code --paths-only -f --json --quiet -q --help -h" ;;
         "train") echo "--help -h" ;;
-        "train caption") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
+        "train caption") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --prompt-style --num-candidates --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
         "train cot") echo "--data --teacher --out --split --pool --num-candidates --hard-candidates --instructions --no-instructions --limit --batch-size --seed --device --json --quiet -q --help -h" ;;
         "train encoder") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --pool --hard-negatives --loss --learn-temperature --no-learn-temperature --freeze-vision --no-freeze-vision --freeze-text --no-freeze-text --json --quiet -q --help -h" ;;
         "train grpo") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --init --index --split --instructions --no-instructions --pool --num-candidates --group-size --temperature --top-p --max-new-tokens --max-inspections --beta --clip-eps --fixed-lambda --lora-rank --lora-alpha --lora-dropout --lora-targets --max-queries --tasks --json --quiet -q --help -h" ;;
@@ -103,6 +103,8 @@ _retrv_value() {
         "train caption:--vocab-size") echo "value" ;;
         "train caption:--image-size") echo "value" ;;
         "train caption:--texts-file") echo "value" ;;
+        "train caption:--prompt-style") echo "value" ;;
+        "train caption:--num-candidates") echo "value" ;;
         "train caption:--hard-negatives") echo "value" ;;
         "train caption:--random-negatives") echo "value" ;;
         "train cot:--data") echo "value" ;;

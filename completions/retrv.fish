@@ -135,6 +135,8 @@ complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcomm
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from caption' -l pairs -l no-pairs -d 'Train on (query, candidate -> Yes/No) examples (score mode)'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from caption' -l texts -l no-texts -d 'Also language-model the worlds training texts (the CoT in cot/train_cot.jsonl), so the base has see'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from caption' -l texts-file -x -d 'The JSONL --texts reads (records with "cot"; "qid" or "query", a query to write it after; "context",'
+complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from caption' -l prompt-style -x -d 'Lay each text with a query out as reason modes prompt of this style (bare or chat, as `retrv train '
+complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from caption' -l num-candidates -x -d 'Candidates in the --prompt-style layout of a text whose record lists none (the skills restatements)'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from caption' -l hard-negatives -x -d 'Hard negatives per query (from neg_cand_list, in file order) added as No pairs; -1 all of them'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from caption' -l random-negatives -x -d 'Pool members that are neither positive nor hard negative, added as No pairs per query'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from caption' -l json -d 'Print the summary as JSON on stdout'

@@ -206,6 +206,8 @@ _retrv_train_caption() {
         '(--pairs --no-pairs)'{--pairs,--no-pairs}'[Train on (query, candidate -> Yes/No) examples (score mode)]' \
         '(--texts --no-texts)'{--texts,--no-texts}'[Also language-model the worlds training texts (the CoT in cot/train_cot.jsonl), so the base has see]' \
         '--texts-file[The JSONL --texts reads (records with "cot"; "qid" or "query", a query to write it after; "context",]:value: ' \
+        '--prompt-style[Lay each text with a query out as reason modes prompt of this style (bare or chat, as `retrv train ]:value: ' \
+        '--num-candidates[Candidates in the --prompt-style layout of a text whose record lists none (the skills restatements)]:value: ' \
         '--hard-negatives[Hard negatives per query (from neg_cand_list, in file order) added as No pairs; -1 all of them]:value: ' \
         '--random-negatives[Pool members that are neither positive nor hard negative, added as No pairs per query]:value: ' \
         '--json[Print the summary as JSON on stdout]' \

@@ -106,11 +106,12 @@ lane=$!
 # whole CoTs none was learnt in the steps this recipe can afford.
 stage "skills" "$WORK/skills" $RETRV train caption --data "$WORK/train-world" --base "$WORK/captions" \
   --out "$WORK/skills" --max-steps "$SKILL_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
-  --no-captions --no-pairs --texts --texts-file "$WORK/train-world/cot/train_skills.jsonl" --no-instructions --quiet
+  --no-captions --no-pairs --texts --texts-file "$WORK/train-world/cot/train_skills.jsonl" --no-instructions --quiet \
+  --prompt-style "$PROMPT_STYLE" --num-candidates "$K"
 # Then whole CoTs, each after its query (text, image, or both), every inspected candidate injected where it is asked for.
 stage "texts" "$WORK/texts" $RETRV train caption --data "$WORK/train-world" --base "$WORK/skills" \
   --out "$WORK/texts" --max-steps "$TEXT_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
-  --no-captions --no-pairs --texts --no-instructions --quiet
+  --no-captions --no-pairs --texts --no-instructions --quiet --prompt-style "$PROMPT_STYLE" --num-candidates "$K"
 
 stage "icm" "$WORK/icm" $RETRV train icm --data "$WORK/train-world" --reasoner "$WORK/texts" --out "$WORK/icm" \
   --max-steps "$ICM_STEPS" --batch-size 16 --lr 1e-3 --icm-heads 4 --save-every 0 --no-instructions \

@@ -184,6 +184,27 @@ def _long(values: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long)
 
 
+def prompt_layout(k: int, style: str, use_icm: bool = True, special: SpecialTokens = SpecialTokens()) -> list[tuple[str, str | int | None]]:
+    """The prompt of `k` candidates as parts in order: ("text", piece) tokenised on its own, ("query", None) the
+    query's tokens, ("candidate", i) candidate i's two soft tokens (or its full tokens). `build_prompt` walks it;
+    so does `retrv train caption --prompt-style`, which lays its texts out the same way with placeholders."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    s, parts = special, []
+    if style == "chat":
+        parts += [("text", f"{s.im_start}system\n{system_prompt(s, use_icm)}{s.im_end}\n{s.im_start}user\nQuery: "),
+                  ("query", None), ("text", "\n")]  # fmt: skip
+    else:
+        parts.append(("text", f"{s.im_start}user\n"))
+    parts.append(("text", "Candidates:\n"))
+    for i in range(k):
+        parts += [("text", f"[{i + 1}] " if style == "chat" else str(i + 1)), ("candidate", i)]
+        parts += [("text", "\n")] if style == "chat" else []
+    parts += [("text", INSTRUCTION)] if style == "chat" else [("text", "\nQuery: "), ("query", None)]
+    parts.append(("text", f"{s.im_end}\n{s.im_start}assistant\n"))
+    return parts
+
+
 def build_prompt(
     tokenizer: Any,
     embed_tokens: Any,
@@ -201,32 +222,17 @@ def build_prompt(
     """
     if (soft_tokens is None) == (full is None):
         raise ValueError("build_prompt needs exactly one of soft_tokens or full")
-    if style not in PROMPT_STYLES:
-        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
-    s, chat = special, style == "chat"
-    b = SegmentBuilder(tokenizer, embed_tokens, 0, special)
-    if chat:
-        b.text(f"{s.im_start}system\n{system_prompt(s, soft_tokens is not None)}{s.im_end}\n{s.im_start}user\nQuery: ")
-        b.candidate(query)
-        b.text("\n")
-    else:
-        b.text(f"{s.im_start}user\n")
-    b.text("Candidates:\n")
     k = len(full) if full is not None else soft_tokens.shape[0]
-    for i in range(k):
-        b.text(f"[{i + 1}] " if chat else str(i + 1))
-        if full is not None:
-            b.candidate(full[i])
+    b = SegmentBuilder(tokenizer, embed_tokens, 0, special)
+    for kind, value in prompt_layout(k, style, soft_tokens is not None, special):
+        if kind == "text":
+            b.text(value)  # type: ignore[arg-type]
+        elif kind == "query":
+            b.candidate(query)
+        elif full is not None:
+            b.candidate(full[value])  # type: ignore[index]
         else:
-            b.soft(soft_tokens[i])
-        if chat:
-            b.text("\n")
-    if chat:
-        b.text(INSTRUCTION)
-    else:
-        b.text("\nQuery: ")
-        b.candidate(query)
-    b.text(f"{s.im_end}\n{s.im_start}assistant\n")
+            b.soft(soft_tokens[value])  # type: ignore[index]
     return b.build("prompt")
 
 

@@ -17,7 +17,9 @@ three kinds of example drawn from the training split:
   from the query starts here. Where a text asks to inspect candidate i (and its record lists the candidates),
   candidate i's image and/or text is injected right after the request, untrained, as the reasoner injects it:
   what the CoT says a candidate shows is then learnt from the candidate (text-only, a tiny model wrote the
-  looks of unseen candidates from its priors: 9 of 129 right).
+  looks of unseen candidates from its priors: 9 of 129 right). With `--prompt-style bare|chat` the query is
+  laid out as reason mode's prompt, the `<|icm|>` embedding standing for the candidates' soft tokens, so the
+  copies learnt here are learnt where the reasoner makes them.
 
 Loss: cross-entropy on the answer tokens only (the caption, the Yes/No token or the text, each + end of
 turn), averaged per example, then over the batch, so a short Yes/No answer weighs as much as a caption.
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrv.progress import ProgressCallback, emit
+from retrv.rerank.sequence import PROMPT_STYLES
 from retrv.train.caption_examples import CAPTION_REQUEST, CAPTION_SYSTEM, CaptionExample, Side, load_examples, world_corpus
 from retrv.train.config import TrainConfig, TrainConfigError, _help
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
@@ -82,6 +85,13 @@ class CaptionTrainConfig(TrainConfig):
         "\"context\", text given before it); default: "
         "<data>/cot/<split>_cot.jsonl. `retrv data synth` also writes cot/train_skills.jsonl: the CoT's "
         "restatement of a text query and its detailed checks' comparisons, to learn one at a time first."))
+    prompt_style: str = field(default="", metadata=_help(
+        "Lay each text with a query out as reason mode's prompt of this style (bare or chat, as `retrv train icm "
+        "--prompt-style`), the <|icm|> token's own embedding standing for every candidate's two soft tokens, so "
+        "that what the texts teach is learnt where the reasoner will use it (a copy learnt in one layout was not "
+        "found in another: docs/training.md). Empty: each text after its query alone."))
+    num_candidates: int = field(default=8, metadata=_help(
+        "Candidates in the --prompt-style layout of a text whose record lists none (the skills' restatements)."))
     hard_negatives: int = field(default=2, metadata=_help(
         "Hard negatives per query (from neg_cand_list, in file order) added as 'No' pairs; -1: all of them."))
     random_negatives: int = field(default=1, metadata=_help(
@@ -123,6 +133,10 @@ class CaptionTrainConfig(TrainConfig):
             raise TrainConfigError(f"--texts-file {self.texts_file}: no such file")
         if not (self.captions or self.pairs or self.texts):
             raise TrainConfigError("--no-captions and --no-pairs (without --texts) leave nothing to train on")
+        if self.prompt_style and self.prompt_style not in PROMPT_STYLES:
+            raise TrainConfigError(f"--prompt-style must be one of {', '.join(PROMPT_STYLES)} or empty, got {self.prompt_style!r}")
+        if self.num_candidates < 1:
+            raise TrainConfigError(f"--num-candidates must be at least 1, got {self.num_candidates}")
         if self.hard_negatives < -1:
             raise TrainConfigError(f"--hard-negatives must be >= -1 (-1: all), got {self.hard_negatives}")
         if self.random_negatives < 0:
@@ -135,13 +149,16 @@ class CaptionTrainConfig(TrainConfig):
 class CaptionCollator:
     """Examples -> one right-padded batch: input_ids, attention_mask, mm_token_type_ids, labels (answer tokens
     only), pixel_values, image_grid_thw, is_pair and the Yes/No ids. The prompt is rendered exactly as score
-    mode renders it and tokenised by the processor; the answer ids are appended after it."""
+    mode renders it and tokenised by the processor; the answer ids are appended after it. With `prompt_style`,
+    a text's prompt is instead reason mode's (`reasoning_prompt`), built as ids."""
 
-    def __init__(self, tokenizer: Any, processor: Any, issues: DataIssues) -> None:
+    def __init__(self, tokenizer: Any, processor: Any, issues: DataIssues, prompt_style: str = "",
+                 num_candidates: int = 8) -> None:  # fmt: skip
         from retrv.rerank.prompts import SCORE_SYSTEM, render
         from retrv.rerank.scorer import pick_answer_tokens
 
         self.tokenizer, self.processor, self.issues = tokenizer, processor, issues
+        self.prompt_style, self.num_candidates = prompt_style, num_candidates
         self.answers = pick_answer_tokens(tokenizer, render([], tokenizer, processor, system=SCORE_SYSTEM))
         self.end = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
         self.vision_start, self.vision_end, self.image_pad = (int(tokenizer.convert_tokens_to_ids(t)) for t in
@@ -154,6 +171,8 @@ class CaptionCollator:
         if e.kind == "text":  # language modelling of an assistant turn, after its query when there is one
             if e.query.text is None and e.query.image_path is None:
                 return "<|im_start|>assistant\n" + e.context, []
+            if self.prompt_style:
+                return "", []  # the reasoner's own layout, built as ids by `reasoning_prompt`
             segments = [Segment("image")] if e.query.image_path else []
             segments += [Segment("text", f"Query: {e.query.text}")] if e.query.text else []
             prompt = render(segments, self.tokenizer, self.processor, system=None) + e.context
@@ -172,18 +191,17 @@ class CaptionCollator:
     def target(self, e: CaptionExample, grids: list[tuple[int, int, int]]) -> tuple[list[int], list[int], list[int]]:
         """The answer's ids, labels and mm_token_type_ids. A text's inspections are injected after each request,
         as the reasoner injects them (`rerank.sequence.inspection_segment`), untrained; `grids` are the
-        (t, h, w) patch grids of the text's inspected images, in order."""
+        (t, h, w) patch grids of the text's images in order: its query image when laid out, then the inspected."""
         if e.kind == "pair":
             ids = [self.answers.yes_id if e.answer else self.answers.no_id, self.end]
             return ids, ids, [0, 0]
-        if not e.inspections:
-            ids = [*self.tokenizer.encode(e.caption, add_special_tokens=False), self.end]
-            return ids, ids, [0] * len(ids)
         from retrv.rerank.sequence import SpecialTokens
         from retrv.train.sft import split_reasoning
 
-        ids, labels, types = [], [], []
-        injections, images = iter(e.inspections), iter(grids)
+        images = iter(grids)
+        ids, types = self.reasoning_prompt(e, images) if self.laid_out(e) else ([], [])
+        labels = [IGNORE] * len(ids)
+        injections = iter(e.inspections)
         for piece in split_reasoning(e.caption, SpecialTokens()):
             written = self.tokenizer.encode(piece, add_special_tokens=False)
             ids, labels, types = ids + written, labels + written, types + [0] * len(written)
@@ -192,16 +210,48 @@ class CaptionCollator:
                 ids, labels, types = ids + block, labels + [IGNORE] * len(block), types + block_types
         return ids + [self.end], labels + [self.end], types + [0]
 
+    def laid_out(self, e: CaptionExample) -> bool:
+        """Whether `e` is a text written in the reasoner's prompt layout (--prompt-style)."""
+        return bool(self.prompt_style) and e.kind == "text" and (e.query.text is not None or e.query.image_path is not None)
+
+    def reasoning_prompt(self, e: CaptionExample, grids: Any) -> tuple[list[int], list[int]]:
+        """Ids and token types of reason mode's prompt (`rerank.sequence.prompt_layout`) for `e`'s query, each
+        candidate's two soft tokens as `<|icm|>` ids, then `e.context`: piece by piece as `build_prompt`
+        tokenises it, so that the two are the same ids wherever the soft tokens stand."""
+        from retrv.icm.features import text_ids
+        from retrv.rerank.sequence import SpecialTokens, prompt_layout
+
+        special = SpecialTokens()
+        icm = int(self.tokenizer.convert_tokens_to_ids(special.icm))
+        ids: list[int] = []
+        types: list[int] = []
+        for kind, value in prompt_layout(e.candidates or self.num_candidates, self.prompt_style, True, special):
+            if kind == "text":
+                piece = self.tokenizer(value, add_special_tokens=False)["input_ids"]
+                ids, types = ids + piece, types + [0] * len(piece)
+            elif kind == "candidate":
+                ids, types = ids + [icm, icm], types + [0, 0]
+            else:
+                if e.query.image_path:
+                    block, block_types = self.image_block(next(grids))
+                    ids, types = ids + block, types + block_types
+                if e.query.text:
+                    written = text_ids(self.tokenizer, e.query.text)
+                    ids, types = ids + written, types + [0] * len(written)
+        context = self.tokenizer.encode(e.context, add_special_tokens=False) if e.context else []
+        return ids + context, types + [0] * len(context)
+
+    def image_block(self, grid: tuple[int, int, int]) -> tuple[list[int], list[int]]:
+        t, h, w = grid
+        n = t * h * w // self.processor.image_processor.merge_size**2
+        return [self.vision_start, *[self.image_pad] * n, self.vision_end], [0, *[1] * n, 0]
+
     def injected(self, what: Side | str, grids: Any) -> tuple[list[int], list[int]]:
         """Ids and token types of one injection: the candidate's image block and text, then a newline; or a notice."""
         if isinstance(what, str):
             ids = self.tokenizer.encode(what, add_special_tokens=False)
             return ids, [0] * len(ids)
-        ids, types = [], []
-        if what.image_path:
-            t, h, w = next(grids)
-            n = t * h * w // self.processor.image_processor.merge_size**2
-            ids, types = [self.vision_start, *[self.image_pad] * n, self.vision_end], [0, *[1] * n, 0]
+        ids, types = self.image_block(next(grids)) if what.image_path else ([], [])
         text = [*self.tokenizer.encode(what.text or "", add_special_tokens=False), *self.tokenizer.encode("\n", add_special_tokens=False)]
         return ids + text, types + [0] * len(text)
 
@@ -213,6 +263,8 @@ class CaptionCollator:
         for e in examples:
             text, paths = self.prompt(e)
             inspected = [s.image_path for s in e.inspections if isinstance(s, Side) and s.image_path]
+            if self.laid_out(e) and e.query.image_path:  # its query image comes first, in the prompt
+                inspected.insert(0, e.query.image_path)
             try:
                 opened = []
                 for p in paths + inspected:
@@ -359,7 +411,8 @@ def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None 
     base = build_base(config, world_corpus(examples, config.data))  # type: ignore[arg-type]
     model = base.model
     model.requires_grad_(True)
-    batches = ShuffledBatches(examples, config.batch_size, config.seed, CaptionCollator(base.tokenizer, base.processor, issues))
+    collator = CaptionCollator(base.tokenizer, base.processor, issues, config.prompt_style, config.num_candidates)
+    batches = ShuffledBatches(examples, config.batch_size, config.seed, collator)
     summary = train(model, caption_loss, batches, config, progress=progress, issues=issues)
     summary.examples = len(examples)
 

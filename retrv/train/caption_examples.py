@@ -44,6 +44,7 @@ class CaptionExample:
     instruction: str | None = None
     context: str = ""
     inspections: tuple[Side | str, ...] = ()
+    candidates: int = 0  # a text's candidate list length (0: its record lists none)
 
 
 def caption_of(src_content: str | None, text: str | None = None, modality: str = "") -> str | None:
@@ -133,7 +134,8 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
                 continue
             side = _side(q) if q else Side(query.get("query"), None, "text")
             inspections = _inspections(text, [_side(pool[d]) for d in dids])
-            out.append(CaptionExample("text", side, where, caption=text, context=context, inspections=inspections))
+            out.append(CaptionExample("text", side, where, caption=text, context=context, inspections=inspections,
+                                      candidates=len(dids)))  # fmt: skip
     if not out:
         raise DataError(f"{ds.root}: no caption, pair or text examples in the {split} split")
     return out

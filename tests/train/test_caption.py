@@ -179,6 +179,49 @@ def test_a_text_sees_each_candidate_it_inspects(synth_world, trained):
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("style", ["bare", "chat"])
+def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, trained, style):
+    import torch
+
+    from retrv.icm.features import tokens_of
+    from retrv.rerank.checkpoint import load_reasoner
+    from retrv.rerank.sequence import build_prompt
+    from retrv.train.caption import IGNORE, CaptionCollator
+    from retrv.train.caption_examples import load_examples
+    from retrv.train.loop import DataIssues
+    from retrv.train.samples import lm_hidden
+
+    loaded = load_reasoner(trained[0].out, device="cpu")
+    tok, embed = loaded.tokenizer, loaded.model.get_input_embeddings()
+    edit = next(e for e in load_examples(synth_world, captions=False, pairs=False, texts=True)
+                if e.query.modality == "image,text" and e.inspections)  # fmt: skip
+    skills = load_examples(synth_world, captions=False, pairs=False, texts=True,
+                           texts_file=synth_world / "cot" / "train_skills.jsonl")
+    restate = next(e for e in skills if not e.candidates)
+    check = next(e for e in skills if e.context and e.query.text)
+    collator = CaptionCollator(tok, loaded.processor, DataIssues(), prompt_style=style, num_candidates=3)
+    batch = collator([edit, restate, check])
+    context = tok.encode(check.context, add_special_tokens=False)
+    for row, (e, k) in enumerate(((edit, 8), (restate, 3), (check, 8))):  # a record's own candidates, else --num-candidates
+        query = tokens_of(loaded.model, loaded, [e.query.text], [e.query.image_path])[0]
+        icm = embed.weight[tok.convert_tokens_to_ids("<|icm|>")].detach()
+        with torch.no_grad():
+            prompt = build_prompt(tok, embed, query, soft_tokens=icm.expand(k, 2, -1), style=style)
+        n, labels = len(prompt), batch["labels"][row]
+        assert batch["input_ids"][row, :n].tolist() == prompt.token_ids.tolist()
+        if e is check:  # its context follows the prompt, given
+            assert batch["input_ids"][row, n : n + len(context)].tolist() == context
+            n += len(context)
+        assert bool((labels[:n] == IGNORE).all())
+        assert tok.decode(labels[labels != IGNORE].tolist()) == e.caption + "<|im_end|>"  # after its context
+        if row == 0:  # the model reads the query image where the reasoner puts it: the same positions, the same states
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")}
+            with torch.no_grad():
+                theirs = loaded.model(**inputs, output_hidden_states=True).hidden_states[-1][0, :n]
+                ours = lm_hidden(loaded.model, prompt.embeds[None], prompt.position_ids[:, None], torch.ones(1, n, dtype=torch.long))[0]
+            torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
 def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path):
     from retrv.data.mbeir import MBeirDataset
     from retrv.train.caption import CaptionTrainConfig
