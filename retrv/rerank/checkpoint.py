@@ -260,6 +260,8 @@ def load_reasoner(
 
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
+    from retrv.rerank.patch_embedding import linear_patch_embeddings
+
     with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code)
@@ -285,6 +287,7 @@ def load_reasoner(
 
             model = PeftModel.from_pretrained(model, str(root)).merge_and_unload()
 
+    linear_patch_embeddings(model)
     cap_image_tokens(image_processor, max_image_tokens)
     processor = build_processor(model.config.model_type, image_processor, tokenizer)
     model.to(choice.device).eval()

@@ -32,6 +32,7 @@ layout `build_tiny_reasoner` writes), next to `checkpoints/`, `metrics.jsonl` an
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -304,6 +305,7 @@ class CaptionCollator:
             "is_pair": torch.tensor([k == "pair" for _, _, _, k in rows]),
             "is_text": torch.tensor([k == "text" for _, _, _, k in rows]),
             "answer_ids": torch.tensor([self.answers.yes_id, self.answers.no_id]),
+            "images_per_row": torch.tensor([len(pixels[i]) + len(look_pixels[i]) for i in range(len(kept))]),
         }
         # the model fills image tokens in sequence order: each row's prompt images, then its inspections
         ordered = [image for i in range(len(kept)) for image in pixels[i] + look_pixels[i]]
@@ -326,19 +328,56 @@ def _per_image(enc: Any, counts: list[int]) -> list[list[tuple[Any, Any]]]:
     return out
 
 
+LENGTH_BUCKET = 8  # rows per forward in `caption_loss`
+
+
+def length_buckets(batch: dict[str, Any], size: int = LENGTH_BUCKET) -> Iterator[tuple[list[int], dict[str, Any]]]:
+    """The batch's rows, longest first, in groups of `size`, each group cut to its own width with its own images:
+    (row indices, model inputs). Causal attention never lets a row's tokens see its right padding, so each row's
+    logits are its logits in the whole batch; the padding it no longer carries (44% of a batch of the recipe's
+    CoT texts) is compute saved, in attention quadratically (docs/benchmarks.md, 7)."""
+    import torch
+
+    lengths = batch["attention_mask"].sum(1)
+    order = lengths.argsort(descending=True, stable=True).tolist()
+    counts = batch.get("images_per_row")
+    if "pixel_values" in batch and counts is None:  # images that cannot be told apart by row: one forward
+        order, size = list(range(len(lengths))), len(lengths)
+    if "pixel_values" in batch:
+        grids = batch["image_grid_thw"]
+        patches = batch["pixel_values"].split(grids.prod(-1).tolist())
+        first = [0, *counts.cumsum(0).tolist()] if counts is not None else [0, len(patches)]
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
+        width = int(lengths[rows].max())
+        inputs = {k: batch[k][rows, :width] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in batch}
+        if "pixel_values" in batch:
+            images = list(range(len(patches))) if counts is None else [i for r in rows for i in range(first[r], first[r + 1])]
+            if images:  # the model fills image tokens in sequence order: row by row, as the rows stand here
+                inputs["pixel_values"] = torch.cat([patches[i] for i in images])
+                inputs["image_grid_thw"] = grids[images]
+        yield rows, inputs
+
+
 def caption_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-example mean cross-entropy on the answer tokens, averaged over the batch; caption and pair
-    losses and the pair accuracy (P(yes) > P(no) on the right side) as metrics."""
+    losses and the pair accuracy (P(yes) > P(no) on the right side) as metrics. The model runs on
+    `length_buckets` of the batch."""
     import torch
     import torch.nn.functional as F
 
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
-              if k in batch}  # fmt: skip
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-    counted = (labels != IGNORE).float()
-    per_example = (token_loss * counted).sum(1) / counted.sum(1).clamp(min=1)
+    losses, pair_logits, order = [], [], []
+    for rows, inputs in length_buckets(batch, LENGTH_BUCKET):
+        logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+        labels = batch["labels"][rows, 1 : inputs["input_ids"].shape[1]]
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+        counted = (labels != IGNORE).float()
+        losses.append((token_loss * counted).sum(1) / counted.sum(1).clamp(min=1))
+        first = counted.argmax(1)  # the first answer position: a pair's Yes/No
+        pair_logits.append(logits.detach()[torch.arange(len(rows)), first][:, batch["answer_ids"]])
+        order += rows
+    inverse = torch.tensor(order).argsort()
+    per_example, pair_logits = torch.cat(losses)[inverse], torch.cat(pair_logits)[inverse]
     loss = per_example.mean()
     metrics: dict[str, float] = {}
     is_pair, is_text = batch["is_pair"], batch["is_text"]
@@ -349,12 +388,11 @@ def caption_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[
         if is_text.any():
             metrics["text_loss"] = float(per_example.detach()[is_text].mean())
         if is_pair.any():
-            first = counted.argmax(1)[is_pair]  # the Yes/No position of each pair
-            rows = torch.arange(len(labels), device=labels.device)[is_pair]
-            pair_logits = logits[rows, first][:, batch["answer_ids"]]
-            said_yes = pair_logits[:, 0] > pair_logits[:, 1]
+            labels = batch["labels"][is_pair, 1:]
+            answered = labels[torch.arange(len(labels)), (labels != IGNORE).float().argmax(1)]
+            said_yes = pair_logits[is_pair, 0] > pair_logits[is_pair, 1]
             metrics["pair_loss"] = float(per_example.detach()[is_pair].mean())
-            metrics["pair_accuracy"] = float((said_yes == (labels[rows, first] == batch["answer_ids"][0])).float().mean())
+            metrics["pair_accuracy"] = float((said_yes == (answered == batch["answer_ids"][0])).float().mean())
     return loss, metrics
 
 
@@ -374,6 +412,7 @@ def build_base(config: CaptionTrainConfig, corpus: list[str]) -> BaseModel:
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from retrv.rerank.checkpoint import build_processor, quiet_transformers
+    from retrv.rerank.patch_embedding import linear_patch_embeddings
     from retrv.tiny import build_tiny_reasoner
 
     with tempfile.TemporaryDirectory(prefix="retrv-caption-") as tmp, quiet_transformers():
@@ -387,6 +426,7 @@ def build_base(config: CaptionTrainConfig, corpus: list[str]) -> BaseModel:
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         image_processor = AutoImageProcessor.from_pretrained(str(source))
         model = AutoModelForImageTextToText.from_pretrained(str(source), dtype="float32", use_safetensors=True)
+        linear_patch_embeddings(model)
     if not config.base:  # every image resized to about image_size^2 pixels, small ones scaled up
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
