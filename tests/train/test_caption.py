@@ -179,6 +179,46 @@ def test_a_text_sees_each_candidate_it_inspects(synth_world, trained):
     assert torch.isfinite(loss)
 
 
+def test_length_buckets_give_the_whole_batchs_loss_and_gradients(synth_world, trained, monkeypatch):
+    import torch
+
+    import retrv.train.caption as caption
+    from retrv.rerank.checkpoint import load_reasoner
+    from retrv.train.caption_examples import load_examples
+    from retrv.train.loop import DataIssues
+
+    loaded = load_reasoner(trained[0].out, device="cpu")
+    every = load_examples(synth_world, texts=True)
+    texts = [e for e in every if e.kind == "text"]
+    mixed = [next(e for e in every if e.kind == "caption"), next(e for e in every if e.kind == "pair" and not e.answer),
+             next(e for e in every if e.kind == "pair" and e.answer), next(e for e in texts if e.query.modality == "text"),
+             next(e for e in texts if e.query.modality == "image,text" and len(e.inspections) > 1),
+             next(e for e in texts if e.query.modality == "image" and e.inspections)]  # fmt: skip
+    batch = caption.CaptionCollator(loaded.tokenizer, loaded.processor, DataIssues(), "bare")(mixed)
+    lengths = batch["attention_mask"].sum(1)
+    image_blocks = (batch["input_ids"] == loaded.tokenizer.convert_tokens_to_ids("<|vision_start|>")).sum(1)
+    assert batch["images_per_row"].tolist() == image_blocks.tolist()  # each row's image blocks, counted
+    assert batch["images_per_row"][4] == 1 + len(mixed[4].inspections) and len(set(batch["images_per_row"].tolist())) > 1
+    assert len(set(lengths.tolist())) > 3  # rows of different widths, images spread over them
+    results = []
+    for size in (len(mixed), 2, 1):
+        monkeypatch.setattr(caption, "LENGTH_BUCKET", size)
+        loaded.model.zero_grad(set_to_none=True)
+        loss, metrics = caption.caption_loss(loaded.model, batch)
+        loss.backward()
+        results.append((loss.detach(), metrics, [p.grad.clone() for p in loaded.model.parameters() if p.grad is not None]))
+    whole, *bucketed = results
+    for loss, metrics, grads in bucketed:
+        torch.testing.assert_close(loss, whole[0], rtol=1e-5, atol=1e-6)
+        assert metrics.keys() == whole[1].keys() == {"caption_loss", "pair_loss", "pair_accuracy", "text_loss"}
+        assert all(abs(metrics[k] - whole[1][k]) < 1e-5 for k in metrics)
+        assert len(grads) == len(whole[2])
+        for g, w in zip(grads, whole[2]):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    rows = [rows for rows, _ in caption.length_buckets(batch, 2)]
+    assert [r for chunk in rows for r in chunk] == lengths.argsort(descending=True, stable=True).tolist()
+
+
 @pytest.mark.parametrize("style", ["bare", "chat"])
 def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, trained, style):
     import torch
