@@ -7,7 +7,9 @@ synthetic image records its scene, checks each part of each CoT: Step 1's restat
 objects and ruled-out candidates, Step 3's list of look-alikes, and per detailed check what the candidate
 "shows" (perception), what it "should show" (a copy of Step 1), the ok/no marks (consistent with those two
 descriptions as written) and the verdict (consistent as written, and true of the real scene). Each wrong
-answer is charged to the first part that went wrong. Prints a JSON report to stdout.
+answer is charged to the first part that went wrong. It also reports what the reasoner was handed: the
+positive's coarse rank, how many of the top k are look-alikes (the positive's words), and the positive's place
+among them. Prints a JSON report to stdout.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def grade(cot: str, truth, scenes: list, answer_ok: bool, positive: int | None) 
     return g
 
 
+def by_number(counts: Counter) -> dict:
+    return dict(sorted(counts.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0)))
+
+
 def first_fault(g: dict) -> str:
     for part in ("step1", "step2_objects", "alike_has_positive"):
         if g.get(part) is False:
@@ -126,6 +132,8 @@ def main() -> None:
     scene = {c.did: scene_of(c.src_content) for c in ds.candidates(dataset=name)}
 
     faults, fallbacks, parts, checks, shown = Counter(), Counter(), Counter(), Counter(), 0
+    # what the reasoner is handed: where coarse puts the positive, and its look-alikes (the same words)
+    coarse_rank, alike_count, rank_among_alike = Counter(), Counter(), Counter()
     queries = list(ds.queries(dataset=name))[: args.limit]
     for q in queries:
         truth = scene_of(q.src_content)
@@ -133,7 +141,13 @@ def main() -> None:
         ranking = engine.search(q.to_query(), k=args.k)
         answer_ok = bool(ranking.hits) and ranking.hits[0].id in q.pos
         positive = next((n for n, i in enumerate(items, 1) if i.id in q.pos), None)
-        g = grade(ranking.reasoning or "", truth, [scene[i.id] for i in items], answer_ok, positive)
+        scenes = [scene[i.id] for i in items]
+        g = grade(ranking.reasoning or "", truth, scenes, answer_ok, positive)
+        alike = [s.words() == truth.words() for s in scenes]
+        coarse_rank[str(positive or "out")] += 1
+        alike_count[str(sum(alike))] += 1
+        if positive is not None:
+            rank_among_alike[str(sum(alike[:positive]))] += 1
         parts["positive in the top k"] += positive is not None
         if ranking.fallback:
             fallbacks[re.sub(r"\d+", "N", ranking.fallback)[:80]] += 1
@@ -150,6 +164,8 @@ def main() -> None:
                 print(f"--- {q.text}\n{ranking.reasoning}\n{json.dumps(g)}\n", file=sys.stderr)
     report = {"reasoner": args.reasoner, "icm": not args.no_icm, "queries": len(queries), "parts": dict(parts),
               "checks": dict(checks), "wrong answers by first fault": dict(faults.most_common()),
+              "coarse": {"positive's rank": by_number(coarse_rank), "look-alikes in the top k": by_number(alike_count),
+                         "positive's place among the look-alikes": by_number(rank_among_alike)},
               "fallbacks": dict(fallbacks.most_common())}  # fmt: skip
     print(json.dumps(report, indent=2))
 
