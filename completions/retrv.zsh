@@ -39,8 +39,9 @@ _retrv_bench_mbeir() {
         '--reasoner[Reasoner spec for --rerank score|reason]:value: ' \
         '--rerank-k[Candidates the reranker sees]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
-        '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands)]:value: ' \
+        '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--no-icm[reason mode every candidates full tokens instead of 2 ICM tokens (ablation)]' \
+        '(--force-answer --no-force-answer)'{--force-answer,--no-force-answer}'[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Prefix queries with UniIRs task instructions]' \
         '--limit[At most this many queries per dataset]:value: ' \
         '--json[Write the full result as JSON to this file]:file:_files' \
@@ -146,7 +147,8 @@ _retrv_search() {
         '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
         '--fusion-weight[score mode final = coarse + w * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
-        '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands)]:value: ' \
+        '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
+        '(--force-answer --no-force-answer)'{--force-answer,--no-force-answer}'[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '--min-score[Drop results below this score (reranker probability, else cosine); says no match when none is left]:value: ' \
         '--show-reasoning[Print the reasoners reasoning (inspected candidates marked)]' \
         '--encoder[Refuse to search unless the index was built with this encoder]:value: ' \

@@ -75,6 +75,7 @@ class Engine:
         ranking.reasoning = result.reasoning
         ranking.inspected = list(result.inspected)
         ranking.fallback = result.fallback
+        ranking.forced_answer = result.forced_answer
         ranking.prompt_tokens = result.prompt_tokens
         ranking.generated_tokens = result.generated_tokens
         ranking.latency_ms.update({f"rerank.{name}": ms for name, ms in result.latency_ms.items()})

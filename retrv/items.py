@@ -108,6 +108,7 @@ class Ranking:
 
     `no_match` is True when a `min_score` was asked for and no candidate reached it.
     `fallback` names why a reranker's output was not used (malformed output), else None.
+    `forced_answer` is True when the reasoner stopped without a usable answer and was made to name a candidate.
     `latency_ms` is per stage ("encode", "coarse", "fetch", "rerank", "total").
     """
 
@@ -118,6 +119,7 @@ class Ranking:
     reasoning: str | None = None
     inspected: list[int] = field(default_factory=list)
     fallback: str | None = None
+    forced_answer: bool = False
     prompt_tokens: int = 0
     generated_tokens: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -137,6 +139,7 @@ class Ranking:
             "reasoning": self.reasoning,
             "inspected": list(self.inspected),
             "fallback": self.fallback,
+            "forced_answer": self.forced_answer,
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "latency_ms": dict(self.latency_ms),

@@ -51,6 +51,7 @@ def main(work: Path) -> None:
         rows.append({"mode": name, "label": label, "ran": True, **task0(result),
                      "prompt_tokens": cost["prompt_tokens_mean"], "inspections": cost["inspections_mean"],
                      "generated_tokens": cost["generated_tokens_mean"], "fallbacks": cost["fallbacks"],
+                     "forced_answers": cost.get("forced_answers", 0),  # absent from benches before --force-answer
                      "rerank_ms_p50": cost["latency_ms"].get("rerank", {}).get("p50")})  # fmt: skip
     by = {r["mode"]: r for r in rows if r["ran"]}
     times = {}
@@ -77,13 +78,13 @@ def main(work: Path) -> None:
         ins = [c["inspections"] for c in curve]
         goals["GRPO inspections rise then fall as lambda grows"] = ins[1] > ins[0] and ins[2] < ins[1]
 
-    print(f"{'mode':<28}{'R@1':>7}{'R@5':>7}{'prompt tok':>12}{'inspections':>13}{'gen tok':>9}")
+    print(f"{'mode':<28}{'R@1':>7}{'R@5':>7}{'prompt tok':>12}{'inspections':>13}{'gen tok':>9}{'forced':>8}{'fallback':>10}")
     for r in rows:
         if not r["ran"]:
             print(f"{r['label']:<28}  (not run)")
             continue
         print(f"{r['label']:<28}{r['R@1']:>7.1f}{r['R@5']:>7.1f}{r['prompt_tokens']:>12.0f}"
-              f"{r['inspections']:>13.2f}{r['generated_tokens']:>9.0f}")  # fmt: skip
+              f"{r['inspections']:>13.2f}{r['generated_tokens']:>9.0f}{r['forced_answers']:>8}{r['fallbacks']:>10}")  # fmt: skip
     if curve:
         print("\nGRPO over training: " + "; ".join(
             f"steps {c['steps']}: lambda {c['lambda']:.2f}, inspections {c['inspections']:.2f}, accuracy {c['accuracy']:.2f}"

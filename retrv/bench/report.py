@@ -28,6 +28,7 @@ def cost_rows(result: BenchResult) -> list[tuple[str, str]]:
         ("generated tokens / query", f"{cost['generated_tokens_mean']:.1f}"),
         ("inspections / query", f"{cost['inspections_mean']:.2f}"),
         ("reranker fallbacks", str(cost["fallbacks"])),
+        ("forced answers", str(cost["forced_answers"])),
         ("peak RSS", f"{cost['peak_rss_bytes'] / 2**20:.0f} MiB"),
     ]
     if "peak_cuda_bytes" in cost:

@@ -48,6 +48,7 @@ class BenchConfig:
     max_inspections: int = 5
     max_new_tokens: int = 512
     use_icm: bool = True
+    force_answer: bool = False
 
 
 @dataclass
@@ -100,7 +101,7 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
 
         reranker = make_reranker(config.rerank, config.reasoner, device=config.device, fusion_weight=config.fusion_weight,
                                  max_inspections=config.max_inspections, max_new_tokens=config.max_new_tokens,
-                                 use_icm=config.use_icm, notify=notify)  # fmt: skip
+                                 use_icm=config.use_icm, force_answer=config.force_answer, notify=notify)  # fmt: skip
     done: dict[str, list[str]] = {}
     if config.run_file is not None and config.run_file.exists():
         done = run_rankings(read_run(config.run_file, repair=True))
@@ -108,7 +109,7 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
     rankings: dict[str, list[str]] = dict(done)
     all_queries: list[MBeirQuery] = []
     latencies: dict[str, list[float]] = {}
-    prompt_tokens, generated_tokens, inspections, fallbacks, run = [], [], [], Counter(), 0
+    prompt_tokens, generated_tokens, inspections, fallbacks, forced, run = [], [], [], Counter(), 0, 0
     try:
         for name in names:
             queries = list(ds.queries(dataset=name))[: config.limit]
@@ -137,13 +138,14 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
                 inspections.append(len(ranking.inspected))
                 if ranking.fallback is not None:
                     fallbacks[ranking.fallback] += 1
+                forced += ranking.forced_answer
                 run += 1
                 emit(progress, f"queries {name}", n + 1, len(todo))
     finally:
         if writer is not None:
             writer.close()
     metrics = evaluate(rankings, all_queries)
-    cost = _cost(latencies, prompt_tokens, generated_tokens, inspections, fallbacks, run)
+    cost = _cost(latencies, prompt_tokens, generated_tokens, inspections, fallbacks, forced, run)
     return BenchResult(metrics, cost, config.run_file, run, len([q for q in all_queries if q.qid in done]),
                        config={"data": str(config.data), "split": config.split, "pool": config.pool, "k": config.k,
                                "rerank": config.rerank, "encoder": encoder.spec, "reasoner": config.reasoner,
@@ -187,7 +189,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _cost(latencies: dict[str, list[float]], prompt: list[int], generated: list[int], inspections: list[int],
-          fallbacks: Counter[str], run: int) -> dict[str, Any]:  # fmt: skip
+          fallbacks: Counter[str], forced: int, run: int) -> dict[str, Any]:  # fmt: skip
     def mean(xs: list[int]) -> float:
         return sum(xs) / len(xs) if xs else 0.0
 
@@ -201,6 +203,7 @@ def _cost(latencies: dict[str, list[float]], prompt: list[int], generated: list[
         "inspections_mean": mean(inspections),
         "fallbacks": sum(fallbacks.values()),
         "fallback_reasons": dict(fallbacks.most_common()),  # why the coarse order stood, e.g. the token cap
+        "forced_answers": forced,  # queries whose answer was forced after the reasoner stopped unanswered
         "peak_rss_bytes": peak_bytes,
     }
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():

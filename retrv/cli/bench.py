@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from retrv.cli.common import DEVICE_HELP, handle_errors, notice, progress_bar, stdout_console
+from retrv.cli.common import DEVICE_HELP, FORCE_ANSWER_HELP, handle_errors, notice, progress_bar, stdout_console
 from retrv.cli.search import RerankMode
 
 app = typer.Typer(help="Benchmarks: recall and cost of the engine on a dataset.", no_args_is_help=True)
@@ -26,8 +26,9 @@ def mbeir(
     reasoner: Annotated[Optional[str], typer.Option(help="Reasoner spec for --rerank score|reason.")] = None,
     rerank_k: Annotated[int, typer.Option(help="Candidates the reranker sees.")] = 50,
     max_inspections: Annotated[int, typer.Option(help="reason mode: cap on detail inspections.")] = 5,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="reason mode: cap on generated tokens (then the coarse order stands).")] = 512,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer).")] = 512,
     no_icm: Annotated[bool, typer.Option("--no-icm", help="reason mode: every candidate's full tokens instead of 2 ICM tokens (ablation).")] = False,
+    force_answer: Annotated[bool, typer.Option("--force-answer/--no-force-answer", help=FORCE_ANSWER_HELP)] = False,
     instructions: Annotated[bool, typer.Option("--instructions/--no-instructions", help="Prefix queries with UniIR's task instructions.")] = True,
     limit: Annotated[Optional[int], typer.Option(help="At most this many queries per dataset.")] = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON to this file.")] = None,
@@ -49,7 +50,8 @@ def mbeir(
     config = BenchConfig(data=data, split=split, datasets=[t.strip() for t in tasks.split(",")] if tasks else None,
                          pool=pool, k=k, rerank=rerank.value, encoder=encoder, reasoner=reasoner, instructions=instructions,
                          limit=limit, run_file=run, index_dir=index_dir, device=device, rerank_k=rerank_k,
-                         max_inspections=max_inspections, max_new_tokens=max_new_tokens, use_icm=not no_icm)  # fmt: skip
+                         max_inspections=max_inspections, max_new_tokens=max_new_tokens, use_icm=not no_icm,
+                         force_answer=force_answer)  # fmt: skip
     with progress_bar(quiet) as progress:
         result = run_mbeir(config, progress=progress, notify=notice(quiet))
     if json_file is not None:

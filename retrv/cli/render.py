@@ -43,6 +43,8 @@ def render_ranking(ranking: Ranking, *, paths_only: bool = False, show_reasoning
     stdout_console().print(table)
     if ranking.fallback:
         stdout_console().print(f"[yellow]reranker output unusable ({ranking.fallback}); coarse order kept[/yellow]")
+    elif ranking.forced_answer:
+        stdout_console().print("[yellow]the reasoner stopped without an answer; it was made to name one[/yellow]")
 
 
 def render_reasoning(ranking: Ranking, tty: bool) -> None:

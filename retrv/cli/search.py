@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from retrv.cli.common import DEVICE_HELP, INDEX_HELP, handle_errors, notice, print_json, stderr_console
+from retrv.cli.common import DEVICE_HELP, FORCE_ANSWER_HELP, INDEX_HELP, handle_errors, notice, print_json, stderr_console
 
 
 class RerankMode(str, Enum):
@@ -31,7 +31,8 @@ def search(
     rerank_k: Annotated[Optional[int], typer.Option(help="How many coarse candidates the reranker sees. [env: RETRV_RERANK_K]")] = None,
     fusion_weight: Annotated[Optional[float], typer.Option(help="score mode: final = coarse + w * P(yes). [env: RETRV_FUSION_WEIGHT]")] = None,
     max_inspections: Annotated[Optional[int], typer.Option(help="reason mode: cap on detail inspections. [env: RETRV_MAX_INSPECTIONS]")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="reason mode: cap on generated tokens (then the coarse order stands). [env: RETRV_MAX_NEW_TOKENS]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer). [env: RETRV_MAX_NEW_TOKENS]")] = None,
+    force_answer: Annotated[bool, typer.Option("--force-answer/--no-force-answer", help=FORCE_ANSWER_HELP)] = False,
     min_score: Annotated[Optional[float], typer.Option(help="Drop results below this score (reranker probability, else cosine); says 'no match' when none is left.")] = None,
     show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Print the reasoner's reasoning (inspected candidates marked).")] = False,
     encoder: Annotated[Optional[str], typer.Option(help="Refuse to search unless the index was built with this encoder.")] = None,
@@ -69,7 +70,7 @@ def search(
 
         reranker = make_reranker(mode, settings.reasoner, index=idx, device=settings.device,
                                  fusion_weight=settings.fusion_weight, max_inspections=settings.max_inspections,
-                                 max_new_tokens=settings.max_new_tokens,
+                                 max_new_tokens=settings.max_new_tokens, force_answer=force_answer,
                                  trust_remote_code=trust_remote_code, notify=notice(quiet))  # fmt: skip
     engine = Engine(idx, reranker, rerank_k=settings.rerank_k, min_score=min_score)
     ranking = engine.search(q, k=k)

@@ -33,6 +33,7 @@ class RerankResult:
     reasoning: str | None = None
     inspected: list[int] = field(default_factory=list)
     fallback: str | None = None
+    forced_answer: bool = False  # the reasoner stopped without a usable answer and was made to name one
     prompt_tokens: int = 0
     generated_tokens: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)

@@ -8,7 +8,10 @@ At most `max_inspections` requests are served; a request past the cap, or one na
 gets a short notice segment instead (`LIMIT_NOTICE`, `INVALID_NOTICE`; `UNREADABLE_NOTICE` when the
 candidate's file cannot be read any more), which the model reads and
 which counts as injected, not generated, text. Decoding stops at the end-of-turn token, after
-`</answer>`, or at `max_new_tokens`.
+`</answer>`, or at `max_new_tokens`. With `force_answer`, a decode that stopped without a usable answer (out
+of tokens, the turn ended, or an answer that names no candidate) gets `\n<answer>` injected on the same cache,
+and the candidate number the model then finds likeliest, its digits kept to 1..K, is taken (budget forcing:
+the reasoning so far picks the candidate, not the coarse order). `</answer>` closes it without being decoded.
 
 `Reasoner.rerank` puts the chosen candidate first and keeps the others in coarse (input) order.
 Malformed output never raises: the coarse order comes back with `RerankResult.fallback` saying why.
@@ -16,6 +19,7 @@ Malformed output never raises: the coarse order comes back with `RerankResult.fa
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,12 +50,13 @@ class DecodeOptions:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     stop_at_answer: bool = True
+    force_answer: bool = False  # decoding ended with no usable answer: inject "<answer>", read one
 
 
 @dataclass
 class Injection:
     after: int  # generated tokens before it
-    kind: str  # "inspection" | "notice"
+    kind: str  # "inspection" | "notice" | "forced"
     candidate: int | None  # 0-based, for an inspection
     start_position: int
     length: int
@@ -61,7 +66,8 @@ class Injection:
 class Trace:
     """Everything one decode did. `segments` is every row after the prompt, in order: runs of generated
     tokens (kind "generated"; the last generated token is included although it was never fed) and
-    injected "inspection" / "notice" segments, so `concat_segments([prompt, *segments])` is the sequence."""
+    injected "inspection" / "notice" / "forced" segments, so `concat_segments([prompt, *segments])` is the
+    sequence. `forced_text` is the forced answer, `<answer>i</answer>` (`<answer></answer>` when none could be read)."""
 
     prompt: Segment
     segments: list[Segment] = field(default_factory=list)
@@ -70,7 +76,8 @@ class Trace:
     injections: list[Injection] = field(default_factory=list)
     inspected: list[int] = field(default_factory=list)  # 0-based candidates whose tokens were injected
     text: str = ""
-    stop_reason: str = ""  # "eos" | "answer" | "max_new_tokens"
+    stop_reason: str = ""  # "eos" | "answer" | "max_new_tokens": why free decoding stopped
+    forced_text: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)  # prefill, decode, inspect
 
     def sequence(self) -> Segment:
@@ -196,11 +203,69 @@ def generate_with_inspection(
             logits = _synced(forward_segment(model, cache, concat_segments([token_segment, injected])))
             position = run_start = injected.next_position
             clock["inspect"] += time.perf_counter() - started
+        forcing = options.force_answer and (
+            parse_answer(_decode(tokenizer, generated), num_candidates, special).index is None)
+        if forcing and trace.stop_reason == "eos":  # the forced answer replaces the end of turn (never fed)
+            for row in (generated, trace.logprobs, run):
+                row.pop()
+        unfed = [token] if forcing and trace.stop_reason != "eos" else []  # sampled, never fed
         flush()
-    shown = generated[:-1] if trace.stop_reason == "eos" else generated  # the end-of-turn token is not text
-    trace.text = _decode(tokenizer, shown)
+        if forcing:
+            started, free_text = time.perf_counter(), _decode(tokenizer, generated)
+            number = _force_answer(model, tokenizer, embed, cache, trace, unfed, position + len(unfed), num_candidates,
+                                   special, logits_hook)
+            trace.forced_text = special.answer_start + (number or "") + special.answer_end
+            trace.text = free_text + "\n" + trace.forced_text
+            clock["decode"] += time.perf_counter() - started
+        else:
+            shown = generated[:-1] if trace.stop_reason == "eos" else generated  # the end-of-turn token is not text
+            trace.text = _decode(tokenizer, shown)
     trace.latency_ms = {k: v * 1000.0 for k, v in clock.items()}
     return trace
+
+
+def _force_answer(model: Any, tokenizer: Any, embed: Any, cache: Any, trace: Trace, unfed: list[int], position: int,
+                  num_candidates: int, special: SpecialTokens, logits_hook: Any = None) -> str | None:  # fmt: skip
+    """Inject "\n<answer>" after the generated text (`unfed`: its last token, not yet on the cache) and read a
+    candidate number off the model: at each step the likeliest digit that keeps the number a prefix of one in
+    1..num_candidates, until the number is whole and the model would rather write anything but another digit.
+    Returns the number ("3"), or None when the tokenizer has no digit tokens."""
+    import torch
+
+    numbers = {str(i) for i in range(1, num_candidates + 1)}
+    digits = _digit_tokens(tokenizer)
+    injected = text_segment(tokenizer, embed, "\n" + special.answer_start, position, kind="forced")
+    fed = [text_segment(tokenizer, embed, unfed, position - len(unfed))] if unfed else []
+    trace.segments.append(injected)
+    trace.injections.append(Injection(len(trace.generated_ids), "forced", None, position, len(injected)))
+    logits = forward_segment(model, cache, concat_segments([*fed, injected]))
+    position, written, ids = injected.next_position, "", []
+    while True:
+        if logits_hook is not None:
+            logits = logits_hook(list(trace.generated_ids), logits)
+        allowed = [i for i, d in digits.items() if any(n.startswith(written + d) for n in numbers)]
+        if not allowed and written not in numbers:
+            return None
+        best = max(allowed, key=lambda i: float(logits[i])) if allowed else None
+        if written in numbers:
+            others = logits.clone()
+            others[list(digits)] = float("-inf")
+            if best is None or float(others.max()) >= float(logits[best]):
+                break
+        ids.append(best)
+        trace.generated_ids.append(best)
+        trace.logprobs.append(float(torch.log_softmax(logits.float(), -1)[best]))
+        written += digits[best]
+        logits = forward_segment(model, cache, text_segment(tokenizer, embed, [best], position))
+        position += 1
+    trace.segments.append(text_segment(tokenizer, embed, ids, injected.next_position))
+    return written
+
+
+@functools.lru_cache(maxsize=8)
+def _digit_tokens(tokenizer: Any) -> dict[int, str]:
+    """Token id -> its digits, for every vocabulary entry made of ASCII digits only."""
+    return {i: t for t, i in tokenizer.get_vocab().items() if t.isascii() and t.isdigit()}
 
 
 def _synced(logits: torch.Tensor) -> torch.Tensor:
@@ -233,9 +298,11 @@ class ReasonerOptions:
     seed: int | None = None
     use_icm: bool = True  # False: every candidate's full tokens in the prompt (the "w/o ICM" ablation)
     budget: TokenBudget = field(default_factory=TokenBudget)
+    force_answer: bool = False  # True: a decode without a usable answer is made to name a candidate
 
     def decode_options(self) -> DecodeOptions:
-        return DecodeOptions(self.max_new_tokens, self.max_inspections, self.temperature, self.top_p)
+        return DecodeOptions(self.max_new_tokens, self.max_inspections, self.temperature, self.top_p,
+                             force_answer=self.force_answer)
 
 
 @dataclass
@@ -364,11 +431,13 @@ class Reasoner:
         if k == 0:
             return RerankResult(order=[], scores=[], rerank_scores=[], confidences=[])
         prepared, trace = self.trace(query, candidates, logits_hook=logits_hook)
-        answer = parse_answer(trace.text, k, self.special)
+        answer = parse_answer(trace.forced_text or trace.text, k, self.special)
         fallback = None
         if answer.index is None:
             fallback = answer.error
-            if trace.stop_reason == "max_new_tokens":
+            if trace.forced_text is not None:
+                fallback = f"forced answer: {answer.error}"
+            elif trace.stop_reason == "max_new_tokens":
                 fallback = f"max_new_tokens ({self.options.max_new_tokens}) reached: {answer.error}"
             order = list(range(k))
         else:
@@ -384,6 +453,7 @@ class Reasoner:
             reasoning=trace.text,
             inspected=list(trace.inspected),
             fallback=fallback,
+            forced_answer=trace.forced_text is not None,
             prompt_tokens=len(prepared.prompt),
             generated_tokens=len(trace.generated_ids),
             latency_ms=latency,

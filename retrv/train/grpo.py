@@ -183,10 +183,12 @@ def rollout_group(reasoner: Reasoner, sample: GrpoSample, group_size: int, lam: 
 
     prepared = reasoner.prepare(sample.query, sample.candidates)
     k = prepared.num_candidates
+    # never a forced answer: the policy is rewarded for answering within its own budget
+    options = replace(reasoner.options.decode_options(), force_answer=False)
     out = []
     for _ in range(group_size):
         trace = generate_with_inspection(
-            reasoner.model, reasoner.tokenizer, prepared.prompt, prepared.inspect, k, reasoner.options.decode_options(),
+            reasoner.model, reasoner.tokenizer, prepared.prompt, prepared.inspect, k, options,
             special=reasoner.special, generator=generator, logits_hook=logits_hook,
         )  # fmt: skip
         n = len(set(trace.inspected))  # what the engine injected (repeats and refused requests cost nothing)

@@ -62,7 +62,12 @@ def test_a_reason_bench_counts_why_the_coarse_order_stood(world, tiny_clip_dir, 
     capped = bench(world, tiny_clip_dir, tmp_path / "indexes", "--tasks", "0", "--k", "8", "--rerank", "reason",
                    "--reasoner", str(reasoner_checkpoint), "--rerank-k", "4", "--max-new-tokens", "2")  # fmt: skip
     cost = capped["cost"]
-    assert cost["fallbacks"] == 3 and sum(cost["fallback_reasons"].values()) == 3
+    assert cost["fallbacks"] == 3 and sum(cost["fallback_reasons"].values()) == 3 and cost["forced_answers"] == 0
     assert all(reason.startswith("max_new_tokens (2) reached") for reason in cost["fallback_reasons"])
     assert 0 < cost["generated_tokens_mean"] <= 2 and cost["prompt_tokens_mean"] > 0
     assert capped["metrics"]["rows"] == coarse["metrics"]["rows"]  # every query fell back: the coarse order stands
+
+    forced = bench(world, tiny_clip_dir, tmp_path / "indexes", "--tasks", "0", "--k", "8", "--rerank", "reason",
+                   "--reasoner", str(reasoner_checkpoint), "--rerank-k", "4", "--max-new-tokens", "2", "--force-answer")  # fmt: skip
+    cost = forced["cost"]  # each of the 3 is made to name one of its 4 candidates: one more token
+    assert cost["forced_answers"] == 3 and cost["fallbacks"] == 0 and cost["generated_tokens_mean"] == 3

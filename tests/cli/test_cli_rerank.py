@@ -84,7 +84,14 @@ def test_compress_then_reason(mixed_index, reasoner_checkpoint):
                                  "--reasoner", str(reasoner_checkpoint), "--k", "5", "--max-new-tokens", "3"])  # fmt: skip
     capped = json.loads(capped.stdout)
     assert capped["generated_tokens"] <= 3 and "max_new_tokens (3) reached" in capped["fallback"]
-    assert [h["id"] for h in capped["hits"]] == coarse_ids
+    assert [h["id"] for h in capped["hits"]] == coarse_ids and capped["forced_answer"] is False
+    forced = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason", "--json",
+                                 "--reasoner", str(reasoner_checkpoint), "--k", "5", "--max-new-tokens", "3",
+                                 "--force-answer"])  # fmt: skip
+    forced = json.loads(forced.stdout)  # the capped reasoner is made to name a candidate
+    assert forced["forced_answer"] is True and forced["fallback"] is None and forced["generated_tokens"] == 4
+    chosen = [h for h in forced["hits"] if h["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["rank"] == 1 and forced["reasoning"].endswith("</answer>")
 
 
 def test_reason_mode_without_icm_suggests_score(mixed_index, tiny_reasoner_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -63,11 +64,15 @@ def test_forced_answer_ranks_that_candidate_first(reasoner, candidates):
     assert {"prepare", "prefill", "decode", "inspect", "total"} <= set(result.latency_ms)
 
 
-def test_image_query_and_greedy_output_is_a_valid_result(reasoner, candidates, sample_photos_dir):
+def test_image_query_and_greedy_output_is_a_valid_result(loaded, reasoner, candidates, sample_photos_dir):
     result = reasoner.rerank(Query(text="a cat", image=sample_photos_dir / "chelsea.jpg"), candidates)
     assert sorted(result.order) == [0, 1, 2, 3] and result.generated_tokens <= 6
     # a random tiny model writes no answer: coarse order, flagged
-    assert result.chosen is None and result.order == [0, 1, 2, 3] and result.fallback
+    assert result.chosen is None and result.order == [0, 1, 2, 3] and result.fallback and not result.forced_answer
+    forcing = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=6, force_answer=True))
+    forced = forcing.rerank(Query(text="a cat", image=sample_photos_dir / "chelsea.jpg"), candidates)
+    assert forced.forced_answer and forced.fallback is None and forced.chosen in range(4)  # made to name one
+    assert forced.reasoning.endswith(f"\n<answer>{forced.chosen + 1}</answer>") and forced.generated_tokens <= 6 + 1
 
 
 @pytest.mark.parametrize(
@@ -86,7 +91,76 @@ def test_malformed_output_falls_back_to_coarse_order(loaded, candidates, text, m
     result = reasoner.rerank(Query(text="a cat"), candidates, logits_hook=forced(reasoner.tokenizer, text))
     assert result.order == [0, 1, 2, 3] and result.chosen is None
     assert result.fallback == reason
-    assert result.scores == [1.0, 0.75, 0.5, 0.25] and result.rerank_scores == [None] * 4
+    assert result.scores == [1.0, 0.75, 0.5, 0.25] and result.rerank_scores == [None] * 4 and not result.forced_answer
+
+
+def scripted(tokenizer, *texts: str):
+    """A hook that forces the tokens of `texts`, one per call, whatever was generated or injected in between."""
+    ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    calls = itertools.count()
+
+    def hook(generated, logits):
+        out = torch.full_like(logits, float("-inf"))
+        out[ids[min(next(calls), len(ids) - 1)]] = 0.0
+        return out
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("free", "max_new_tokens", "answer"),
+    [
+        ("Yes No Yes No", 4, "3"),  # out of tokens mid-sentence (4 tokens)
+        ("<|im_end|>", 6, "4"),  # ends its turn without answering
+        ("Candidate <answer>", 3, "2"),  # out of tokens inside an unclosed answer (3 tokens)
+        ("<answer>x</answer>", 9, "1"),  # an answer that names no candidate
+        ("3</answer>", 9, "4"),  # an answer without its opening tag
+    ],
+)
+def test_an_unanswered_reasoner_is_made_to_answer(loaded, candidates, free, max_new_tokens, answer):
+    reasoner = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=max_new_tokens, force_answer=True))
+    result = reasoner.rerank(Query(text="a cat"), candidates, logits_hook=scripted(reasoner.tokenizer, free, answer, "."))
+    chosen = int(answer) - 1
+    assert result.forced_answer and result.chosen == chosen and result.fallback is None
+    assert result.reasoning.endswith(f"\n<answer>{answer}</answer>")
+    assert result.order == [chosen] + [i for i in range(4) if i != chosen]
+
+
+def ranked(tokenizer, *preferences: list[str]):
+    """A hook whose n-th call scores the tokens of preferences[n] 0, -1, -2, ... and every other token -inf."""
+    calls = itertools.count()
+
+    def hook(generated, logits):
+        wanted = preferences[min(next(calls), len(preferences) - 1)]
+        out = torch.full_like(logits, float("-inf"))
+        for rank, text in enumerate(wanted):
+            out[tokenizer.convert_tokens_to_ids(text)] = -float(rank)
+        return out
+
+    return hook
+
+
+@pytest.mark.parametrize(
+    ("preferences", "k", "chosen"),
+    [
+        ([["<|im_end|>"], ["9", "2", "3"]], 4, 1),  # 9 is no candidate: the likeliest that is, 2
+        ([["<|im_end|>"], ["1"], ["1", "."]], 12, 10),  # 1, then 1 again rather than stopping: 11
+        ([["<|im_end|>"], ["1"], [".", "1"]], 12, 0),  # 1, then rather stop than write another digit: 1
+        ([["<|im_end|>"], ["1"], ["3", "0", "."]], 12, 9),  # 13 is out of range: 10
+    ],
+)
+def test_a_forced_answer_is_the_likeliest_candidate_number(loaded, preferences, k, chosen):
+    items = [Candidate(Item(f"t{i}", f"note {i}", "text", text=f"note {i}"), 1.0 - i / 100) for i in range(k)]
+    reasoner = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=6, force_answer=True))
+    result = reasoner.rerank(Query(text="a note"), items, logits_hook=ranked(reasoner.tokenizer, *preferences))
+    assert result.forced_answer and result.chosen == chosen and result.fallback is None
+    assert result.reasoning == f"\n<answer>{chosen + 1}</answer>"
+
+
+def test_a_written_answer_is_not_forced(loaded, candidates):
+    reasoner = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=6, force_answer=True))
+    result = reasoner.rerank(Query(text="a cat"), candidates, logits_hook=scripted(reasoner.tokenizer, "<answer>2</answer>", "3."))
+    assert not result.forced_answer and result.chosen == 1 and result.reasoning == "<answer>2</answer>"
 
 
 def test_stored_icm_rows_are_used_and_match_on_the_fly(reasoner, loaded, candidates):

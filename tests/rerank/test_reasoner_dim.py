@@ -161,3 +161,35 @@ def test_inspecting_an_unreadable_candidate_gets_a_notice(reasoner, candidates, 
     assert trace.inspected == [] and [s.kind for s in trace.segments] == ["generated", "notice", "generated"]
     assert reasoner.tokenizer.decode(trace.segments[1].token_ids.tolist()) == UNREADABLE_NOTICE
     assert trace.text.endswith("<answer>1</answer>")
+
+
+def test_a_forced_answer_continues_the_same_cache(reasoner, candidates):
+    from transformers.cache_utils import DynamicCache
+
+    tok = reasoner.tokenizer
+    free = tok("Yes No Yes No", add_special_tokens=False)["input_ids"]  # exactly the cap: no answer written
+    hook = Forced(tok, "Yes No Yes No3</answer>")
+    prepared = reasoner.prepare(Query(text="a rocket"), candidates)
+    trace = generate_with_inspection(reasoner.model, tok, prepared.prompt, prepared.inspect, len(candidates),
+                                     DecodeOptions(max_new_tokens=len(free), force_answer=True), logits_hook=hook)  # fmt: skip
+    assert trace.stop_reason == "max_new_tokens" and trace.forced_text == "<answer>3</answer>"
+    assert trace.text == "Yes No Yes No\n<answer>3</answer>"
+    assert [s.kind for s in trace.segments] == ["generated", "forced", "generated"]
+    assert tok.decode(trace.segments[1].token_ids.tolist()) == "\n<answer>"
+    whole = trace.sequence()
+    start = prepared.prompt.next_position
+    assert whole.position_ids[0, len(prepared.prompt):].tolist() == list(range(start, start + len(whole) - len(prepared.prompt)))
+    # the step after the injection sees what a fresh prefill of everything up to it sees
+    with torch.no_grad():
+        upto = concat_segments([prepared.prompt, *trace.segments[:2]])
+        fresh = forward_segment(reasoner.model, DynamicCache(config=reasoner.model.config.get_text_config()), upto)
+    torch.testing.assert_close(hook.seen[len(free)], fresh, rtol=0, atol=1e-4)
+
+
+def test_an_early_end_of_turn_is_replaced_by_the_forced_answer(reasoner, candidates):
+    tok = reasoner.tokenizer
+    _, trace, _ = _run(reasoner, candidates, "", force_answer=True)  # the end of turn at once, and after <answer>
+    assert trace.stop_reason == "eos" and trace.forced_text in {f"<answer>{i}</answer>" for i in range(1, 5)}
+    assert [s.kind for s in trace.segments] == ["forced", "generated"]  # the first end of turn is gone
+    assert trace.text == "\n" + trace.forced_text and tok.eos_token_id not in trace.generated_ids
+    assert tok.decode(trace.generated_ids) == trace.forced_text[len("<answer>")]  # one digit, decoded
