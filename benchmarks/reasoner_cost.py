@@ -184,7 +184,8 @@ def child_resolve(args: argparse.Namespace) -> dict:
     from retrv.items import Item, Query
     from retrv.rerank.base import Candidate
     from retrv.rerank.checkpoint import load_reasoner
-    from retrv.rerank.reasoner import DecodeOptions, Reasoner, ReasonerOptions, generate_with_inspection
+    from retrv.rerank.decode import DecodeOptions, generate_with_inspection
+    from retrv.rerank.reasoner import Reasoner, ReasonerOptions
     from retrv.rerank.sequence import build_prompt
 
     if args.threads:

@@ -1,6 +1,6 @@
 """The reasoner's input sequence as embeddings + 3-row M-RoPE positions (prompt v1).
 
-Shared by inference (`rerank/reasoner.py`) and training (SFT / GRPO), so both see byte-identical
+Shared by inference (`rerank/reasoner.py`, `rerank/decode.py`) and training (SFT / GRPO), so both see byte-identical
 sequences. Everything is a `Segment`: rows of input embeddings, their (3, L) position ids and the
 token ids they stand for (soft ICM rows carry the `<|icm|>` id, image rows the `<|image_pad|>` id).
 

@@ -142,10 +142,11 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
 
 
 def _inspections(text: str, candidates: list[Side]) -> tuple[Side | str, ...]:
-    """What each inspection request in `text` injects, in order, as `rerank.reasoner` serves them: the candidate,
+    """What each inspection request in `text` injects, in order, as `rerank.decode` serves them: the candidate,
     or a notice."""
     from retrv.rerank.parse import inspection_requests
-    from retrv.rerank.reasoner import INVALID_NOTICE, LIMIT_NOTICE, ReasonerOptions
+    from retrv.rerank.decode import INVALID_NOTICE, LIMIT_NOTICE
+    from retrv.rerank.reasoner import ReasonerOptions
 
     out: list[Side | str] = []
     for request in inspection_requests(text, len(candidates)):

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from retrv.items import Query
     from retrv.rerank.base import Candidate
     from retrv.rerank.checkpoint import LoadedReasoner
-    from retrv.rerank.reasoner import Reasoner, Trace
+    from retrv.rerank.decode import Trace
+    from retrv.rerank.reasoner import Reasoner
     from retrv.train.samples import ReasoningSample
 
 LogitsHook = Callable[[list[int], "torch.Tensor"], "torch.Tensor"]
@@ -178,7 +179,7 @@ def rollout_group(reasoner: Reasoner, sample: GrpoSample, group_size: int, lam: 
                   logits_hook: LogitsHook | None = None) -> list[Rollout]:  # fmt: skip
     """G completions of one prompt through the inference decode loop, each with its reward."""
     from retrv.rerank.parse import parse_answer
-    from retrv.rerank.reasoner import generate_with_inspection
+    from retrv.rerank.decode import generate_with_inspection
     from retrv.train.rewards import format_reward
 
     prepared = reasoner.prepare(sample.query, sample.candidates)

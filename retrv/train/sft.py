@@ -111,7 +111,7 @@ def build_sft_sequence(tokenizer: Any, embed_tokens: Any, prompt: Segment, cot: 
     import torch
 
     from retrv.rerank.parse import parse_inspection_request
-    from retrv.rerank.reasoner import INVALID_NOTICE, LIMIT_NOTICE
+    from retrv.rerank.decode import INVALID_NOTICE, LIMIT_NOTICE
     from retrv.rerank.sequence import SpecialTokens, concat_segments, inspection_segment, text_segment
 
     special = special or SpecialTokens()

@@ -77,7 +77,7 @@ def test_loss_mask_covers_exactly_the_reasoning_and_answer_tokens(reasoner, worl
 
 
 def test_training_sequence_is_bit_equal_to_what_inference_decodes(reasoner, world):
-    from retrv.rerank.reasoner import generate_with_inspection
+    from retrv.rerank.decode import generate_with_inspection
 
     sample = load_cot_samples(world, world / "cot/train_cot.jsonl")[1]
     cot = f"Step 3: {S}3{E} no. {S}1{E} yes.\nStep 4: <answer>1</answer>"

@@ -10,15 +10,8 @@ import torch
 from retrv.icm.features import candidate_tokens
 from retrv.items import Item, Query
 from retrv.rerank.base import Candidate
-from retrv.rerank.reasoner import (
-    INVALID_NOTICE,
-    LIMIT_NOTICE,
-    DecodeOptions,
-    Reasoner,
-    ReasonerOptions,
-    forward_segment,
-    generate_with_inspection,
-)
+from retrv.rerank.decode import INVALID_NOTICE, LIMIT_NOTICE, UNREADABLE_NOTICE, DecodeOptions, forward_segment, generate_with_inspection
+from retrv.rerank.reasoner import Reasoner, ReasonerOptions
 from retrv.rerank.sequence import concat_segments
 
 S, E = "<inspection-index-start>", "<inspection-index-end>"
@@ -151,7 +144,6 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(reasoner, candidates):
 
 
 def test_inspecting_an_unreadable_candidate_gets_a_notice(reasoner, candidates, tmp_path):
-    from retrv.rerank.reasoner import UNREADABLE_NOTICE
 
     gone = tmp_path / "gone.jpg"
     hidden, m = reasoner.icm.config.hidden_size, reasoner.icm.config.num_memory_tokens
