@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The tiny-world recipe: the whole retrv pipeline, training included, on a CPU (57 and 64 minutes on 2 cores,
-# measured on two hosts; docs/training.md).
+# The tiny-world recipe: the whole retrv pipeline, training included, on a CPU (53 to 64 minutes on 2 cores,
+# measured in three sessions on two kinds of host; its goals are not met there: docs/training.md).
 #
 #   bash examples/tiny-world/run.sh                   # WORK defaults to examples/tiny-world/work (git-ignored)
 #   WORK=/tmp/tw SIZE=24 bash examples/tiny-world/run.sh
