@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RUST_LOG", "error")
 
-from retrv.index.ann import AnnIndex, AnnParams  # noqa: E402
-from retrv.index.store import Store  # noqa: E402
-from retrv.items import Item  # noqa: E402
+from retrv.index.ann import AnnIndex, AnnParams
+from retrv.index.store import Store
+from retrv.items import Item
 
 
 def peak_rss_gib() -> float:
@@ -39,9 +39,18 @@ def batch(start: int, n: int, dim: int) -> tuple[list[Item], np.ndarray]:
     rng = np.random.default_rng([0, start])
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    items = [Item(id=f"vec{i:08d}", source=f"/bench/images/{i:08d}.jpg", modality="image",
-                  image_path=f"/bench/images/{i:08d}.jpg", mtime=1.7e9 + i, size=100_000 + i,
-                  content_hash=f"{i:064x}") for i in range(start, start + n)]  # fmt: skip
+    items = [
+        Item(
+            id=f"vec{i:08d}",
+            source=f"/bench/images/{i:08d}.jpg",
+            modality="image",
+            image_path=f"/bench/images/{i:08d}.jpg",
+            mtime=1.7e9 + i,
+            size=100_000 + i,
+            content_hash=f"{i:064x}",
+        )
+        for i in range(start, start + n)
+    ]
     return items, vectors
 
 
@@ -84,15 +93,19 @@ def main() -> None:
         assert reopened.source == "cache" and reopened.ntotal == args.n
         phases.append(("reopen: Store.open + ANN from cache", time.perf_counter() - t))
 
-        print(f"{args.n:,} vectors x {args.dim}-d, batches of {args.batch:,}, "
-              f"{store.version() - 1} Lance versions, {stats}")  # fmt: skip
+        print(
+            f"{args.n:,} vectors x {args.dim}-d, batches of {args.batch:,}, "
+            f"{store.version() - 1} Lance versions, {stats}"
+        )
         print("| phase | seconds |")
         print("|---|---:|")
         for name, seconds in phases:
             print(f"| {name} | {seconds:.1f} |")
         print(f"| **total: upsert + ANN** | **{total:.1f}** |")
-        print(f"\npeak RSS (after upsert + ANN build): {rss:.2f} GiB; after the reopen too: {peak_rss_gib():.2f} GiB; "
-              f"on disk: {store.size_on_disk() / 2**30:.2f} GiB")  # fmt: skip
+        print(
+            f"\npeak RSS (after upsert + ANN build): {rss:.2f} GiB; after the reopen too: {peak_rss_gib():.2f} GiB; "
+            f"on disk: {store.size_on_disk() / 2**30:.2f} GiB"
+        )
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

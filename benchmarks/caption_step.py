@@ -33,7 +33,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import retrv.train.caption  # noqa: E402
+import retrv.train.caption
 
 NOW_BUCKET = retrv.train.caption.LENGTH_BUCKET
 
@@ -102,9 +102,16 @@ def time_stage(base, world: Path, stage: str, arm: str, batch_size: int, steps: 
             images.append(int(batch["image_grid_thw"].shape[0]) if "image_grid_thw" in batch else 0)
     medians = {name: round(statistics.median(v), 3) for name, v in parts.items()}
     step_seconds = medians["collate"] + medians["forward"] + medians["backward"]
-    return {"stage": stage, "arm": arm, "examples": len(examples), "tokens_per_batch": int(statistics.median(tokens)),
-            "images_per_batch": int(statistics.median(images)), **medians, "step": round(step_seconds, 3),
-            "vision_share_of_forward": round(medians["vision"] / medians["forward"], 2)}  # fmt: skip
+    return {
+        "stage": stage,
+        "arm": arm,
+        "examples": len(examples),
+        "tokens_per_batch": int(statistics.median(tokens)),
+        "images_per_batch": int(statistics.median(images)),
+        **medians,
+        "step": round(step_seconds, 3),
+        "vision_share_of_forward": round(medians["vision"] / medians["forward"], 2),
+    }
 
 
 def main() -> None:
@@ -125,17 +132,45 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="retrv-bench-caption-") as tmp:
         world = Path(tmp) / "world"
         generate(world, SynthConfig(seed=0, size=48))
-        config = CaptionTrainConfig(data=str(world), out=str(Path(tmp) / "out"), hidden=128, layers=4, heads=4,
-                                    kv_heads=2, vision_hidden=128, image_size=args.image_size)  # fmt: skip
+        config = CaptionTrainConfig(
+            data=str(world),
+            out=str(Path(tmp) / "out"),
+            hidden=128,
+            layers=4,
+            heads=4,
+            kv_heads=2,
+            vision_hidden=128,
+            image_size=args.image_size,
+        )
         corpus = world_corpus(load_examples(world, captions=True, pairs=False, texts=True, instructions=False), world)
         base = build_base(config, corpus)
         base.model.train()
-        rows = [time_stage(base, world, s, arm, args.batch_size, args.steps)
-                for s in args.stages.split(",") for arm in ("before", "now")]  # fmt: skip
-    machine = {"python": sys.version.split()[0], "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-               "cores": os.cpu_count(), "threads": torch.get_num_threads(), "image_size": args.image_size,
-               "batch_size": args.batch_size}  # fmt: skip
-    header = ("stage", "arm", "examples", "tokens_per_batch", "images_per_batch", "collate", "vision", "forward", "backward", "step")
+        rows = [
+            time_stage(base, world, s, arm, args.batch_size, args.steps)
+            for s in args.stages.split(",")
+            for arm in ("before", "now")
+        ]
+    machine = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+    }
+    header = (
+        "stage",
+        "arm",
+        "examples",
+        "tokens_per_batch",
+        "images_per_batch",
+        "collate",
+        "vision",
+        "forward",
+        "backward",
+        "step",
+    )
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(row[h]) for h in header) + " |")

@@ -43,8 +43,10 @@ def build_random_index(root: Path, n: int) -> None:
         count = min(50_000, n - start)
         vectors = rng.standard_normal((count, encoder.dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        items = [Item(id=f"doc{i}", source=f"/bench/doc{i}.txt", modality="text", text=f"document {i}")
-                 for i in range(start, start + count)]  # fmt: skip
+        items = [
+            Item(id=f"doc{i}", source=f"/bench/doc{i}.txt", modality="text", text=f"document {i}")
+            for i in range(start, start + count)
+        ]
         store.upsert(items, vectors)
 
 

@@ -103,7 +103,9 @@ def main() -> None:
             model_runs.append(model_pass())
             store = Store.create(Path(tmp) / f"index{r}", encoder_spec=encoder.spec, dim=encoder.dim)
             t, cpu = time.perf_counter(), time.process_time()
-            report = build_index(store, encoder, [folder], batch_size=args.batch_size, loader_threads=args.loader_threads)
+            report = build_index(
+                store, encoder, [folder], batch_size=args.batch_size, loader_threads=args.loader_threads
+            )
             pipeline_runs.append((time.perf_counter() - t, time.process_time() - cpu))
             assert report.encoded == args.images and not report.skipped, report.to_dict()
         (model_s, model_cpu), (pipeline_s, pipeline_cpu) = min(model_runs), min(pipeline_runs)
@@ -131,13 +133,17 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"{n} JPEGs {width}x{height} ({megabytes:.1f} MB), encoder {encoder.spec}, batch {args.batch_size}, "
-          f"{args.loader_threads} loader threads, torch threads {figures['torch_threads']}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"{n} JPEGs {width}x{height} ({megabytes:.1f} MB), encoder {encoder.spec}, batch {args.batch_size}, "
+        f"{args.loader_threads} loader threads, torch threads {figures['torch_threads']}, {os.cpu_count()} CPUs"
+    )
     print(f"  model alone (pre-decoded tensors): {figures['model_images_per_s']:8.1f} images/s")
     print(f"  decode + preprocess, one thread:   {figures['loader_images_per_s_1_thread']:8.1f} images/s")
     print(f"  build_index end to end:            {figures['pipeline_images_per_s']:8.1f} images/s")
     print(f"  ratio pipeline / model:            {figures['ratio_pipeline_to_model']:8.3f}  (goal >= 0.8)")
-    print(f"  CPU-time ratio model / pipeline:   {figures['cpu_time_ratio']:8.3f}  (share of the CPU work that is the model)")
+    print(
+        f"  CPU-time ratio model / pipeline:   {figures['cpu_time_ratio']:8.3f}  (share of the CPU work that is the model)"
+    )
 
 
 if __name__ == "__main__":

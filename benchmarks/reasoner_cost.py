@@ -40,7 +40,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve()
 QUERY = "a small red circle left of a blue square"
-FORCED_TEXT = "The ideal result shows a small red circle left of a blue square. Candidate 1 is wrong. Candidate 2 matches. "
+FORCED_TEXT = (
+    "The ideal result shows a small red circle left of a blue square. Candidate 1 is wrong. Candidate 2 matches. "
+)
 
 # "cpu": ~56M-param Qwen2.5-VL; "3b": the shapes of Qwen2.5-VL-3B-Instruct.
 CONFIGS = {
@@ -63,19 +65,37 @@ def build_3b_shaped(out: Path, device: str) -> None:
     ids = tok.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-            num_key_value_heads=2, vocab_size=151936, max_position_embeddings=128000, tie_word_embeddings=True,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            max_position_embeddings=128000,
+            tie_word_embeddings=True,
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
         ),
         vision_config=dict(
-            depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-            fullatt_block_indexes=[7, 15, 23, 31], window_size=112, patch_size=14, spatial_merge_size=2,
-            temporal_patch_size=2, tokens_per_second=2,
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=2048,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            window_size=112,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            tokens_per_second=2,
         ),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     with torch.device(device):
@@ -192,7 +212,9 @@ def child_resolve(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     loaded = load_reasoner(args.ckpt, device=args.device, require_icm=True)
     use_icm = args.arm == "icm"
-    reasoner = Reasoner.from_loaded(loaded, ReasonerOptions(use_icm=use_icm, max_new_tokens=args.decode_tokens, max_inspections=0))
+    reasoner = Reasoner.from_loaded(
+        loaded, ReasonerOptions(use_icm=use_icm, max_new_tokens=args.decode_tokens, max_inspections=0)
+    )
     paths = json.loads(Path(args.images).read_text())[: args.k]
     items = [Item(id=f"c{i}", source=p, modality="image", image_path=p) for i, p in enumerate(paths)]
     query = Query(text=QUERY)
@@ -236,19 +258,37 @@ def child_resolve(args: argparse.Namespace) -> dict:
                 inspect = full.__getitem__
             sync()
             prepared_at = time.perf_counter()
-            trace = generate_with_inspection(loaded.model, loaded.tokenizer, prompt, inspect, len(cands), decode,
-                                             special=reasoner.special, logits_hook=force)  # fmt: skip
+            trace = generate_with_inspection(
+                loaded.model,
+                loaded.tokenizer,
+                prompt,
+                inspect,
+                len(cands),
+                decode,
+                special=reasoner.special,
+                logits_hook=force,
+            )
         sync()
         total = time.perf_counter() - started
         assert len(trace.generated_ids) == args.decode_tokens and not trace.inspected, trace.stop_reason
-        return {"total_s": total, "prepare_s": prepared_at - started, "prefill_s": trace.latency_ms["prefill"] / 1000,
-                "decode_s": trace.latency_ms["decode"] / 1000, **token_breakdown(prompt)}  # fmt: skip
+        return {
+            "total_s": total,
+            "prepare_s": prepared_at - started,
+            "prefill_s": trace.latency_ms["prefill"] / 1000,
+            "decode_s": trace.latency_ms["decode"] / 1000,
+            **token_breakdown(prompt),
+        }
 
     def token_breakdown(prompt) -> dict:
         ids = prompt.token_ids
         soft = int((ids == loaded.token_id("icm")).sum())
         image = int((ids == loaded.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
-        return {"prompt_tokens": len(prompt), "soft_tokens": soft, "image_tokens": image, "text_tokens": len(prompt) - soft - image}
+        return {
+            "prompt_tokens": len(prompt),
+            "soft_tokens": soft,
+            "image_tokens": image,
+            "text_tokens": len(prompt) - soft - image,
+        }
 
     result: dict = {"k": args.k, "arm": args.arm, "threads": torch.get_num_threads()}
     if not use_icm:
@@ -259,7 +299,13 @@ def child_resolve(args: argparse.Namespace) -> dict:
             if use_icm:
                 prompt = reasoner.prepare(query, candidates).prompt
             else:
-                prompt = build_prompt(loaded.tokenizer, embed, query_tokens(loaded.model, loaded, query), full=full, special=reasoner.special)
+                prompt = build_prompt(
+                    loaded.tokenizer,
+                    embed,
+                    query_tokens(loaded.model, loaded, query),
+                    full=full,
+                    special=reasoner.special,
+                )
         result["runs"] = [token_breakdown(prompt)]
         return result
     resolve(candidates[: min(len(candidates), 10)])  # warm-up: one-time library / kernel initialisation
@@ -292,8 +338,13 @@ def child_score(args: argparse.Namespace) -> dict:
     loaded = load_reasoner(args.ckpt, device=args.device)
     scorer = Scorer(loaded, batch_size=args.batch_size)
     paths = json.loads(Path(args.images).read_text())[: args.k]
-    candidates = [Candidate(Item(id=f"c{i}", source=p, modality="image,text", text=f"photo {i}: shapes on a gradient",
-                                 image_path=p), 1.0 - i / len(paths)) for i, p in enumerate(paths)]  # fmt: skip
+    candidates = [
+        Candidate(
+            Item(id=f"c{i}", source=p, modality="image,text", text=f"photo {i}: shapes on a gradient", image_path=p),
+            1.0 - i / len(paths),
+        )
+        for i, p in enumerate(paths)
+    ]
     query = Query(text=QUERY)
     scorer.rerank(query, candidates[: args.batch_size])  # warm-up
     times, tokens = [], 0
@@ -317,9 +368,24 @@ def run_child(args: argparse.Namespace, extra: list[str], malloc_env: bool = Fal
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if malloc_env:
         env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    cmd = [sys.executable, str(HERE), "--ckpt", str(args.ckpt), "--images", str(args.images),
-           "--device", args.device, "--repeats", str(args.repeats), "--decode-tokens", str(args.decode_tokens),
-           "--threads", str(args.threads), "--child", *extra]  # fmt: skip  (a later flag in `extra` wins)
+    cmd = [
+        sys.executable,
+        str(HERE),
+        "--ckpt",
+        str(args.ckpt),
+        "--images",
+        str(args.images),
+        "--device",
+        args.device,
+        "--repeats",
+        str(args.repeats),
+        "--decode-tokens",
+        str(args.decode_tokens),
+        "--threads",
+        str(args.threads),
+        "--child",
+        *extra,
+    ]  # a later flag in `extra` wins
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.child_timeout)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -335,19 +401,26 @@ def summarise(rows: list[dict], scores: list[dict], counts: list[dict] = ()) -> 
     mib = 1024 * 1024
     med = lambda r, key="total_s": statistics.median(x[key] for x in r["runs"])  # noqa: E731
     low = lambda r: min(x["total_s"] for x in r["runs"])  # noqa: E731
-    lines = ["| K | arm | prompt tokens | resolve median (min) s | prepare / prefill / decode median s | runs | peak mem Δ MiB (abs MiB) |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| K | arm | prompt tokens | resolve median (min) s | prepare / prefill / decode median s | runs | peak mem Δ MiB (abs MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         mem = r.get("memory", {})
-        lines.append(f"| {r['k']} | {r['arm']} | {_tokens(r['runs'][0])} | {med(r):.2f} ({low(r):.2f}) "
-                     f"| {med(r, 'prepare_s'):.3f} / {med(r, 'prefill_s'):.2f} / {med(r, 'decode_s'):.2f} | {len(r['runs'])} "
-                     f"| {mem.get('delta_bytes', 0) / mib:.1f} ({mem.get('peak_bytes', 0) / mib:.0f}) |")  # fmt: skip
+        lines.append(
+            f"| {r['k']} | {r['arm']} | {_tokens(r['runs'][0])} | {med(r):.2f} ({low(r):.2f}) "
+            f"| {med(r, 'prepare_s'):.3f} / {med(r, 'prefill_s'):.2f} / {med(r, 'decode_s'):.2f} | {len(r['runs'])} "
+            f"| {mem.get('delta_bytes', 0) / mib:.1f} ({mem.get('peak_bytes', 0) / mib:.0f}) |"
+        )
     measured = {(r["k"], r["arm"]) for r in rows}
     for c in [c for c in counts if (c["k"], c["arm"]) not in measured]:
         lines.append(f"| {c['k']} | {c['arm']} | {_tokens(c['runs'][0])} | not run | | 0 | |")
     by = {(r["k"], r["arm"]): r for r in [*counts, *rows]}
-    lines += ["", "| K | prompt tokens full/ICM | time full/ICM (median; min) | peak mem Δ full/ICM | abs peak full/ICM |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| K | prompt tokens full/ICM | time full/ICM (median; min) | peak mem Δ full/ICM | abs peak full/ICM |",
+        "|---|---|---|---|---|",
+    ]
     for k in sorted({r["k"] for r in [*rows, *counts]}):
         if (k, "icm") not in by or (k, "full") not in by:
             continue
@@ -364,10 +437,16 @@ def summarise(rows: list[dict], scores: list[dict], counts: list[dict] = ()) -> 
             line += " | |"
         lines.append(line)
     if scores:
-        lines += ["", "| score mode K | batch | median (min) s | candidates/s (median) | prompt tokens |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| score mode K | batch | median (min) s | candidates/s (median) | prompt tokens |",
+            "|---|---|---|---|---|",
+        ]
         for s in scores:
             t = s["times_s"]
-            lines.append(f"| {s['k']} | {s['batch_size']} | {statistics.median(t):.2f} ({min(t):.2f}) | {s['k'] / statistics.median(t):.2f} | {s['prompt_tokens']} |")
+            lines.append(
+                f"| {s['k']} | {s['batch_size']} | {statistics.median(t):.2f} ({min(t):.2f}) | {s['k'] / statistics.median(t):.2f} | {s['prompt_tokens']} |"
+            )
     return "\n".join(lines)
 
 
@@ -383,7 +462,9 @@ def main() -> None:
     p.add_argument("--score-batch-sizes", default="8,16")
     p.add_argument("--score-repeats", type=int, default=3)
     p.add_argument("--arms", default="icm,full")
-    p.add_argument("--tokens-only-ks", default="", help="K values whose prompts are only built and counted (no forward)")
+    p.add_argument(
+        "--tokens-only-ks", default="", help="K values whose prompts are only built and counted (no forward)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads per child (0: torch's default)")
     p.add_argument("--report", type=Path, nargs="+", help="merge --json files of earlier runs and print the tables")
     p.add_argument("--no-memory", action="store_true", help="CPU: skip the separate peak-memory children")
@@ -408,8 +489,13 @@ def main() -> None:
         runs = [json.loads(f.read_text()) for f in args.report]
         for r in runs:
             print(json.dumps(r["header"]))
-        print(summarise([x for r in runs for x in r["resolve"]], [x for r in runs for x in r["score"]],
-                        [x for r in runs for x in r.get("tokens", [])]))
+        print(
+            summarise(
+                [x for r in runs for x in r["resolve"]],
+                [x for r in runs for x in r["score"]],
+                [x for r in runs for x in r.get("tokens", [])],
+            )
+        )
         return
 
     import torch
@@ -430,11 +516,18 @@ def main() -> None:
     args.images = args.work / f"images-{args.image_size}.json"
     args.images.write_text(json.dumps([str(x) for x in paths]))
     header = {
-        "config": args.config, "build": CONFIGS[args.config], "device": args.device, "image_size": args.image_size,
-        "decode_tokens": args.decode_tokens, "repeats": args.repeats, "python": platform.python_version(),
-        "torch": torch.__version__, "transformers": transformers.__version__, "load_before": os.getloadavg(),
+        "config": args.config,
+        "build": CONFIGS[args.config],
+        "device": args.device,
+        "image_size": args.image_size,
+        "decode_tokens": args.decode_tokens,
+        "repeats": args.repeats,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "load_before": os.getloadavg(),
         "params": param_counts(args.ckpt),
-    }  # fmt: skip
+    }
     print(json.dumps(header), file=sys.stderr, flush=True)
     rows, scores, counts = [], [], []
     for k in [int(k) for k in args.tokens_only_ks.split(",") if k]:
@@ -445,17 +538,26 @@ def main() -> None:
         for arm in args.arms.split(","):
             row = run_child(args, ["resolve", "--arm", arm, "--k", str(k)])
             if args.device == "cpu" and not args.no_memory:
-                row["memory"] = run_child(args, ["resolve", "--arm", arm, "--k", str(k), "--measure", "memory"], malloc_env=True)["memory"]
+                row["memory"] = run_child(
+                    args, ["resolve", "--arm", arm, "--k", str(k), "--measure", "memory"], malloc_env=True
+                )["memory"]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     if args.score_k:
         for bs in [int(b) for b in args.score_batch_sizes.split(",") if b]:
-            scores.append(run_child(args, ["score", "--k", str(args.score_k), "--batch-size", str(bs), "--repeats", str(args.score_repeats)]))
+            scores.append(
+                run_child(
+                    args,
+                    ["score", "--k", str(args.score_k), "--batch-size", str(bs), "--repeats", str(args.score_repeats)],
+                )
+            )
             print(json.dumps(scores[-1]), file=sys.stderr, flush=True)
     header["load_after"] = os.getloadavg()
     header["wall_s"] = time.perf_counter() - started
     if args.json:
-        args.json.write_text(json.dumps({"header": header, "resolve": rows, "score": scores, "tokens": counts}, indent=1))
+        args.json.write_text(
+            json.dumps({"header": header, "resolve": rows, "score": scores, "tokens": counts}, indent=1)
+        )
     print(json.dumps(header))
     print(summarise(rows, scores, counts))
 
@@ -470,11 +572,17 @@ def param_counts(ckpt: Path) -> dict[str, int]:
     base = Path(ReasonerConfig.read(ckpt).base_model)
     for f in sorted(base.glob("model*.safetensors")) + [ckpt / "icm.safetensors"]:
         with safe_open(str(f), "pt") as st:
-            for name in st.keys():
+            for name in st:
                 n = 1
                 for d in st.get_slice(name).get_shape():
                     n *= d
-                counts["icm" if f.name == "icm.safetensors" else "vision" if ".visual." in name or name.startswith("visual") else "llm"] += n
+                counts[
+                    "icm"
+                    if f.name == "icm.safetensors"
+                    else "vision"
+                    if ".visual." in name or name.startswith("visual")
+                    else "llm"
+                ] += n
     return counts
 
 

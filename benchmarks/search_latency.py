@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RUST_LOG", "error")
 
-from retrv.index.ann import ANN_PARAMS, AnnIndex, AnnParams  # noqa: E402
+from retrv.index.ann import ANN_PARAMS, AnnIndex, AnnParams
 
 CHUNK = 50_000
 
@@ -126,7 +126,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="single queries timed for HNSW")
     parser.add_argument("--flat-queries", type=int, default=30, help="single queries timed for flat (slow at 1M)")
     parser.add_argument("--data", choices=["random", "clustered"], default="random")
-    parser.add_argument("--kinds", nargs="+", choices=["hnsw", "ivf"], default=["hnsw"], help="approximate indices to compare")
+    parser.add_argument(
+        "--kinds", nargs="+", choices=["hnsw", "ivf"], default=["hnsw"], help="approximate indices to compare"
+    )
     parser.add_argument("--m", type=int, default=ANN_PARAMS.m)
     parser.add_argument("--ef-construction", type=int, default=ANN_PARAMS.ef_construction)
     parser.add_argument("--ef", type=int, nargs="+", default=[ANN_PARAMS.ef_search], help="HNSW efSearch values")
@@ -136,8 +138,10 @@ def main() -> None:
     args = parser.parse_args()
     import faiss
 
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads for builds, "
-          f"single queries on 1 thread; data: {args.index or args.data}, dim {args.dim}, top-{args.k}")  # fmt: skip
+    print(
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads for builds, "
+        f"single queries on 1 thread; data: {args.index or args.data}, dim {args.dim}, top-{args.k}"
+    )
     print("|         n | index                        | build s  | p50 ms   | p99 ms   | recall@50 |")
     print("|----------:|------------------------------|---------:|---------:|---------:|----------:|")
     for n in [None] if args.index else args.n:

@@ -1,6 +1,6 @@
 """Write the real sample photos that ship with scikit-image, scikit-learn and matplotlib to a folder.
 
-    python examples/sample_photos.py examples/photos
+python examples/sample_photos.py examples/photos
 """
 
 from __future__ import annotations

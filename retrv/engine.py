@@ -21,8 +21,9 @@ class Engine:
     ranking is empty and `no_match` is set.
     """
 
-    def __init__(self, index: Index, reranker: Reranker | None = None, *, rerank_k: int = 50,
-                 min_score: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, index: Index, reranker: Reranker | None = None, *, rerank_k: int = 50, min_score: float | None = None
+    ) -> None:
         self.index = index
         self.reranker = reranker
         self.rerank_k = rerank_k
@@ -83,9 +84,15 @@ class Engine:
         for position in result.order:
             c = candidates[position]
             hits.append(
-                _hit(c.item, result.scores[position], c.coarse_score, rerank_score=result.rerank_scores[position],
-                     confidence=result.confidences[position], chosen=position == result.chosen,
-                     inspected=position in result.inspected)  # fmt: skip
+                _hit(
+                    c.item,
+                    result.scores[position],
+                    c.coarse_score,
+                    rerank_score=result.rerank_scores[position],
+                    confidence=result.confidences[position],
+                    chosen=position == result.chosen,
+                    inspected=position in result.inspected,
+                )
             )
         hits += [_hit(item, score, score) for item, score in zip(items[head:], scores[head:])]
         return hits

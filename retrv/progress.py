@@ -19,6 +19,8 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
-def emit(callback: ProgressCallback | None, stage: str, done: int, total: int | None = None, message: str | None = None) -> None:
+def emit(
+    callback: ProgressCallback | None, stage: str, done: int, total: int | None = None, message: str | None = None
+) -> None:
     if callback is not None:
         callback(ProgressEvent(stage, done, total, message))

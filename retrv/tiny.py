@@ -12,18 +12,34 @@ from pathlib import Path
 from typing import Any
 
 REASONER_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|image_pad|>", "<|video_pad|>", "<inspection-index-start>", "<inspection-index-end>", "<|icm|>",
-    "<answer>", "</answer>",
-]  # fmt: skip
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<inspection-index-start>",
+    "<inspection-index-end>",
+    "<|icm|>",
+    "<answer>",
+    "</answer>",
+]
 
 DEFAULT_CORPUS = [
-    "a photo of a cat", "a cup of coffee on a table", "a rocket launching into the sky",
-    "a small red circle left of a blue square", "a large green triangle above a yellow circle",
-    "Is this candidate relevant to the query? Answer Yes or No.", "Yes", "No", "True", "False",
+    "a photo of a cat",
+    "a cup of coffee on a table",
+    "a rocket launching into the sky",
+    "a small red circle left of a blue square",
+    "a large green triangle above a yellow circle",
+    "Is this candidate relevant to the query? Answer Yes or No.",
+    "Yes",
+    "No",
+    "True",
+    "False",
     "The ideal result shows the query. Candidate 1 is wrong. Candidate 2 matches. <answer>2</answer>",
     "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 [1] [2] [3] user assistant system",
-]  # fmt: skip
+]
 
 
 def train_byte_bpe_tokenizer(
@@ -38,7 +54,9 @@ def train_byte_bpe_tokenizer(
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,  # the library never prints
     )
     tk.train_from_iterator(list(corpus), trainer)
@@ -49,7 +67,9 @@ def train_byte_bpe_tokenizer(
     return tok
 
 
-def build_tiny_clip(out_dir: str | Path, kind: str = "clip", hidden: int = 64, image_size: int = 64, seed: int = 0) -> Path:
+def build_tiny_clip(
+    out_dir: str | Path, kind: str = "clip", hidden: int = 64, image_size: int = 64, seed: int = 0
+) -> Path:
     """Save a random CLIPModel or SiglipModel (+ tokenizer and image processor) to `out_dir`."""
     import torch
     from transformers import (
@@ -65,18 +85,35 @@ def build_tiny_clip(out_dir: str | Path, kind: str = "clip", hidden: int = 64, i
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tok = train_byte_bpe_tokenizer(special_tokens=["<|endoftext|>", "<|startoftext|>"])
-    text = dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=len(tok), max_position_embeddings=64)  # fmt: skip
-    vision = dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=image_size, patch_size=16)  # fmt: skip
+    text = dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=len(tok),
+        max_position_embeddings=64,
+    )
+    vision = dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=16,
+    )
     if kind == "clip":
-        text.update(bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-                    pad_token_id=tok.pad_token_id)  # fmt: skip
+        text.update(
+            bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"),
+            eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+            pad_token_id=tok.pad_token_id,
+        )
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
         # Like the real CLIP tokenizer, wrap every text in <|startoftext|> ... <|endoftext|>: CLIP pools the text at the
         # first end token, so without it a padded batch and a single text would pool different positions.
         _wrap_in_start_end_tokens(tok, "<|startoftext|>", "<|endoftext|>")
-        processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+        processor = CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
     elif kind == "siglip":
         model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
         processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
@@ -136,20 +173,38 @@ def build_tiny_reasoner(
     ids = tok.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
         text_config=dict(
-            hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers, num_attention_heads=heads,
-            num_key_value_heads=kv_heads, vocab_size=len(tok), max_position_embeddings=4096,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            vocab_size=len(tok),
+            max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta), "mrope_section": mrope},
-            tie_word_embeddings=True, bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+            tie_word_embeddings=True,
+            bos_token_id=ids("<|endoftext|>"),
+            eos_token_id=ids("<|im_end|>"),
         ),
         vision_config=dict(
-            depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_heads=4,
-            out_hidden_size=hidden, fullatt_block_indexes=list(range(vision_depth)), window_size=112,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_heads=4,
+            out_hidden_size=hidden,
+            fullatt_block_indexes=list(range(vision_depth)),
+            window_size=112,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
         ),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+    )
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.save_pretrained(out)
     tok.save_pretrained(out)

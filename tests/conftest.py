@@ -13,9 +13,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("RUST_LOG", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +67,12 @@ def reasoner_checkpoint(tiny_reasoner_dir, tmp_path_factory) -> Path:
     torch.manual_seed(0)
     loaded = load_reasoner(str(tiny_reasoner_dir), device="cpu")
     hidden = loaded.model.get_input_embeddings().weight.shape[-1]
-    return save_reasoner(loaded, tmp_path_factory.mktemp("ckpt") / "reasoner", stage="icm",
-                         icm=ICM(ICMConfig(hidden_size=hidden, num_heads=4)))  # fmt: skip
+    return save_reasoner(
+        loaded,
+        tmp_path_factory.mktemp("ckpt") / "reasoner",
+        stage="icm",
+        icm=ICM(ICMConfig(hidden_size=hidden, num_heads=4)),
+    )
 
 
 SAMPLE_PHOTOS = {

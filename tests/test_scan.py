@@ -27,8 +27,23 @@ def _touch(path, data=b"x"):
 @pytest.fixture
 def tree(tmp_path):
     root = tmp_path / "tree"
-    for rel in ["b.JPG", "a.png", "notes.md", "readme.txt", "data.csv", "z/deep/c.webp", "z/d.tiff", "y.gif",
-                "m.bmp", "n.jpeg", "o.tif", ".hidden.jpg", ".cache/e.jpg", "thumbs/t.jpg", "raw/r.jpg"]:  # fmt: skip
+    for rel in [
+        "b.JPG",
+        "a.png",
+        "notes.md",
+        "readme.txt",
+        "data.csv",
+        "z/deep/c.webp",
+        "z/d.tiff",
+        "y.gif",
+        "m.bmp",
+        "n.jpeg",
+        "o.tif",
+        ".hidden.jpg",
+        ".cache/e.jpg",
+        "thumbs/t.jpg",
+        "raw/r.jpg",
+    ]:
         _touch(root / rel)
     return root
 
@@ -40,8 +55,20 @@ def _rel(found, root):
 def test_kinds_and_sorted_depth_first_order(tree):
     found = list(scan([tree]))
     assert all(isinstance(f, FileEntry) for f in found)
-    assert _rel(found, tree) == ["a.png", "b.JPG", "m.bmp", "n.jpeg", "notes.md", "o.tif", "raw/r.jpg", "readme.txt",
-                                 "thumbs/t.jpg", "y.gif", "z/d.tiff", "z/deep/c.webp"]  # fmt: skip
+    assert _rel(found, tree) == [
+        "a.png",
+        "b.JPG",
+        "m.bmp",
+        "n.jpeg",
+        "notes.md",
+        "o.tif",
+        "raw/r.jpg",
+        "readme.txt",
+        "thumbs/t.jpg",
+        "y.gif",
+        "z/d.tiff",
+        "z/deep/c.webp",
+    ]
     kinds = {os.path.basename(f.path): f.kind for f in found}
     assert kinds["notes.md"] == kinds["readme.txt"] == "text" and kinds["b.JPG"] == "image"
     first = found[0]
@@ -101,7 +128,11 @@ def test_broken_symlinks_and_loops_are_reported(tmp_path, tree):
     os.symlink("..", tree / "z" / "back")
     os.symlink("me.png", tree / "me.png")
     skips = sorted((os.path.relpath(s.path, tree), s.reason) for s in scan([tree]) if isinstance(s, Skip))
-    assert skips == [("dangling.jpg", BROKEN_SYMLINK), ("dangling_dir", BROKEN_SYMLINK), ("me.png", SYMLINK_LOOP),
-                     ("z/back", SYMLINK_LOOP)]  # fmt: skip
+    assert skips == [
+        ("dangling.jpg", BROKEN_SYMLINK),
+        ("dangling_dir", BROKEN_SYMLINK),
+        ("me.png", SYMLINK_LOOP),
+        ("z/back", SYMLINK_LOOP),
+    ]
     (skip,) = scan([tree / "dangling.jpg"])
     assert skip.reason == BROKEN_SYMLINK

@@ -21,10 +21,14 @@ from collections import Counter
 from pathlib import Path
 
 STEP1 = re.compile(r"Step 1 \(ideal result\): an image that shows (.*?)\.\n")
-STEP2 = re.compile(r"Step 2 \(quick elimination\): (?:Candidates? ([\d, ]+) (?:do|does) not have both a (.*?) and a (.*?): ruled out\.|No candidate)")
+STEP2 = re.compile(
+    r"Step 2 \(quick elimination\): (?:Candidates? ([\d, ]+) (?:do|does) not have both a (.*?) and a (.*?): ruled out\.|No candidate)"
+)
 ALIKE = re.compile(r"Step 3 \(detailed check\): (?:Candidates ([\d, ]+) have the same|Only candidate (\d+))")
-CHECK = re.compile(r"Candidate (\d+) <inspection-index-start>\d+<inspection-index-end> shows (.*?); it should show (.*?);"
-                   r" left (.*?); right (.*?): (.*?)\.")  # fmt: skip
+CHECK = re.compile(
+    r"Candidate (\d+) <inspection-index-start>\d+<inspection-index-end> shows (.*?); it should show (.*?);"
+    r" left (.*?); right (.*?): (.*?)\."
+)
 
 
 def scene_of(src_content: str | None):
@@ -126,8 +130,9 @@ def main() -> None:
     encoder = load_encoder(f"clip:{args.work / 'encoder'}", device="cpu")
     root = pool_index_dir(BenchConfig(data=world, index_dir=args.work / "indexes"), encoder.spec, name)
     index = Index(Store.open(root), device="cpu", encoder=encoder)
-    reranker = make_reranker("reason", args.reasoner, device="cpu", max_new_tokens=args.max_new_tokens,
-                             use_icm=not args.no_icm)  # fmt: skip
+    reranker = make_reranker(
+        "reason", args.reasoner, device="cpu", max_new_tokens=args.max_new_tokens, use_icm=not args.no_icm
+    )
     engine = Engine(index, reranker, rerank_k=args.k)
     scene = {c.did: scene_of(c.src_content) for c in ds.candidates(dataset=name)}
 
@@ -158,15 +163,26 @@ def main() -> None:
             for part in ("look", "should", "marks", "verdict", "verdict_true"):
                 checks[f"{part} right"] += check.get(part) is True
         if not answer_ok:
-            faults["positive not in the top k" if positive is None else "fallback" if ranking.fallback else first_fault(g)] += 1
+            faults[
+                "positive not in the top k" if positive is None else "fallback" if ranking.fallback else first_fault(g)
+            ] += 1
             if shown < args.show:
                 shown += 1
                 print(f"--- {q.text}\n{ranking.reasoning}\n{json.dumps(g)}\n", file=sys.stderr)
-    report = {"reasoner": args.reasoner, "icm": not args.no_icm, "queries": len(queries), "parts": dict(parts),
-              "checks": dict(checks), "wrong answers by first fault": dict(faults.most_common()),
-              "coarse": {"positive's rank": by_number(coarse_rank), "look-alikes in the top k": by_number(alike_count),
-                         "positive's place among the look-alikes": by_number(rank_among_alike)},
-              "fallbacks": dict(fallbacks.most_common())}  # fmt: skip
+    report = {
+        "reasoner": args.reasoner,
+        "icm": not args.no_icm,
+        "queries": len(queries),
+        "parts": dict(parts),
+        "checks": dict(checks),
+        "wrong answers by first fault": dict(faults.most_common()),
+        "coarse": {
+            "positive's rank": by_number(coarse_rank),
+            "look-alikes in the top k": by_number(alike_count),
+            "positive's place among the look-alikes": by_number(rank_among_alike),
+        },
+        "fallbacks": dict(fallbacks.most_common()),
+    }
     print(json.dumps(report, indent=2))
 
 

@@ -1,6 +1,6 @@
 """Collect the tiny-world recipe's results: bench JSONs + GRPO metrics -> a table on stdout and table.json.
 
-    python examples/tiny-world/table.py WORK
+python examples/tiny-world/table.py WORK
 """
 
 from __future__ import annotations
@@ -33,9 +33,16 @@ def grpo_curve(path: Path, parts: int = 3) -> list[dict]:
     for i in range(parts):
         chunk = rows[i * len(rows) // parts : (i + 1) * len(rows) // parts]
         if chunk:
-            mean = lambda k: sum(r.get(k, 0.0) for r in chunk) / len(chunk)  # noqa: E731
-            out.append({"steps": f"{chunk[0]['step']}-{chunk[-1]['step']}", "lambda": mean("lambda"),
-                        "inspections": mean("inspections"), "accuracy": mean("accuracy"), "reward": mean("reward")})  # fmt: skip
+            mean = lambda k: sum(r.get(k, 0.0) for r in chunk) / len(chunk)  # noqa: E731, B023
+            out.append(
+                {
+                    "steps": f"{chunk[0]['step']}-{chunk[-1]['step']}",
+                    "lambda": mean("lambda"),
+                    "inspections": mean("inspections"),
+                    "accuracy": mean("accuracy"),
+                    "reward": mean("reward"),
+                }
+            )
     return out
 
 
@@ -48,11 +55,20 @@ def main(work: Path) -> None:
             continue
         result = json.loads(path.read_text())
         cost = result["cost"]
-        rows.append({"mode": name, "label": label, "ran": True, **task0(result),
-                     "prompt_tokens": cost["prompt_tokens_mean"], "inspections": cost["inspections_mean"],
-                     "generated_tokens": cost["generated_tokens_mean"], "fallbacks": cost["fallbacks"],
-                     "forced_answers": cost.get("forced_answers", 0),  # absent from benches before --force-answer
-                     "rerank_ms_p50": cost["latency_ms"].get("rerank", {}).get("p50")})  # fmt: skip
+        rows.append(
+            {
+                "mode": name,
+                "label": label,
+                "ran": True,
+                **task0(result),
+                "prompt_tokens": cost["prompt_tokens_mean"],
+                "inspections": cost["inspections_mean"],
+                "generated_tokens": cost["generated_tokens_mean"],
+                "fallbacks": cost["fallbacks"],
+                "forced_answers": cost.get("forced_answers", 0),  # absent from benches before --force-answer
+                "rerank_ms_p50": cost["latency_ms"].get("rerank", {}).get("p50"),
+            }
+        )
     by = {r["mode"]: r for r in rows if r["ran"]}
     times = {}
     seconds_file = work / "stage-seconds.txt"
@@ -78,24 +94,43 @@ def main(work: Path) -> None:
         ins = [c["inspections"] for c in curve]
         goals["GRPO inspections rise then fall as lambda grows"] = ins[1] > ins[0] and ins[2] < ins[1]
 
-    print(f"{'mode':<28}{'R@1':>7}{'R@5':>7}{'prompt tok':>12}{'inspections':>13}{'gen tok':>9}{'forced':>8}{'fallback':>10}")
+    print(
+        f"{'mode':<28}{'R@1':>7}{'R@5':>7}{'prompt tok':>12}{'inspections':>13}{'gen tok':>9}{'forced':>8}{'fallback':>10}"
+    )
     for r in rows:
         if not r["ran"]:
             print(f"{r['label']:<28}  (not run)")
             continue
-        print(f"{r['label']:<28}{r['R@1']:>7.1f}{r['R@5']:>7.1f}{r['prompt_tokens']:>12.0f}"
-              f"{r['inspections']:>13.2f}{r['generated_tokens']:>9.0f}{r['forced_answers']:>8}{r['fallbacks']:>10}")  # fmt: skip
+        print(
+            f"{r['label']:<28}{r['R@1']:>7.1f}{r['R@5']:>7.1f}{r['prompt_tokens']:>12.0f}"
+            f"{r['inspections']:>13.2f}{r['generated_tokens']:>9.0f}{r['forced_answers']:>8}{r['fallbacks']:>10}"
+        )
     if curve:
-        print("\nGRPO over training: " + "; ".join(
-            f"steps {c['steps']}: lambda {c['lambda']:.2f}, inspections {c['inspections']:.2f}, accuracy {c['accuracy']:.2f}"
-            for c in curve))  # fmt: skip
+        print(
+            "\nGRPO over training: "
+            + "; ".join(
+                f"steps {c['steps']}: lambda {c['lambda']:.2f}, inspections {c['inspections']:.2f}, accuracy {c['accuracy']:.2f}"
+                for c in curve
+            )
+        )
     if times:
         stages = {k: v for k, v in times.items() if k != "wall"}
         wall = f"; wall {times['wall']} (two lanes side by side)" if "wall" in times else ""
-        print("\nseconds per stage: " + ", ".join(f"{k} {v}" for k, v in stages.items()) + f"; sum {sum(stages.values())}{wall}")
+        print(
+            "\nseconds per stage: "
+            + ", ".join(f"{k} {v}" for k, v in stages.items())
+            + f"; sum {sum(stages.values())}{wall}"
+        )
     for goal, ok in goals.items():
         print(f"{'PASS' if ok else 'FAIL'}  {goal}")
-    table = {"schema": "retrv.tiny-world/1", "task": 0, "rows": rows, "grpo_curve": curve, "seconds": times, "goals": goals}
+    table = {
+        "schema": "retrv.tiny-world/1",
+        "task": 0,
+        "rows": rows,
+        "grpo_curve": curve,
+        "seconds": times,
+        "goals": goals,
+    }
     (work / "table.json").write_text(json.dumps(table, indent=2) + "\n")
 
 

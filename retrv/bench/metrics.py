@@ -79,10 +79,16 @@ class TaskRow:
         return self.recall[self.headline_k]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "dataset": self.dataset, "dataset_id": self.dataset_id,
-                "queries": self.queries, "missing": self.missing,
-                "recall": {f"R@{k}": v for k, v in sorted(self.recall.items())},
-                "headline_metric": f"R@{self.headline_k}", "headline": self.headline}  # fmt: skip
+        return {
+            "task_id": self.task_id,
+            "dataset": self.dataset,
+            "dataset_id": self.dataset_id,
+            "queries": self.queries,
+            "missing": self.missing,
+            "recall": {f"R@{k}": v for k, v in sorted(self.recall.items())},
+            "headline_metric": f"R@{self.headline_k}",
+            "headline": self.headline,
+        }
 
 
 @dataclass
@@ -102,11 +108,16 @@ class MetricsReport:
         return {t: sum(v) / len(v) for t, v in sorted(by_task.items())}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rows": [r.to_dict() for r in self.rows], "average": self.average,
-                "task_averages": {str(t): v for t, v in self.task_averages.items()}}  # fmt: skip
+        return {
+            "rows": [r.to_dict() for r in self.rows],
+            "average": self.average,
+            "task_averages": {str(t): v for t, v in self.task_averages.items()},
+        }
 
 
-def evaluate(rankings: Mapping[str, Sequence[str]], queries: Iterable[MBeirQuery], ks: Sequence[int] = KS) -> MetricsReport:
+def evaluate(
+    rankings: Mapping[str, Sequence[str]], queries: Iterable[MBeirQuery], ks: Sequence[int] = KS
+) -> MetricsReport:
     """Recall@k per (task, dataset) over `queries`; `rankings` maps qid -> dids best first.
 
     The headline k is always computed, whatever `ks` says. A query's task is its task_id (0 when unknown).
@@ -151,7 +162,9 @@ def format_run(qid: str, ranked: Sequence[tuple[str, float]], run_name: str) -> 
     for token in (qid, run_name, *(did for did, _ in ranked)):
         if not token or any(c.isspace() for c in token):
             raise ValueError(f"run file fields cannot be empty or contain spaces: {token!r}")
-    return "".join(f"{qid} Q0 {did} {rank} {float(score)!r} {run_name}\n" for rank, (did, score) in enumerate(ranked, 1))
+    return "".join(
+        f"{qid} Q0 {did} {rank} {float(score)!r} {run_name}\n" for rank, (did, score) in enumerate(ranked, 1)
+    )
 
 
 class RunWriter:
@@ -203,7 +216,9 @@ def read_run(path: str | Path, repair: bool = False) -> dict[str, list[RunEntry]
                 raise ValueError
             entry = RunEntry(parts[0], parts[2], int(parts[3]), float(parts[4]), parts[5])
         except ValueError:
-            raise DataError(f"{path}:{n}: a run line is 'qid Q0 did rank score run_name', got {line.strip()!r}") from None
+            raise DataError(
+                f"{path}:{n}: a run line is 'qid Q0 did rank score run_name', got {line.strip()!r}"
+            ) from None
         if (entry.qid, entry.did) in seen:
             raise DataError(f"{path}:{n}: {entry.did} appears twice for query {entry.qid}")
         seen.add((entry.qid, entry.did))
@@ -214,7 +229,7 @@ def read_run(path: str | Path, repair: bool = False) -> dict[str, list[RunEntry]
         drop = tail[0].decode("utf-8") if tail else None
         entries.pop(drop, None)
         if repair:
-            keep = [ln + b"\n" for ln in data[:last].split(b"\n")[:-1] if not (ln.split() or [b""])[0].decode() == drop]
+            keep = [ln + b"\n" for ln in data[:last].split(b"\n")[:-1] if (ln.split() or [b""])[0].decode() != drop]
             tmp = path.with_suffix(path.suffix + ".tmp")
             tmp.write_bytes(b"".join(keep))
             os.replace(tmp, path)

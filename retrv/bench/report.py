@@ -16,13 +16,26 @@ def table_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
     for r in result.metrics.rows:
         recall = [f"{100 * r.recall.get(k, 0.0):.1f}" for k in (1, 5, 10)]
         rows.append([str(r.task_id), r.dataset, str(r.queries), *recall, f"R@{r.headline_k} {100 * r.headline:.1f}"])
-    rows.append(["", "average", str(sum(r.queries for r in result.metrics.rows)), "", "", "", f"{100 * result.metrics.average:.1f}"])
+    rows.append(
+        [
+            "",
+            "average",
+            str(sum(r.queries for r in result.metrics.rows)),
+            "",
+            "",
+            "",
+            f"{100 * result.metrics.average:.1f}",
+        ]
+    )
     return header, rows
 
 
 def cost_rows(result: BenchResult) -> list[tuple[str, str]]:
     cost = result.cost
-    rows = [(f"latency {stage}", f"p50 {v['p50']:.1f} ms · p95 {v['p95']:.1f} ms") for stage, v in cost["latency_ms"].items()]
+    rows = [
+        (f"latency {stage}", f"p50 {v['p50']:.1f} ms · p95 {v['p95']:.1f} ms")
+        for stage, v in cost["latency_ms"].items()
+    ]
     rows += [
         ("prompt tokens / query", f"{cost['prompt_tokens_mean']:.1f}"),
         ("generated tokens / query", f"{cost['generated_tokens_mean']:.1f}"),
@@ -46,7 +59,12 @@ def plot(result: BenchResult, path: str | Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     names = [f"{r.dataset}\n(R@{r.headline_k})" for r in result.metrics.rows]
     left.bar(names, [100 * r.headline for r in result.metrics.rows], color="#4c72b0")
-    left.axhline(100 * result.metrics.average, color="#c44e52", linestyle="--", label=f"average {100 * result.metrics.average:.1f}")
+    left.axhline(
+        100 * result.metrics.average,
+        color="#c44e52",
+        linestyle="--",
+        label=f"average {100 * result.metrics.average:.1f}",
+    )
     left.set_ylabel("recall (%)")
     left.set_ylim(0, 100)
     left.legend()

@@ -61,8 +61,14 @@ class BenchResult:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics.to_dict(), "cost": self.cost, "run_file": str(self.run_file) if self.run_file else None,
-                "queries_run": self.queries_run, "queries_resumed": self.queries_resumed, "config": self.config}  # fmt: skip
+        return {
+            "metrics": self.metrics.to_dict(),
+            "cost": self.cost,
+            "run_file": str(self.run_file) if self.run_file else None,
+            "queries_run": self.queries_run,
+            "queries_resumed": self.queries_resumed,
+            "config": self.config,
+        }
 
 
 def pool_index_dir(config: BenchConfig, encoder_spec: str, pool_name: str) -> Path:
@@ -86,8 +92,14 @@ def _selected(ds: MBeirDataset, wanted: list[str] | None) -> list[str]:
     return names
 
 
-def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, notify: Callable[[str], None] | None = None,
-              reranker: Reranker | None = None, encoder: Encoder | None = None) -> BenchResult:  # fmt: skip
+def run_mbeir(
+    config: BenchConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    notify: Callable[[str], None] | None = None,
+    reranker: Reranker | None = None,
+    encoder: Encoder | None = None,
+) -> BenchResult:
     from retrv.bench.metrics import RunWriter, evaluate, filter_positives, read_run, run_rankings
     from retrv.data.mbeir import MBeirDataset
     from retrv.encoders.registry import load_encoder
@@ -99,9 +111,17 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
     if reranker is None and config.rerank != "none":
         from retrv.rerank.factory import make_reranker
 
-        reranker = make_reranker(config.rerank, config.reasoner, device=config.device, fusion_weight=config.fusion_weight,
-                                 max_inspections=config.max_inspections, max_new_tokens=config.max_new_tokens,
-                                 use_icm=config.use_icm, force_answer=config.force_answer, notify=notify)  # fmt: skip
+        reranker = make_reranker(
+            config.rerank,
+            config.reasoner,
+            device=config.device,
+            fusion_weight=config.fusion_weight,
+            max_inspections=config.max_inspections,
+            max_new_tokens=config.max_new_tokens,
+            use_icm=config.use_icm,
+            force_answer=config.force_answer,
+            notify=notify,
+        )
     done: dict[str, list[str]] = {}
     if config.run_file is not None and config.run_file.exists():
         done = run_rankings(read_run(config.run_file, repair=True))
@@ -124,8 +144,9 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
             for n, q in enumerate(todo):
                 positives = filter_positives(q.qid, q.pos)
                 cand_modality = next((modality_of[p] for p in positives if p in modality_of), None)
-                instruction = (ds.instruction(name, q.modality, cand_modality) if config.instructions and cand_modality
-                               else None)  # fmt: skip
+                instruction = (
+                    ds.instruction(name, q.modality, cand_modality) if config.instructions and cand_modality else None
+                )
                 ranking = engine.search(q.to_query(instruction), k=config.k)
                 ranked = [(h.id, h.score) for h in ranking.hits]
                 rankings[q.qid] = [did for did, _ in ranked]
@@ -146,14 +167,34 @@ def run_mbeir(config: BenchConfig, *, progress: ProgressCallback | None = None, 
             writer.close()
     metrics = evaluate(rankings, all_queries)
     cost = _cost(latencies, prompt_tokens, generated_tokens, inspections, fallbacks, forced, run)
-    return BenchResult(metrics, cost, config.run_file, run, len([q for q in all_queries if q.qid in done]),
-                       config={"data": str(config.data), "split": config.split, "pool": config.pool, "k": config.k,
-                               "rerank": config.rerank, "encoder": encoder.spec, "reasoner": config.reasoner,
-                               "instructions": config.instructions, "limit": config.limit})  # fmt: skip
+    return BenchResult(
+        metrics,
+        cost,
+        config.run_file,
+        run,
+        len([q for q in all_queries if q.qid in done]),
+        config={
+            "data": str(config.data),
+            "split": config.split,
+            "pool": config.pool,
+            "k": config.k,
+            "rerank": config.rerank,
+            "encoder": encoder.spec,
+            "reasoner": config.reasoner,
+            "instructions": config.instructions,
+            "limit": config.limit,
+        },
+    )
 
 
-def _pool_index(ds: MBeirDataset, config: BenchConfig, encoder: Encoder, name: str, pool_name: str,
-                progress: ProgressCallback | None) -> Index:  # fmt: skip
+def _pool_index(
+    ds: MBeirDataset,
+    config: BenchConfig,
+    encoder: Encoder,
+    name: str,
+    pool_name: str,
+    progress: ProgressCallback | None,
+) -> Index:
     from retrv.index.index import Index
     from retrv.index.pool import add_items
     from retrv.index.store import Store
@@ -188,8 +229,15 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _cost(latencies: dict[str, list[float]], prompt: list[int], generated: list[int], inspections: list[int],
-          fallbacks: Counter[str], forced: int, run: int) -> dict[str, Any]:  # fmt: skip
+def _cost(
+    latencies: dict[str, list[float]],
+    prompt: list[int],
+    generated: list[int],
+    inspections: list[int],
+    fallbacks: Counter[str],
+    forced: int,
+    run: int,
+) -> dict[str, Any]:
     def mean(xs: list[int]) -> float:
         return sum(xs) / len(xs) if xs else 0.0
 
@@ -197,7 +245,9 @@ def _cost(latencies: dict[str, list[float]], prompt: list[int], generated: list[
     peak_bytes = peak if sys.platform == "darwin" else peak * 1024
     cost = {
         "queries": run,
-        "latency_ms": {stage: {"p50": _percentile(v, 0.5), "p95": _percentile(v, 0.95)} for stage, v in sorted(latencies.items())},
+        "latency_ms": {
+            stage: {"p50": _percentile(v, 0.5), "p95": _percentile(v, 0.95)} for stage, v in sorted(latencies.items())
+        },
         "prompt_tokens_mean": mean(prompt),
         "generated_tokens_mean": mean(generated),
         "inspections_mean": mean(inspections),

@@ -35,8 +35,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    offline: Annotated[bool, typer.Option("--offline", help="Never touch the network (sets HF_HUB_OFFLINE=1).")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Never touch the network (sets HF_HUB_OFFLINE=1).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     apply_offline(offline)
 

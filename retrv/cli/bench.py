@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,25 +16,43 @@ app = typer.Typer(help="Benchmarks: recall and cost of the engine on a dataset."
 @app.command("mbeir")
 @handle_errors
 def mbeir(
-    data: Annotated[Path, typer.Argument(help="Dataset root in UniIR's M-BEIR layout (or one from `retrv data synth`).")],
-    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated task ids or dataset names (default: all).")] = None,
+    data: Annotated[
+        Path, typer.Argument(help="Dataset root in UniIR's M-BEIR layout (or one from `retrv data synth`).")
+    ],
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated task ids or dataset names (default: all).")] = None,
     split: Annotated[str, typer.Option(help="Query split.")] = "test",
     pool: Annotated[str, typer.Option(help="Candidate pool: local (per dataset) or global (union).")] = "local",
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Depth of each ranking.")] = 50,
     rerank: Annotated[RerankMode, typer.Option(help="Stage 2: none, score or reason.")] = RerankMode.none,
     encoder: Annotated[str, typer.Option(help="Encoder spec (auto, clip:..., text:..., lite).")] = "auto",
-    reasoner: Annotated[Optional[str], typer.Option(help="Reasoner spec for --rerank score|reason.")] = None,
+    reasoner: Annotated[str | None, typer.Option(help="Reasoner spec for --rerank score|reason.")] = None,
     rerank_k: Annotated[int, typer.Option(help="Candidates the reranker sees.")] = 50,
     max_inspections: Annotated[int, typer.Option(help="reason mode: cap on detail inspections.")] = 5,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer).")] = 512,
-    no_icm: Annotated[bool, typer.Option("--no-icm", help="reason mode: every candidate's full tokens instead of 2 ICM tokens (ablation).")] = False,
+    max_new_tokens: Annotated[
+        int,
+        typer.Option(
+            min=1, help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer)."
+        ),
+    ] = 512,
+    no_icm: Annotated[
+        bool,
+        typer.Option("--no-icm", help="reason mode: every candidate's full tokens instead of 2 ICM tokens (ablation)."),
+    ] = False,
     force_answer: Annotated[bool, typer.Option("--force-answer/--no-force-answer", help=FORCE_ANSWER_HELP)] = False,
-    instructions: Annotated[bool, typer.Option("--instructions/--no-instructions", help="Prefix queries with UniIR's task instructions.")] = True,
-    limit: Annotated[Optional[int], typer.Option(help="At most this many queries per dataset.")] = None,
-    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON to this file.")] = None,
-    run: Annotated[Optional[Path], typer.Option("--run", help="TREC run file; an interrupted bench resumes from it.")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw per-task recall and cost to this PNG.")] = None,
-    index_dir: Annotated[Optional[Path], typer.Option(help="Where pool indices are kept (default: user data dir).")] = None,
+    instructions: Annotated[
+        bool, typer.Option("--instructions/--no-instructions", help="Prefix queries with UniIR's task instructions.")
+    ] = True,
+    limit: Annotated[int | None, typer.Option(help="At most this many queries per dataset.")] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the full result as JSON to this file.")
+    ] = None,
+    run: Annotated[
+        Path | None, typer.Option("--run", help="TREC run file; an interrupted bench resumes from it.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Draw per-task recall and cost to this PNG.")] = None,
+    index_dir: Annotated[
+        Path | None, typer.Option(help="Where pool indices are kept (default: user data dir).")
+    ] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notices.")] = False,
 ) -> None:
@@ -47,11 +65,26 @@ def mbeir(
 
     if pool not in ("local", "global"):
         raise ValueError("--pool is local or global")
-    config = BenchConfig(data=data, split=split, datasets=[t.strip() for t in tasks.split(",")] if tasks else None,
-                         pool=pool, k=k, rerank=rerank.value, encoder=encoder, reasoner=reasoner, instructions=instructions,
-                         limit=limit, run_file=run, index_dir=index_dir, device=device, rerank_k=rerank_k,
-                         max_inspections=max_inspections, max_new_tokens=max_new_tokens, use_icm=not no_icm,
-                         force_answer=force_answer)  # fmt: skip
+    config = BenchConfig(
+        data=data,
+        split=split,
+        datasets=[t.strip() for t in tasks.split(",")] if tasks else None,
+        pool=pool,
+        k=k,
+        rerank=rerank.value,
+        encoder=encoder,
+        reasoner=reasoner,
+        instructions=instructions,
+        limit=limit,
+        run_file=run,
+        index_dir=index_dir,
+        device=device,
+        rerank_k=rerank_k,
+        max_inspections=max_inspections,
+        max_new_tokens=max_new_tokens,
+        use_icm=not no_icm,
+        force_answer=force_answer,
+    )
     with progress_bar(quiet) as progress:
         result = run_mbeir(config, progress=progress, notify=notice(quiet))
     if json_file is not None:

@@ -20,9 +20,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 INDEX_HELP = "Index name (under the user data dir) or directory (e.g. ./photos-index). [env: RETRV_INDEX]"
 DEVICE_HELP = "Where models run: auto (cuda > mps > cpu), cpu, cuda or mps. [env: RETRV_DEVICE]"
-FORCE_ANSWER_HELP = ("reason mode: when the reasoner stops without a usable answer (token cap, end of turn, no "
-                     "candidate named), inject <answer> and take the candidate number it finds likeliest, instead of "
-                     "keeping the coarse order (measured on the tiny world: worse; docs/training.md).")
+FORCE_ANSWER_HELP = (
+    "reason mode: when the reasoner stops without a usable answer (token cap, end of turn, no "
+    "candidate named), inject <answer> and take the candidate number it finds likeliest, instead of "
+    "keeping the coarse order (measured on the tiny world: worse; docs/training.md)."
+)
 
 
 def stderr_console() -> Console:
@@ -88,8 +90,15 @@ def progress_bar(quiet: bool) -> Iterator[Callable[[ProgressEvent], None] | None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     tasks: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.fields[note]}"), console=stderr_console(), transient=False) as bar:  # fmt: skip
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
+        console=stderr_console(),
+        transient=False,
+    ) as bar:
 
         def update(event: ProgressEvent) -> None:
             if event.stage not in tasks:

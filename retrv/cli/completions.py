@@ -84,8 +84,12 @@ def _q(text: str) -> str:
 
 
 def bash_script(specs: list[CommandSpec]) -> str:
-    subs = "".join(f'        "{" ".join(s.path)}") echo "{" ".join(s.subcommands)}" ;;\n' for s in specs if s.subcommands)
-    opts = "".join(f'        "{" ".join(s.path)}") echo "{" ".join(n for o in s.options for n in o.names)}" ;;\n' for s in specs)
+    subs = "".join(
+        f'        "{" ".join(s.path)}") echo "{" ".join(s.subcommands)}" ;;\n' for s in specs if s.subcommands
+    )
+    opts = "".join(
+        f'        "{" ".join(s.path)}") echo "{" ".join(n for o in s.options for n in o.names)}" ;;\n' for s in specs
+    )
     values = ""
     for s in specs:
         for o in s.options:
@@ -140,7 +144,11 @@ def zsh_script(specs: list[CommandSpec]) -> str:
         for o in s.options:
             action = ""
             if o.takes_value:
-                action = ":file:_files" if o.kind == "path" else (f":value:({' '.join(o.choices)})" if o.choices else ":value: ")
+                action = (
+                    ":file:_files"
+                    if o.kind == "path"
+                    else (f":value:({' '.join(o.choices)})" if o.choices else ":value: ")
+                )
             names = "{" + ",".join(o.names) + "}" if len(o.names) > 1 else o.names[0]
             excl = f"({' '.join(o.names)})" if len(o.names) > 1 else ""
             lines.append(f"'{excl}'{names}'[{_q(o.help)}]{action}'" if excl else f"'{names}[{_q(o.help)}]{action}'")

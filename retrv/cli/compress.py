@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,14 +11,20 @@ from retrv.cli.common import DEVICE_HELP, INDEX_HELP, handle_errors, notice, pri
 
 @handle_errors
 def compress(
-    reasoner: Annotated[str, typer.Option(help="Reasoner checkpoint (a directory with retrv-reasoner.json and icm.safetensors).")],
-    index: Annotated[Optional[str], typer.Option("--index", "-i", help=INDEX_HELP)] = None,
+    reasoner: Annotated[
+        str, typer.Option(help="Reasoner checkpoint (a directory with retrv-reasoner.json and icm.safetensors).")
+    ],
+    index: Annotated[str | None, typer.Option("--index", "-i", help=INDEX_HELP)] = None,
     batch_size: Annotated[int, typer.Option(help="Items per batch (one table write each).")] = 8,
     drop_stale: Annotated[bool, typer.Option("--drop-stale", help="Delete ICM tables of other checkpoints.")] = False,
-    device: Annotated[Optional[str], typer.Option(help=DEVICE_HELP)] = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the hub.")] = False,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notices.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON (schema retrv.compress/1).")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON (schema retrv.compress/1).")
+    ] = False,
 ) -> None:
     """Precompute the reasoner's compressed tokens for every item (incremental; Ctrl-C keeps finished batches)."""
     from dataclasses import asdict
@@ -38,7 +44,9 @@ def compress(
         data = {k: v for k, v in asdict(report).items()}
         print_json({"schema": "retrv.compress/1", "index": str(idx.root), **data})
         return
-    print(f"{report.table}: computed {report.computed}, unchanged {report.unchanged}, removed {report.removed}, "
-          f"failed {len(report.failed)}")  # fmt: skip
+    print(
+        f"{report.table}: computed {report.computed}, unchanged {report.unchanged}, removed {report.removed}, "
+        f"failed {len(report.failed)}"
+    )
     for item_id, why in report.failed:
         print(f"  failed {item_id}: {why}")

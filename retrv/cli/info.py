@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,7 +28,7 @@ def _describe_ann(ann: dict | None) -> str:
 
 @handle_errors
 def info(
-    index: Annotated[Optional[str], typer.Option("--index", "-i", help=INDEX_HELP)] = None,
+    index: Annotated[str | None, typer.Option("--index", "-i", help=INDEX_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (schema retrv.info/1, docs/cli.md).")] = False,
 ) -> None:
     """Show an index's encoder, dimension, counts per modality, size on disk, version and ANN state."""

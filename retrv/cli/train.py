@@ -21,8 +21,9 @@ from retrv.train.grpo import GrpoTrainConfig
 from retrv.train.icm import IcmTrainConfig
 from retrv.train.sft import SftTrainConfig
 
-app = typer.Typer(help="Train retrv's models: the encoder, and the reasoner in stages (icm -> sft -> grpo).",
-                  no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="Train retrv's models: the encoder, and the reasoner in stages (icm -> sft -> grpo).", no_args_is_help=True
+)
 
 _SCALARS: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
 
@@ -42,17 +43,28 @@ def config_parameters(config_cls: type) -> list[inspect.Parameter]:
         flag = f"{f.flag}/--no-{f.flag[2:]}" if kind is bool else f.flag  # booleans switch both ways
         option = typer.Option(flag, help=f.help, show_default=not f.required)
         default = inspect.Parameter.empty if f.required else f.default
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[kind, option]))  # fmt: skip
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
+            )
+        )
     return params
 
 
 _OUTPUT_OPTIONS = [
-    inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False,
-                      annotation=Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")]),
-    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False,
-                      annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]),
-]  # fmt: skip
+    inspect.Parameter(
+        "json_out",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")],
+    ),
+    inspect.Parameter(
+        "quiet",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=False,
+        annotation=Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")],
+    ),
+]
 
 
 def _report(kind: str, summary: Any, json_out: bool, quiet: bool) -> None:
@@ -126,10 +138,20 @@ def _grpo(config: Any, progress: Any) -> Any:
 STAGES = [
     ("encoder", EncoderTrainConfig, _encoder, "Fine-tune a CLIP/SigLIP encoder contrastively on M-BEIR-layout data."),
     ("caption", CaptionTrainConfig, _caption, "Pretrain a tiny base VLM from scratch on a world's captions."),
-    ("icm", IcmTrainConfig, _icm, "Stage 1: align the ICM with the frozen reasoner (compressed tokens read like full ones)."),
+    (
+        "icm",
+        IcmTrainConfig,
+        _icm,
+        "Stage 1: align the ICM with the frozen reasoner (compressed tokens read like full ones).",
+    ),
     ("cot", CotConfig, _cot, "Write 4-step chain-of-thought for training queries with a teacher VLM."),
     ("sft", SftTrainConfig, _sft, "Stage 2: LoRA + ICM on chain-of-thought with detail inspection."),
-    ("grpo", GrpoTrainConfig, _grpo, "Stage 3: GRPO over the inference loop (reward: format, correctness, inspections)."),
+    (
+        "grpo",
+        GrpoTrainConfig,
+        _grpo,
+        "Stage 3: GRPO over the inference loop (reward: format, correctness, inspections).",
+    ),
 ]
 for _kind, _cls, _run, _doc in STAGES:
     app.command(_kind, help=_doc)(_command(_kind, _cls, _run, _doc))

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from retrv.data.mbeir import (
     INSTRUCTIONS_FILE,
-    MBeirDataset,
     SPLITS,
+    MBeirDataset,
     Problem,
     numbered_lines,
     parse_candidate,
@@ -84,9 +84,14 @@ def check_dataset(root: str | Path, progress: ProgressCallback | None = None) ->
                     pool_path = ds.pool_file(pool="global")
                 except DataError:
                     pool_path = None
-                    problems.append(Problem(ds.query_file(name).relative_to(root).as_posix(), None,
-                                            f"no candidate pool: cand_pool/local/mbeir_{name}[_{split}]_cand_pool.jsonl "
-                                            f"or cand_pool/global/mbeir_union_{split}_cand_pool.jsonl"))  # fmt: skip
+                    problems.append(
+                        Problem(
+                            ds.query_file(name).relative_to(root).as_posix(),
+                            None,
+                            f"no candidate pool: cand_pool/local/mbeir_{name}[_{split}]_cand_pool.jsonl "
+                            f"or cand_pool/global/mbeir_union_{split}_cand_pool.jsonl",
+                        )
+                    )
             if pool_path is not None and pool_path not in pools:
                 pools[pool_path] = scan_pool(pool_path)
             qids: set[str] = set()
@@ -107,7 +112,9 @@ def check_dataset(root: str | Path, progress: ProgressCallback | None = None) ->
                 if pool_path is not None and (pool_dids := pools[pool_path]) is not None:
                     for did in q.pos:
                         if did not in pool_dids and did.split(":")[0] == q.qid.split(":")[0]:
-                            report(where, f"positive {did} of {q.qid} is not in {pool_path.relative_to(root).as_posix()}")
+                            report(
+                                where, f"positive {did} of {q.qid} is not in {pool_path.relative_to(root).as_posix()}"
+                            )
             qrels_path = root / "qrels" / split / f"mbeir_{name}_{split}_qrels.txt"
             if qrels_path.is_file():
                 for where, line in numbered_lines(qrels_path, root):

@@ -40,25 +40,60 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 MBEIR_DATASET_IDS: dict[str, int] = {
-    "VisualNews": 0, "Fashion200K": 1, "WebQA": 2, "EDIS": 3, "NIGHTS": 4,
-    "OVEN": 5, "INFOSEEK": 6, "FashionIQ": 7, "CIRR": 8, "MSCOCO": 9,
-}  # fmt: skip
+    "VisualNews": 0,
+    "Fashion200K": 1,
+    "WebQA": 2,
+    "EDIS": 3,
+    "NIGHTS": 4,
+    "OVEN": 5,
+    "INFOSEEK": 6,
+    "FashionIQ": 7,
+    "CIRR": 8,
+    "MSCOCO": 9,
+}
 # task id -> (query modality, candidate modality); UniIR leaves 5 ("image -> image,text") unused.
 MBEIR_TASKS: dict[int, tuple[str, str]] = {
-    0: ("text", "image"), 1: ("text", "text"), 2: ("text", "image,text"), 3: ("image", "text"),
-    4: ("image", "image"), 6: ("image,text", "text"), 7: ("image,text", "image"), 8: ("image,text", "image,text"),
-}  # fmt: skip
+    0: ("text", "image"),
+    1: ("text", "text"),
+    2: ("text", "image,text"),
+    3: ("image", "text"),
+    4: ("image", "image"),
+    6: ("image,text", "text"),
+    7: ("image,text", "image"),
+    8: ("image,text", "image,text"),
+}
 # The 16 (dataset, task) test sets of the M-BEIR local benchmark, in UniIR's reporting order.
 MBEIR_TEST_SETS: tuple[str, ...] = (
-    "visualnews_task0", "mscoco_task0", "fashion200k_task0", "webqa_task1", "edis_task2", "webqa_task2",
-    "visualnews_task3", "mscoco_task3", "fashion200k_task3", "nights_task4", "oven_task6", "infoseek_task6",
-    "fashioniq_task7", "cirr_task7", "oven_task8", "infoseek_task8",
-)  # fmt: skip
+    "visualnews_task0",
+    "mscoco_task0",
+    "fashion200k_task0",
+    "webqa_task1",
+    "edis_task2",
+    "webqa_task2",
+    "visualnews_task3",
+    "mscoco_task3",
+    "fashion200k_task3",
+    "nights_task4",
+    "oven_task6",
+    "infoseek_task6",
+    "fashioniq_task7",
+    "cirr_task7",
+    "oven_task8",
+    "infoseek_task8",
+)
 MODALITIES = ("text", "image", "image,text")
 SPLITS = ("train", "val", "test")
 INSTRUCTIONS_FILE = "instructions/query_instructions.tsv"
-INSTRUCTIONS_HEADER = ("query_modality", "cand_modality", "dataset", "dataset_id",
-                       "prompt_1", "prompt_2", "prompt_3", "prompt_4")  # fmt: skip
+INSTRUCTIONS_HEADER = (
+    "query_modality",
+    "cand_modality",
+    "dataset",
+    "dataset_id",
+    "prompt_1",
+    "prompt_2",
+    "prompt_3",
+    "prompt_4",
+)
 
 _ID = re.compile(r"^\d+:\d+$")
 _TASK_IN_NAME = re.compile(r"_task(\d)$")
@@ -118,8 +153,13 @@ class MBeirCandidate:
     def to_item(self) -> Item:
         from retrv.items import Item
 
-        return Item(id=self.did, source=self.did, modality=self.modality, text=self.text or None,  # type: ignore[arg-type]
-                    image_path=self.image_path)  # fmt: skip
+        return Item(
+            id=self.did,
+            source=self.did,
+            modality=self.modality,
+            text=self.text or None,  # type: ignore[arg-type]
+            image_path=self.image_path,
+        )
 
 
 @dataclass
@@ -208,10 +248,18 @@ def parse_query(line: str, where: str, root: Path, dataset: str, split: str) -> 
             image = str(resolve_image(root, image))
         except DataError as e:
             raise DataError(f"{where}: {e}") from None
-    return MBeirQuery(qid=qid, text=text, image_path=image, modality=modality,
-                      pos=_did_list(record, "pos_cand_list", where, True),
-                      neg=_did_list(record, "neg_cand_list", where, False), task_id=task_id,
-                      dataset=dataset, split=split, src_content=record.get("query_src_content"))  # fmt: skip
+    return MBeirQuery(
+        qid=qid,
+        text=text,
+        image_path=image,
+        modality=modality,
+        pos=_did_list(record, "pos_cand_list", where, True),
+        neg=_did_list(record, "neg_cand_list", where, False),
+        task_id=task_id,
+        dataset=dataset,
+        split=split,
+        src_content=record.get("query_src_content"),
+    )
 
 
 def parse_candidate(line: str, where: str, root: Path, dataset: str) -> MBeirCandidate:
@@ -229,8 +277,9 @@ def parse_candidate(line: str, where: str, root: Path, dataset: str) -> MBeirCan
             image = str(resolve_image(root, image))
         except DataError as e:
             raise DataError(f"{where}: {e}") from None
-    return MBeirCandidate(did=did, text=text, image_path=image, modality=modality, dataset=dataset,
-                          src_content=record.get("src_content"))  # fmt: skip
+    return MBeirCandidate(
+        did=did, text=text, image_path=image, modality=modality, dataset=dataset, src_content=record.get("src_content")
+    )
 
 
 def parse_qrel(line: str, where: str) -> tuple[str, str, int, int]:
@@ -254,8 +303,9 @@ def numbered_lines(path: Path, root: Path | None = None) -> Iterator[tuple[str, 
                 yield f"{rel}:{n}", line
 
 
-def parsed_lines(path: Path, root: Path | None, parse: Callable[[str, str], T],
-                 on_error: Callable[[str, str], None]) -> Iterator[tuple[str, T]]:  # fmt: skip
+def parsed_lines(
+    path: Path, root: Path | None, parse: Callable[[str, str], T], on_error: Callable[[str, str], None]
+) -> Iterator[tuple[str, T]]:
     """(where, record) for every line that `parse(line, where)` accepts; a line it rejects with DataError goes to
     `on_error(where, reason)` and is skipped (training reads data this way: report bad lines, keep going)."""
     for where, line in numbered_lines(path, root):
@@ -278,7 +328,7 @@ class MBeirDataset:
         if not qdir.is_dir():
             raise DataError(f"{root}: no query/{split}/ folder (not an M-BEIR layout, or no {split} split)")
         suffix = f"_{split}.jsonl"
-        files = {p.name[len("mbeir_"):-len(suffix)]: p for p in sorted(qdir.glob(f"mbeir_*{suffix}"))}
+        files = {p.name[len("mbeir_") : -len(suffix)]: p for p in sorted(qdir.glob(f"mbeir_*{suffix}"))}
         if not files:
             raise DataError(f"{qdir}: no mbeir_<dataset>_{split}.jsonl files")
         return cls(root, split, files)
@@ -299,7 +349,9 @@ class MBeirDataset:
 
     def query_file(self, dataset: str) -> Path:
         if dataset not in self._query_files:
-            raise DataError(f"no dataset {dataset!r} in {self.root}/query/{self.split} (have: {', '.join(self.datasets)})")
+            raise DataError(
+                f"no dataset {dataset!r} in {self.root}/query/{self.split} (have: {', '.join(self.datasets)})"
+            )
         return self._query_files[dataset]
 
     def queries(self, dataset: str | None = None, task: int | None = None) -> Iterator[MBeirQuery]:
@@ -380,8 +432,10 @@ def _dataset_id_of(name: str, rows: list[Instruction], ds: MBeirDataset) -> int 
 def parse_instruction(line: str, where: str) -> Instruction:
     parts = line.rstrip("\r\n").split("\t")
     if len(parts) < 5:
-        raise DataError(f"{where}: an instruction row has at least 5 tab-separated columns "
-                        f"(query modality, candidate modality, dataset, dataset id, prompts), got {len(parts)}")  # fmt: skip
+        raise DataError(
+            f"{where}: an instruction row has at least 5 tab-separated columns "
+            f"(query modality, candidate modality, dataset, dataset id, prompts), got {len(parts)}"
+        )
     qm, cm, name, dataset_id = (p.strip() for p in parts[:4])
     for m in (qm, cm):
         if m not in MODALITIES:
@@ -437,15 +491,37 @@ def write_dataset(
     for q in queries:
         by_file.setdefault((q.split, q.dataset), []).append(q)
     for (split, dataset), qs in by_file.items():
-        _write_jsonl(root / "query" / split / f"mbeir_{dataset}_{split}.jsonl", (
-            {"qid": q.qid, "query_txt": q.text, "query_img_path": _relative_image(root, q.image_path),
-             "query_modality": q.modality, "query_src_content": q.src_content, "pos_cand_list": list(q.pos),
-             "neg_cand_list": list(q.neg), "task_id": q.task_id} for q in qs))  # fmt: skip
+        _write_jsonl(
+            root / "query" / split / f"mbeir_{dataset}_{split}.jsonl",
+            (
+                {
+                    "qid": q.qid,
+                    "query_txt": q.text,
+                    "query_img_path": _relative_image(root, q.image_path),
+                    "query_modality": q.modality,
+                    "query_src_content": q.src_content,
+                    "pos_cand_list": list(q.pos),
+                    "neg_cand_list": list(q.neg),
+                    "task_id": q.task_id,
+                }
+                for q in qs
+            ),
+        )
     for name, cands in candidates.items():
         folder = "global" if name.startswith("union_") else "local"
-        _write_jsonl(root / "cand_pool" / folder / f"mbeir_{name}_cand_pool.jsonl", (
-            {"did": c.did, "txt": c.text, "img_path": _relative_image(root, c.image_path), "modality": c.modality,
-             "src_content": c.src_content} for c in cands))  # fmt: skip
+        _write_jsonl(
+            root / "cand_pool" / folder / f"mbeir_{name}_cand_pool.jsonl",
+            (
+                {
+                    "did": c.did,
+                    "txt": c.text,
+                    "img_path": _relative_image(root, c.image_path),
+                    "modality": c.modality,
+                    "src_content": c.src_content,
+                }
+                for c in cands
+            ),
+        )
     if qrels is None:
         qrels = {key: [(q.qid, did, 1, q.task_id or 0) for q in qs for did in q.pos] for key, qs in by_file.items()}
     for (split, dataset), lines in qrels.items():

@@ -79,18 +79,34 @@ from retrv.progress import ProgressCallback, emit
 
 SYNTH_DATASET, SYNTH_DATASET_ID, SYNTH_TASKS = "Synth", 90, (0, 3, 7)
 SHAPES = ("circle", "square", "triangle")
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 220),
-           "yellow": (235, 200, 30), "purple": (140, 60, 180), "orange": (245, 140, 30)}  # fmt: skip
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 90, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
 SIZES = {"small": 8, "large": 14}  # half extent in pixels
 IMAGE_SIZE = 64
 MAX_SIZE = 144
 IMAGES = "mbeir_images/synth_images"
 PROMPTS = {
-    0: ("text", "image", ["Find the picture that matches this description.", "Retrieve the image this caption describes."]),
+    0: (
+        "text",
+        "image",
+        ["Find the picture that matches this description.", "Retrieve the image this caption describes."],
+    ),
     3: ("image", "text", ["Find the caption that describes this picture.", "Retrieve the description of this image."]),
-    7: ("image,text", "image", ["Find the picture that shows this image after the described change.",
-                                "Retrieve the image as it looks once the edit is made."]),
-}  # fmt: skip
+    7: (
+        "image,text",
+        "image",
+        [
+            "Find the picture that shows this image after the described change.",
+            "Retrieve the image as it looks once the edit is made.",
+        ],
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -123,10 +139,12 @@ class Scene:
     def swaps(self) -> dict[str, Scene]:
         """Scenes with the same words bound differently, by kind."""
         a, b = self.left, self.right
-        out = {"colours": Scene(replace(a, colour=b.colour), replace(b, colour=a.colour)),
-               "sizes": Scene(replace(a, size=b.size), replace(b, size=a.size)),
-               "shapes": Scene(replace(a, shape=b.shape), replace(b, shape=a.shape)),
-               "sides": Scene(b, a)}  # fmt: skip
+        out = {
+            "colours": Scene(replace(a, colour=b.colour), replace(b, colour=a.colour)),
+            "sizes": Scene(replace(a, size=b.size), replace(b, size=a.size)),
+            "shapes": Scene(replace(a, shape=b.shape), replace(b, shape=a.shape)),
+            "sides": Scene(b, a),
+        }
         return {k: s for k, s in out.items() if s != self}
 
     def to_json(self) -> dict:
@@ -170,7 +188,11 @@ def edit(scene: Scene, rng: random.Random) -> tuple[str, Scene, Scene | None]:
     """(instruction, edited scene, the same edit applied to the wrong shape or None)."""
     kind = rng.choice(("colour", "size", "shape", "sides"))
     if kind == "sides":
-        return rng.choice(("swap the two shapes", "swap the positions of the two shapes")), Scene(scene.right, scene.left), None
+        return (
+            rng.choice(("swap the two shapes", "swap the positions of the two shapes")),
+            Scene(scene.right, scene.left),
+            None,
+        )
     on_left = rng.random() < 0.5
     obj, other = (scene.left, scene.right) if on_left else (scene.right, scene.left)
     if kind == "colour":
@@ -239,8 +261,10 @@ def check_parts(task: int, index: int, scene: Scene, truth: Scene) -> tuple[str,
     both descriptions perfectly still said "it matches" at chance after 1 000 steps of single checks, while
     with one mark per attribute pair (an equality of two adjacent words) it was right on every held-out check.
     """
-    look = (f"Candidate {index} <inspection-index-start>{index}<inspection-index-end> {_describe(scene, task)};"
-            f" it {_describe(truth, task, should=True)};")  # fmt: skip
+    look = (
+        f"Candidate {index} <inspection-index-start>{index}<inspection-index-end> {_describe(scene, task)};"
+        f" it {_describe(truth, task, should=True)};"
+    )
     pairs = [f"{a}/{b} {'ok' if a == b else 'no'}" for a, b in zip(scene.attributes(), truth.attributes())]
     verdict = "it matches" if scene == truth else _difference(scene, truth)
     return look, f" left {', '.join(pairs[:3])}; right {', '.join(pairs[3:])}: {verdict}."
@@ -258,27 +282,39 @@ def build_cot(task: int, truth: Scene, ideal: str, candidates: list[tuple[str, S
     easy = [i for i in range(1, len(candidates) + 1) if i not in alike]
     # Step 2 names the ruled-out candidates without describing them: a description read off two compressed
     # tokens is where a small reasoner errs most, and nothing later depends on it.
-    step2 = (f"{'Candidate' if len(easy) == 1 else 'Candidates'} {', '.join(map(str, easy))}"
-             f" {'does' if len(easy) == 1 else 'do'} not have both a {truth.left.phrase()} and a"
-             f" {truth.right.phrase()}: ruled out." if easy else "No candidate can be ruled out at a glance.")  # fmt: skip
+    step2 = (
+        f"{'Candidate' if len(easy) == 1 else 'Candidates'} {', '.join(map(str, easy))}"
+        f" {'does' if len(easy) == 1 else 'do'} not have both a {truth.left.phrase()} and a"
+        f" {truth.right.phrase()}: ruled out."
+        if easy
+        else "No candidate can be ruled out at a glance."
+    )
     inspected: list[int] = []
     if len(alike) == 1:
         step3 = f"Only candidate {answer} has these objects, so no detailed check is needed."
     else:
-        parts = [f"Candidates {', '.join(map(str, alike))} have the same sizes, colours and shapes; only how they are bound can tell them apart."]
+        parts = [
+            f"Candidates {', '.join(map(str, alike))} have the same sizes, colours and shapes; only how they are bound can tell them apart."
+        ]
         for i in alike:
             inspected.append(i)
             parts.append("".join(check_parts(task, i, candidates[i - 1][1], truth)))
             if i == answer:
                 break
         step3 = " ".join(parts)
-    cot = (f"Step 1 (ideal result): {ideal}.\nStep 2 (quick elimination): {step2}\n"
-           f"Step 3 (detailed check): {step3}\nStep 4 (answer): <answer>{answer}</answer>")  # fmt: skip
+    cot = (
+        f"Step 1 (ideal result): {ideal}.\nStep 2 (quick elimination): {step2}\n"
+        f"Step 3 (detailed check): {step3}\nStep 4 (answer): <answer>{answer}</answer>"
+    )
     return {"candidates": [did for did, _ in candidates], "cot": cot, "answer": answer, "inspected": inspected}
 
 
-def generate(out: str | Path, config: SynthConfig | None = None, overwrite: bool = False,
-             progress: ProgressCallback | None = None) -> Path:  # fmt: skip
+def generate(
+    out: str | Path,
+    config: SynthConfig | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Path:
     """Write the synthetic world to `out`; the same config always writes the same bytes."""
     config = config or SynthConfig()
     if not 1 <= config.size <= MAX_SIZE:
@@ -323,7 +359,9 @@ def generate(out: str | Path, config: SynthConfig | None = None, overwrite: bool
                         negs.setdefault(world.candidate(pool, s, task).did, kind)
                 pos = world.candidate(pool, truth, task).did
                 src = {"scene": scene.to_json(), "target": truth.to_json(), "hard_negatives": negs}
-                q = MBeirQuery(qid, text, image, PROMPTS[task][0], [pos], list(negs), task, dataset, split, json.dumps(src))
+                q = MBeirQuery(
+                    qid, text, image, PROMPTS[task][0], [pos], list(negs), task, dataset, split, json.dumps(src)
+                )
                 queries.append(q)
                 split_queries.append((q, truth))
                 done += 1
@@ -335,20 +373,34 @@ def generate(out: str | Path, config: SynthConfig | None = None, overwrite: bool
                     # Over one fixed list a query's looks are a function of its text, and a small model learns
                     # them by heart instead of reading the inspected image (measured: 9 of 129 looks right on
                     # unseen queries); over fresh draws and orders only the image tells.
-                    cots += [_cot_record(q, truth, by_did, config.cot_candidates, variant_rng)
-                             for _ in range(config.cot_variants - 1)]
+                    cots += [
+                        _cot_record(q, truth, by_did, config.cot_candidates, variant_rng)
+                        for _ in range(config.cot_variants - 1)
+                    ]
                     skills += _skill_records(q, truth, config.cot_candidates, skill_rng, world.pools[pool])
-    candidates = {name: sorted(cands.values(), key=lambda c: int(c.did.split(":")[1])) for name, cands in world.pools.items()}
+    candidates = {
+        name: sorted(cands.values(), key=lambda c: int(c.did.split(":")[1])) for name, cands in world.pools.items()
+    }
     for split in ("train", "test"):
         candidates[f"union_{split}"] = [c for name, cs in candidates.items() if name.endswith(f"_{split}") for c in cs]
-    instructions = [Instruction(qm, cm, SYNTH_DATASET, SYNTH_DATASET_ID, prompts) for qm, cm, prompts in PROMPTS.values()]
+    instructions = [
+        Instruction(qm, cm, SYNTH_DATASET, SYNTH_DATASET_ID, prompts) for qm, cm, prompts in PROMPTS.values()
+    ]
     write_dataset(out, queries, candidates, None, instructions, world.images)
     (out / "cot").mkdir(parents=True, exist_ok=True)
     for name, records in (("train_cot.jsonl", cots), ("train_skills.jsonl", skills)):
         (out / "cot" / name).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    meta = {"generator": "retrv.data.synth", "version": 4, "dataset": SYNTH_DATASET, "dataset_id": SYNTH_DATASET_ID,
-            "tasks": list(SYNTH_TASKS), "seed": config.seed, "size": config.size, "cot_candidates": config.cot_candidates,
-            "cot_variants": config.cot_variants}  # fmt: skip
+    meta = {
+        "generator": "retrv.data.synth",
+        "version": 4,
+        "dataset": SYNTH_DATASET,
+        "dataset_id": SYNTH_DATASET_ID,
+        "tasks": list(SYNTH_TASKS),
+        "seed": config.seed,
+        "size": config.size,
+        "cot_candidates": config.cot_candidates,
+        "cot_variants": config.cot_variants,
+    }
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
 
@@ -363,13 +415,23 @@ def _cot_record(q: MBeirQuery, truth: Scene, by_did: dict[str, Scene], k: int, r
     return {"qid": q.qid, "task_id": task, "dataset": q.dataset, **cot}
 
 
-def _skill_records(q: MBeirQuery, truth: Scene, k: int, rng: random.Random, pool: dict[Scene, MBeirCandidate]) -> list[dict]:
+def _skill_records(
+    q: MBeirQuery, truth: Scene, k: int, rng: random.Random, pool: dict[Scene, MBeirCandidate]
+) -> list[dict]:
     """Step 1 of a text query for the truth, in both forms; the truth and two of its look-alikes inspected and
     checked after the query and its Step 1. About as many restatements as checks: each skill gets its share of
     every batch."""
     task = q.task_id or 0
-    out = [{"query": truth.caption(form), "task_id": task, "dataset": q.dataset, "skill": "restate",
-            "cot": f"Step 1 (ideal result): an image that shows {truth.caption()}."} for form in ("left", "right")]  # fmt: skip
+    out = [
+        {
+            "query": truth.caption(form),
+            "task_id": task,
+            "dataset": q.dataset,
+            "skill": "restate",
+            "cot": f"Step 1 (ideal result): an image that shows {truth.caption()}.",
+        }
+        for form in ("left", "right")
+    ]
     seen = [truth, *rng.sample(list(truth.swaps().values()), 2)]
     rng.shuffle(seen)
     dids = sorted((c.did for c in pool.values()), key=lambda d: int(d.split(":")[1]))
@@ -379,12 +441,24 @@ def _skill_records(q: MBeirQuery, truth: Scene, k: int, rng: random.Random, pool
         # what it shows is read off the injected candidate; what it should show is copied from Step 1
         candidates = rng.sample([d for d in dids if d != pool[scene].did], k - 1)
         candidates.insert(index - 1, pool[scene].did)
-        out.append({"qid": q.qid, "task_id": task, "dataset": q.dataset, "skill": "check", "answer": scene == truth,
-                    "candidates": candidates, "context": f"Step 1 (ideal result): {_ideal(task, q, truth)}.\n",
-                    "cot": look + comparison})  # fmt: skip
+        out.append(
+            {
+                "qid": q.qid,
+                "task_id": task,
+                "dataset": q.dataset,
+                "skill": "check",
+                "answer": scene == truth,
+                "candidates": candidates,
+                "context": f"Step 1 (ideal result): {_ideal(task, q, truth)}.\n",
+                "cot": look + comparison,
+            }
+        )
     return out
 
 
 def _ideal(task: int, q: MBeirQuery, truth: Scene) -> str:
-    return {0: f"an image that shows {truth.caption()}", 3: f'the caption "{truth.caption()}"',
-            7: f"the query image after the edit ({q.text}), which shows {truth.caption()}"}[task]  # fmt: skip
+    return {
+        0: f"an image that shows {truth.caption()}",
+        3: f'the caption "{truth.caption()}"',
+        7: f"the query image after the edit ({q.text}), which shows {truth.caption()}",
+    }[task]

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from retrv.encoders.base import encoder_device, l2_normalize
-from retrv.hub import load_failure, quiet_transformers, resolve_source
 from retrv.errors import ModelLoadError
+from retrv.hub import load_failure, quiet_transformers, resolve_source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,8 +39,9 @@ class ClipEncoder:
 
     modalities = frozenset({"text", "image"})
 
-    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, *, spec: str, device: str,
-                 batch_size: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, *, spec: str, device: str, batch_size: int = 64
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -58,8 +59,13 @@ class ClipEncoder:
 
     def _tokenize(self, texts: list[str]) -> dict:
         siglip = self.model_type == "siglip"
-        batch = self.tokenizer(texts, padding="max_length" if siglip else True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt")  # fmt: skip
+        batch = self.tokenizer(
+            texts,
+            padding="max_length" if siglip else True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         keys = ("input_ids",) if siglip else ("input_ids", "attention_mask")
         return {key: batch[key].to(self.device) for key in keys}
 
@@ -108,8 +114,14 @@ def _image_processor_kwargs() -> dict:
     return {"backend": "pil"}
 
 
-def load_clip_encoder(target: str = DEFAULT_CLIP_MODEL, revision: str | None = None, *, spec: str | None = None,
-                      device: str = "auto", half: bool = True) -> ClipEncoder:  # fmt: skip
+def load_clip_encoder(
+    target: str = DEFAULT_CLIP_MODEL,
+    revision: str | None = None,
+    *,
+    spec: str | None = None,
+    device: str = "auto",
+    half: bool = True,
+) -> ClipEncoder:
     """Load a CLIP or SigLIP model from an HF id or a directory; ModelLoadError if it cannot be."""
     source = resolve_source(target, revision, kind="clip")  # first: a bad target fails before torch is imported
     import torch
@@ -124,12 +136,18 @@ def load_clip_encoder(target: str = DEFAULT_CLIP_MODEL, revision: str | None = N
                     f"{source.location} is a {config.model_type!r} model; clip: expects a CLIP or SigLIP model "
                     f"(model_type {' or '.join(SUPPORTED_MODEL_TYPES)})"
                 )
-            model = AutoModel.from_pretrained(source.location, config=config, use_safetensors=True,
-                                              trust_remote_code=False, dtype=getattr(torch, dtype_name),
-                                              **source.kwargs())  # fmt: skip
+            model = AutoModel.from_pretrained(
+                source.location,
+                config=config,
+                use_safetensors=True,
+                trust_remote_code=False,
+                dtype=getattr(torch, dtype_name),
+                **source.kwargs(),
+            )
             tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
-            image_processor = AutoImageProcessor.from_pretrained(source.location, **_image_processor_kwargs(),
-                                                                 **source.kwargs())  # fmt: skip
+            image_processor = AutoImageProcessor.from_pretrained(
+                source.location, **_image_processor_kwargs(), **source.kwargs()
+            )
     except ModelLoadError:
         raise
     except Exception as exc:  # any failure to load is the user's model, not a retrv bug

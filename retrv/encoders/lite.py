@@ -65,7 +65,9 @@ def class_embeddings(text_encoder: TextEncoder, names: list[str], prompt: str = 
     """MiniLM embeddings of the prompted class names, (len(names), dim), memoised in process and on disk."""
     import numpy as np
 
-    key = hashlib.sha256(json.dumps([text_encoder.spec, text_encoder.max_length, prompt, names]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([text_encoder.spec, text_encoder.max_length, prompt, names]).encode()).hexdigest()[
+        :16
+    ]
     if key in _class_embeddings:
         return _class_embeddings[key]
     path = cache_dir() / "lite" / f"classes-{key}.npy"
@@ -114,8 +116,16 @@ class LiteEncoder:
     spec = "lite"
     modalities = frozenset({"text", "image"})
 
-    def __init__(self, net: Any, text_encoder: TextEncoder, class_vectors: np.ndarray, *, device: str,
-                 top_k: int = TOP_K_CLASSES, batch_size: int = 32) -> None:  # fmt: skip
+    def __init__(
+        self,
+        net: Any,
+        text_encoder: TextEncoder,
+        class_vectors: np.ndarray,
+        *,
+        device: str,
+        top_k: int = TOP_K_CLASSES,
+        batch_size: int = 32,
+    ) -> None:
         import torch
 
         self.net = net

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrv.encoders.clip import DEFAULT_CLIP_MODEL
-from retrv.hub import HF_ID_PATTERN, looks_like_path
 from retrv.encoders.text import DEFAULT_TEXT_MODEL
 from retrv.errors import ModelLoadError, RetrvError
+from retrv.hub import HF_ID_PATTERN, looks_like_path
 
 if TYPE_CHECKING:
     from retrv.encoders.base import Encoder
@@ -76,8 +76,9 @@ def canonical_spec(spec: str) -> str:
     return str(parse_encoder_spec(spec))
 
 
-def load_encoder(spec: str = "auto", device: str = "auto", notify: Callable[[str], None] | None = None,
-                 *, half: bool = True) -> Encoder:  # fmt: skip
+def load_encoder(
+    spec: str = "auto", device: str = "auto", notify: Callable[[str], None] | None = None, *, half: bool = True
+) -> Encoder:
     """Load the encoder SPEC names. `auto` tries CLIP and falls back to `lite`, saying why through `notify`.
 
     `half` runs CLIP/SigLIP and text models in bf16/fp16 on CUDA; other devices always run float32.
@@ -101,8 +102,8 @@ def load_encoder(spec: str = "auto", device: str = "auto", notify: Callable[[str
 
 def _load_auto(device: str, notify: Callable[[str], None] | None, *, half: bool) -> Encoder:
     from retrv.encoders.clip import load_clip_encoder
-    from retrv.hub import ModelNotCachedError
     from retrv.encoders.lite import load_lite_encoder
+    from retrv.hub import ModelNotCachedError
 
     try:
         return load_clip_encoder(DEFAULT_CLIP_MODEL, spec=f"clip:{DEFAULT_CLIP_MODEL}", device=device, half=half)

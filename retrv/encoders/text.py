@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrv.encoders.base import encoder_device, l2_normalize
-from retrv.hub import ModelSource, load_failure, quiet_transformers, resolve_source
 from retrv.errors import ModelLoadError, RetrvError
+from retrv.hub import ModelSource, load_failure, quiet_transformers, resolve_source
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,8 +49,17 @@ class TextEncoder:
 
     modalities = frozenset({"text"})
 
-    def __init__(self, model: Any, tokenizer: Any, *, spec: str, device: str, max_length: int,
-                 pooling: str = "mean", batch_size: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        spec: str,
+        device: str,
+        max_length: int,
+        pooling: str = "mean",
+        batch_size: int = 64,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.spec = spec
@@ -73,8 +82,13 @@ class TextEncoder:
             step = batch_size or self.batch_size
             for start in range(0, len(order), step):
                 idx = order[start : start + step]
-                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt").to(self.device)  # fmt: skip
+                batch = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 states = self.model(**batch).last_hidden_state.float()
                 if self.pooling == "cls":
                     pooled = states[:, 0]
@@ -104,8 +118,14 @@ def _source(target: str, revision: str | None) -> ModelSource:
     return resolve_source(target, revision, kind="text")
 
 
-def load_text_encoder(target: str = DEFAULT_TEXT_MODEL, revision: str | None = None, *, spec: str | None = None,
-                      device: str = "auto", half: bool = True) -> TextEncoder:  # fmt: skip
+def load_text_encoder(
+    target: str = DEFAULT_TEXT_MODEL,
+    revision: str | None = None,
+    *,
+    spec: str | None = None,
+    device: str = "auto",
+    half: bool = True,
+) -> TextEncoder:
     """Load `target` (an HF id or a directory) as a sentence encoder; ModelLoadError if it cannot be."""
     source = _source(target, revision)  # first: a bad target fails before torch is imported
     import torch
@@ -115,8 +135,13 @@ def load_text_encoder(target: str = DEFAULT_TEXT_MODEL, revision: str | None = N
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
-            model = AutoModel.from_pretrained(source.location, use_safetensors=True, trust_remote_code=False,
-                                              dtype=getattr(torch, dtype_name), **source.kwargs())  # fmt: skip
+            model = AutoModel.from_pretrained(
+                source.location,
+                use_safetensors=True,
+                trust_remote_code=False,
+                dtype=getattr(torch, dtype_name),
+                **source.kwargs(),
+            )
     except Exception as exc:  # any failure to load is the user's model, not a retrv bug
         raise load_failure(source, exc) from None
     if not hasattr(model.config, "hidden_size"):
@@ -132,5 +157,6 @@ def load_text_encoder(target: str = DEFAULT_TEXT_MODEL, revision: str | None = N
     if 0 < int(getattr(tokenizer, "model_max_length", 0) or 0) < 100_000:
         limits.append(int(tokenizer.model_max_length))
     pooling = "cls" if pooling_config.get("pooling_mode_cls_token") else "mean"
-    return TextEncoder(model, tokenizer, spec=spec or f"text:{target}", device=device, max_length=min(limits),
-                       pooling=pooling)  # fmt: skip
+    return TextEncoder(
+        model, tokenizer, spec=spec or f"text:{target}", device=device, max_length=min(limits), pooling=pooling
+    )

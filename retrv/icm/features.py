@@ -79,7 +79,9 @@ def _open_image(path: str) -> Any:
         raise FeatureError(f"{path}: cannot read the image ({exc})") from exc
 
 
-def image_tokens(model: Any, image_processor: Any, images: list[Any], budget: TokenBudget = TokenBudget()) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+def image_tokens(
+    model: Any, image_processor: Any, images: list[Any], budget: TokenBudget = TokenBudget()
+) -> list[tuple[torch.Tensor, tuple[int, int]]]:
     """Vision-tower tokens of PIL images in one batched call: [(tokens (n_i, H), (rows, cols)), ...]."""
     import torch
 
@@ -135,7 +137,9 @@ def tokens_of(
     return result
 
 
-def candidate_tokens_batch(model: Any, parts: Any, items: list[Item], budget: TokenBudget = TokenBudget()) -> list[CandidateTokens]:
+def candidate_tokens_batch(
+    model: Any, parts: Any, items: list[Item], budget: TokenBudget = TokenBudget()
+) -> list[CandidateTokens]:
     return tokens_of(model, parts, [it.text for it in items], [it.image_path for it in items], budget)
 
 
@@ -148,7 +152,9 @@ def full_tokens(model: Any, parts: Any, item: Item, budget: TokenBudget = TokenB
     return candidate_tokens(model, parts, item, budget).embeds
 
 
-def full_tokens_batch(model: Any, parts: Any, items: list[Item], budget: TokenBudget = TokenBudget()) -> list[torch.Tensor]:
+def full_tokens_batch(
+    model: Any, parts: Any, items: list[Item], budget: TokenBudget = TokenBudget()
+) -> list[torch.Tensor]:
     """Full tokens of many items (one vision-tower call for all their images); pad with `icm.module.pad_tokens`."""
     return [c.embeds for c in candidate_tokens_batch(model, parts, items, budget)]
 

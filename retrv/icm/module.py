@@ -70,7 +70,10 @@ class CrossBlock(nn.Module):
         self.attn = CrossAttention(config)
         self.norm_mlp = nn.LayerNorm(config.hidden_size)
         self.mlp = nn.Sequential(
-            nn.Linear(config.hidden_size, hidden), nn.GELU(), nn.Linear(hidden, config.hidden_size), nn.Dropout(config.dropout)
+            nn.Linear(config.hidden_size, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, config.hidden_size),
+            nn.Dropout(config.dropout),
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:

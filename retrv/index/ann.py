@@ -68,8 +68,17 @@ _THREADS_LOCK = threading.Lock()
 class AnnIndex:
     """Top-k inner-product search over one version of a store, returning faiss keys (see `key_for_id`)."""
 
-    def __init__(self, index: Any, labels: np.ndarray, dead: np.ndarray, kind: str, version: int,
-                 params: AnnParams = ANN_PARAMS, path: Path | None = None, source: str = "built") -> None:  # fmt: skip
+    def __init__(
+        self,
+        index: Any,
+        labels: np.ndarray,
+        dead: np.ndarray,
+        kind: str,
+        version: int,
+        params: AnnParams = ANN_PARAMS,
+        path: Path | None = None,
+        source: str = "built",
+    ) -> None:
         self.index = index
         self.labels = labels  # position in the faiss index -> key
         self.dead = dead  # position -> gone (flat: never, it compacts; HNSW: masked; IVF: removed)
@@ -85,8 +94,14 @@ class AnnIndex:
     # ---- building ------------------------------------------------------------------------
 
     @classmethod
-    def load_or_build(cls, store: Store, *, exact_max: int = EXACT_MAX, progress: ProgressCallback | None = None,
-                      params: AnnParams = ANN_PARAMS) -> AnnIndex:  # fmt: skip
+    def load_or_build(
+        cls,
+        store: Store,
+        *,
+        exact_max: int = EXACT_MAX,
+        progress: ProgressCallback | None = None,
+        params: AnnParams = ANN_PARAMS,
+    ) -> AnnIndex:
         """The index for the store's current version: from the cache, by updating an older cache, or built."""
         if params.large not in (HNSW, IVF):
             raise ValueError(f"AnnParams.large must be {HNSW!r} or {IVF!r}, not {params.large!r}")
@@ -108,8 +123,9 @@ class AnnIndex:
         return ann
 
     @classmethod
-    def build(cls, store: Store, *, kind: str, params: AnnParams = ANN_PARAMS,
-              progress: ProgressCallback | None = None) -> AnnIndex:  # fmt: skip
+    def build(
+        cls, store: Store, *, kind: str, params: AnnParams = ANN_PARAMS, progress: ProgressCallback | None = None
+    ) -> AnnIndex:
         """A fresh index over every stored vector (streamed in batches: one copy in memory, faiss's)."""
         total = store.count()
         ann = cls.new(kind, store.meta.dim, params=params, version=store.version(), n_hint=total)
@@ -122,8 +138,9 @@ class AnnIndex:
         return ann
 
     @classmethod
-    def new(cls, kind: str, dim: int, *, params: AnnParams = ANN_PARAMS, version: int = -1,
-            n_hint: int = 0) -> AnnIndex:  # fmt: skip
+    def new(
+        cls, kind: str, dim: int, *, params: AnnParams = ANN_PARAMS, version: int = -1, n_hint: int = 0
+    ) -> AnnIndex:
         """An empty index, not tied to a store (`add` vectors to it; benchmarks use this).
         An IVF index has `ivf_lists(n_hint)` lists and must be `train`ed before `add`."""
         if kind not in KINDS:
@@ -226,10 +243,15 @@ class AnnIndex:
         return self._selector
 
     def stats(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"kind": self.kind, "ntotal": self.ntotal, "masked": int(self.dead.sum()),
-                                "version": self.version, "source": self.source,
-                                "file": str(self.path) if self.path else None,
-                                "file_bytes": self.path.stat().st_size if self.path and self.path.exists() else None}  # fmt: skip
+        info: dict[str, Any] = {
+            "kind": self.kind,
+            "ntotal": self.ntotal,
+            "masked": int(self.dead.sum()),
+            "version": self.version,
+            "source": self.source,
+            "file": str(self.path) if self.path else None,
+            "file_bytes": self.path.stat().st_size if self.path and self.path.exists() else None,
+        }
         if self.kind == HNSW:
             info.update(m=self.params.m, ef_construction=self.params.ef_construction, ef_search=self.params.ef_search)
         elif self.kind == IVF:
@@ -244,8 +266,13 @@ class AnnIndex:
             return None
         version, kind = max(cached)
         path = _cache_path(store, version, kind)
-        return {"kind": kind, "version": version, "current": version == store.version(),
-                "file": str(path), "file_bytes": path.stat().st_size if path.exists() else None}  # fmt: skip
+        return {
+            "kind": kind,
+            "version": version,
+            "current": version == store.version(),
+            "file": str(path),
+            "file_bytes": path.stat().st_size if path.exists() else None,
+        }
 
     # ---- cache files ---------------------------------------------------------------------
 

@@ -183,8 +183,14 @@ def build_index(
 class _Writer:
     """Writes batches to the store, counts them, reports progress and honours should_stop."""
 
-    def __init__(self, store: Store, report: BuildReport, present: set[str], progress: ProgressCallback | None,
-                 should_stop: Callable[[], bool] | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        report: BuildReport,
+        present: set[str],
+        progress: ProgressCallback | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
         self.store, self.report, self.present = store, report, present
         self.progress, self.should_stop = progress, should_stop
         self.reuse: list[_Work] = []  # vector taken from the store
@@ -327,8 +333,9 @@ def _write_all(
         writer.write(batch, encoder.encode_pixels(pixels), encoded=True)
 
 
-def _prefetched(pool: ThreadPoolExecutor, works: list[_Work], ahead: int, encoder: Encoder, max_megapixels: float,
-                draft: int | None) -> Iterator[tuple[_Work, Any]]:  # fmt: skip
+def _prefetched(
+    pool: ThreadPoolExecutor, works: list[_Work], ahead: int, encoder: Encoder, max_megapixels: float, draft: int | None
+) -> Iterator[tuple[_Work, Any]]:
     """Yield (work, preprocessed pixels or SkipFile) in order, keeping `ahead` loads in flight."""
     queue: deque = deque()
     todo = iter(works)

@@ -180,7 +180,9 @@ def compress_index(
     return report
 
 
-def _compute_batch(loaded: LoadedReasoner, batch: list[Item], report: CompressReport) -> tuple[list[Item], dict[str, np.ndarray]]:
+def _compute_batch(
+    loaded: LoadedReasoner, batch: list[Item], report: CompressReport
+) -> tuple[list[Item], dict[str, np.ndarray]]:
     """The batch's rows; an unreadable item is recorded in `report.failed` and the rest still computed."""
     from retrv.icm.features import FeatureError
 

@@ -29,8 +29,15 @@ class Index:
     >>> index.search("a red car next to a bridge", k=5)
     """
 
-    def __init__(self, store: Store, *, device: str = "auto", exact_max: int = 50_000,
-                 encoder: Encoder | None = None, notify: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        *,
+        device: str = "auto",
+        exact_max: int = 50_000,
+        encoder: Encoder | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.device = device
         self.exact_max = exact_max
@@ -68,7 +75,9 @@ class Index:
                 )
             return cls(store, device=device, exact_max=exact_max, notify=notify)
         if not create:
-            raise IndexNotFoundError(f"no index at {root}; build one with: retrv build-index FOLDER --index {index or root}")
+            raise IndexNotFoundError(
+                f"no index at {root}; build one with: retrv build-index FOLDER --index {index or root}"
+            )
         loaded = load_encoder(encoder or "auto", device=device, notify=notify)
         store = Store.create(root, encoder_spec=loaded.spec, dim=loaded.dim)
         return cls(store, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
@@ -90,13 +99,20 @@ class Index:
                 )
         return self._encoder
 
-    def add(self, paths: Iterable[str | os.PathLike[str]], *, progress: ProgressCallback | None = None,
-            should_stop: Callable[[], bool] | None = None, **options: Any) -> BuildReport:  # fmt: skip
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        **options: Any,
+    ) -> BuildReport:
         """Index files and folders incrementally; see `retrv.index.build.build_index` for `options`."""
         from retrv.index.build import build_index
 
-        report = build_index(self.store, self.encoder, [Path(p) for p in paths], progress=progress,
-                             should_stop=should_stop, **options)  # fmt: skip
+        report = build_index(
+            self.store, self.encoder, [Path(p) for p in paths], progress=progress, should_stop=should_stop, **options
+        )
         self._ann = None
         if not report.stopped and self.store.count():
             self.ann(progress)  # pay for the faiss index (HNSW above exact_max) now, not at the first search
@@ -140,7 +156,9 @@ class Index:
     def coarse(self, query: Query | str, k: int) -> tuple[list[Item], list[float]]:
         """The top-`k` stored items and their cosine scores, best first."""
         if self.store.count() == 0:
-            raise RetrvError(f"index {self.root} is empty; add files with: retrv build-index FOLDER --index {self.root}")
+            raise RetrvError(
+                f"index {self.root} is empty; add files with: retrv build-index FOLDER --index {self.root}"
+            )
         vector = self.embed_query(query)
         scores, keys = self.ann().search(vector[None], k)
         pairs = [(int(key), float(s)) for key, s in zip(keys[0], scores[0]) if key != -1]
@@ -171,8 +189,17 @@ class Index:
 
 
 def hit_from_item(rank: int, item: Item, score: float, **extra: Any) -> Hit:
-    return Hit(rank=rank, id=item.id, source=item.source, modality=item.modality, score=score, coarse_score=score,
-               text=item.text, image_path=item.image_path, **extra)  # fmt: skip
+    return Hit(
+        rank=rank,
+        id=item.id,
+        source=item.source,
+        modality=item.modality,
+        score=score,
+        coarse_score=score,
+        text=item.text,
+        image_path=item.image_path,
+        **extra,
+    )
 
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})

@@ -40,8 +40,16 @@ def item_fingerprint(item: Item) -> str:
     return digest.hexdigest()
 
 
-def add_items(store: Store, encoder: Encoder, items: Sequence[Item], *, batch_size: int = 32, loader_threads: int = 2,
-              progress: ProgressCallback | None = None, should_stop: Callable[[], bool] | None = None) -> PoolReport:  # fmt: skip
+def add_items(
+    store: Store,
+    encoder: Encoder,
+    items: Sequence[Item],
+    *,
+    batch_size: int = 32,
+    loader_threads: int = 2,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> PoolReport:
     """Embed and store `items` (ids must be unique), skipping those already stored unchanged."""
     started = time.perf_counter()
     report = PoolReport()
@@ -90,7 +98,9 @@ def _prepare(encoder: Encoder, batch: list[Item]) -> list[Any]:
     return prepared
 
 
-def _encode(encoder: Encoder, batch: list[Item], prepared: list[Any], report: PoolReport) -> tuple[list[Item], np.ndarray]:
+def _encode(
+    encoder: Encoder, batch: list[Item], prepared: list[Any], report: PoolReport
+) -> tuple[list[Item], np.ndarray]:
     import numpy as np
 
     from retrv.encoders.base import combine

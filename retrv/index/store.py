@@ -132,8 +132,13 @@ class Store:
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         root.mkdir(parents=True, exist_ok=True)
-        meta = IndexMeta(SCHEMA_VERSION, encoder_spec, int(dim), _retrv_version(),
-                         datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+        meta = IndexMeta(
+            SCHEMA_VERSION,
+            encoder_spec,
+            int(dim),
+            _retrv_version(),
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         db = _lancedb().connect(str(root / "lance"))
         if ITEMS in db.list_tables(limit=None).tables:  # left by a create that crashed before retrv.json
             db.drop_table(ITEMS)
@@ -249,15 +254,16 @@ class Store:
     def keys(self) -> np.ndarray:
         return self._scan(["key"]).column("key").to_numpy()
 
-    def iter_vectors(self, where: str | None = None, batch_size: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_vectors(
+        self, where: str | None = None, batch_size: int = 65_536
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(keys int64, vectors float32 (n, dim)) in batches, without materialising the whole table."""
         query = self._table.search().select(["key", "vector"])
         if where:
             query = query.where(where)
         for batch in query.limit(None).to_batches(batch_size):
             if batch.num_rows:
-                yield (batch.column("key").to_numpy(zero_copy_only=False),
-                       _fixed_list_to_numpy(batch.column("vector")))  # fmt: skip
+                yield (batch.column("key").to_numpy(zero_copy_only=False), _fixed_list_to_numpy(batch.column("vector")))
 
     def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every (key, vector) of the current version: keys int64 (n,), vectors float32 (n, dim)."""
@@ -407,19 +413,21 @@ def items_schema(dim: int) -> pa.Schema:
     """`written` is the table version a row was (re)written in: the ANN cache adds rows newer than itself."""
     import pyarrow as pa
 
-    return pa.schema([
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("key", pa.int64(), nullable=False),
-        pa.field("source", pa.string()),
-        pa.field("modality", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("image_path", pa.string()),
-        pa.field("mtime", pa.float64()),
-        pa.field("size", pa.int64()),
-        pa.field("content_hash", pa.string()),
-        pa.field("written", pa.int64()),
-        pa.field("vector", pa.list_(pa.float32(), dim)),
-    ])  # fmt: skip
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("key", pa.int64(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("modality", pa.string()),
+            pa.field("text", pa.string()),
+            pa.field("image_path", pa.string()),
+            pa.field("mtime", pa.float64()),
+            pa.field("size", pa.int64()),
+            pa.field("content_hash", pa.string()),
+            pa.field("written", pa.int64()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
 
 
 def _check_side_name(name: str) -> None:

@@ -135,13 +135,17 @@ def resolve_spec(spec: str) -> Path:
         raise ModelLoadError(f"reasoner {spec!r}: no such directory")
     repo, revision = split_spec(spec)
     if not _HUB_ID.match(repo):
-        raise ModelLoadError(f"reasoner {spec!r}: expected a directory or a Hugging Face id like {DEFAULT_REASONER}[@revision]")
+        raise ModelLoadError(
+            f"reasoner {spec!r}: expected a directory or a Hugging Face id like {DEFAULT_REASONER}[@revision]"
+        )
     from huggingface_hub import snapshot_download
 
     offline = hub_offline()
     if not offline and not hub_reachable():
-        raise ModelLoadError(f"reasoner {spec!r} is not in the local Hugging Face cache and the hub is unreachable; "
-                             "download it once online or pass a local directory")  # fmt: skip
+        raise ModelLoadError(
+            f"reasoner {spec!r} is not in the local Hugging Face cache and the hub is unreachable; "
+            "download it once online or pass a local directory"
+        )
     try:
         path = snapshot_download(repo, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
     except Exception as exc:  # LocalEntryNotFound, RepositoryNotFound, HTTP errors: all one-line user errors
@@ -192,7 +196,9 @@ def _file_digest(path: Path) -> str:
 _HASHED_FILES = ("config.json", "tokenizer.json", "preprocessor_config.json", "adapter_config.json")
 
 
-def reasoner_id(directory: str | Path, *, base_dir: str | Path | None = None, extra: dict[str, Any] | None = None) -> str:
+def reasoner_id(
+    directory: str | Path, *, base_dir: str | Path | None = None, extra: dict[str, Any] | None = None
+) -> str:
     """A short stable hash (12 hex) of a reasoner's content: config, weights, tokenizer, image processor.
 
     For checkpoints whose LLM weights live in the base model (`weights` base or lora), the base's own id
@@ -252,7 +258,9 @@ def load_reasoner(
         )
     model_dir = root if (not is_checkpoint or config.weights == "full") else resolve_spec(config.base_model)
     if not _has_safetensors(model_dir):
-        raise ModelLoadError(f"reasoner {spec!r}: no model*.safetensors in {model_dir} (retrv loads safetensors weights only)")
+        raise ModelLoadError(
+            f"reasoner {spec!r}: no model*.safetensors in {model_dir} (retrv loads safetensors weights only)"
+        )
     try:
         choice = resolve_device(device, half=True)
     except ValueError as exc:
@@ -270,9 +278,12 @@ def load_reasoner(
             except (OSError, ValueError):
                 image_processor = None
             model = AutoModelForImageTextToText.from_pretrained(
-                str(model_dir), dtype=choice.dtype, attn_implementation="sdpa",
-                trust_remote_code=trust_remote_code, use_safetensors=True,
-            )  # fmt: skip
+                str(model_dir),
+                dtype=choice.dtype,
+                attn_implementation="sdpa",
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"reasoner {spec!r}: cannot load from {model_dir} ({first})") from None
@@ -298,10 +309,18 @@ def load_reasoner(
 
     checkpoint_id = reasoner_id(root, base_dir=model_dir, extra=image_pixel_budget(image_processor))
     return LoadedReasoner(
-        model=model, tokenizer=tokenizer, image_processor=image_processor, processor=processor, config=config,
-        icm=icm, checkpoint_id=checkpoint_id, device=choice.device, dtype=choice.dtype, source_dir=root,
+        model=model,
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        processor=processor,
+        config=config,
+        icm=icm,
+        checkpoint_id=checkpoint_id,
+        device=choice.device,
+        dtype=choice.dtype,
+        source_dir=root,
         device_reason=choice.reason,
-    )  # fmt: skip
+    )
 
 
 def load_icm(path: Path, icm_config: dict[str, Any], *, device: str = "cpu", dtype: Any = None) -> ICM:
@@ -357,17 +376,22 @@ def save_reasoner(
         stale.unlink()
 
     config = dataclasses.replace(
-        loaded.config, stage=stage, weights=weights, training=dict(training or {}),
+        loaded.config,
+        stage=stage,
+        weights=weights,
+        training=dict(training or {}),
         icm=dataclasses.asdict(icm.config) if icm is not None else None,
         base_model=base_model,
-    )  # fmt: skip
+    )
     with quiet_transformers():
         if weights == "full":
             loaded.model.save_pretrained(str(out))
         else:
             if weights == "lora":
                 lora_model.save_pretrained(str(out))
-            save_file(role_token_rows(loaded.model, loaded.tokenizer, config.special_tokens), str(out / TOKEN_EMBEDDINGS))
+            save_file(
+                role_token_rows(loaded.model, loaded.tokenizer, config.special_tokens), str(out / TOKEN_EMBEDDINGS)
+            )
         loaded.tokenizer.save_pretrained(str(out))
         if loaded.image_processor is not None:
             loaded.image_processor.save_pretrained(str(out))

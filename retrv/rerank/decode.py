@@ -62,7 +62,9 @@ class Trace:
     prompt: Segment
     segments: list[Segment] = field(default_factory=list)
     generated_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)  # of each generated token (after logits_hook, at the temperature)
+    logprobs: list[float] = field(
+        default_factory=list
+    )  # of each generated token (after logits_hook, at the temperature)
     injections: list[Injection] = field(default_factory=list)
     inspected: list[int] = field(default_factory=list)  # 0-based candidates whose tokens were injected
     text: str = ""
@@ -74,7 +76,9 @@ class Trace:
         return concat_segments([self.prompt, *self.segments])
 
 
-def sample_token(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, generator: Any = None) -> tuple[int, float]:
+def sample_token(
+    logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0, generator: Any = None
+) -> tuple[int, float]:
     """One token id from (V,) logits, and its log-probability (greedy when temperature <= 0)."""
     import torch
 
@@ -97,9 +101,11 @@ def forward_segment(model: Any, cache: Any, segment: Segment) -> torch.Tensor:
     """Feed a segment on the cache; return the (V,) logits at its last row."""
     base = unwrap_model(model)
     out = base.model.language_model(
-        inputs_embeds=segment.embeds[None], position_ids=segment.position_ids[:, None, :],
-        past_key_values=cache, use_cache=True,
-    )  # fmt: skip
+        inputs_embeds=segment.embeds[None],
+        position_ids=segment.position_ids[:, None, :],
+        past_key_values=cache,
+        use_cache=True,
+    )
     return base.lm_head(out.last_hidden_state[0, -1])
 
 
@@ -189,12 +195,15 @@ def generate_with_inspection(
                 continue
             flush()
             trace.segments.append(injected)
-            trace.injections.append(Injection(len(generated), injected.kind, injected.candidate, position, len(injected)))
+            trace.injections.append(
+                Injection(len(generated), injected.kind, injected.candidate, position, len(injected))
+            )
             logits = _synced(forward_segment(model, cache, concat_segments([token_segment, injected])))
             position = run_start = injected.next_position
             clock["inspect"] += time.perf_counter() - started
         forcing = options.force_answer and (
-            parse_answer(_decode(tokenizer, generated), num_candidates, special).index is None)
+            parse_answer(_decode(tokenizer, generated), num_candidates, special).index is None
+        )
         if forcing and trace.stop_reason == "eos":  # the forced answer replaces the end of turn (never fed)
             for row in (generated, trace.logprobs, run):
                 row.pop()
@@ -202,8 +211,18 @@ def generate_with_inspection(
         flush()
         if forcing:
             started, free_text = time.perf_counter(), _decode(tokenizer, generated)
-            number = _force_answer(model, tokenizer, embed, cache, trace, unfed, position + len(unfed), num_candidates,
-                                   special, logits_hook)
+            number = _force_answer(
+                model,
+                tokenizer,
+                embed,
+                cache,
+                trace,
+                unfed,
+                position + len(unfed),
+                num_candidates,
+                special,
+                logits_hook,
+            )
             trace.forced_text = special.answer_start + (number or "") + special.answer_end
             trace.text = free_text + "\n" + trace.forced_text
             clock["decode"] += time.perf_counter() - started
@@ -214,8 +233,18 @@ def generate_with_inspection(
     return trace
 
 
-def _force_answer(model: Any, tokenizer: Any, embed: Any, cache: Any, trace: Trace, unfed: list[int], position: int,
-                  num_candidates: int, special: SpecialTokens, logits_hook: Any = None) -> str | None:  # fmt: skip
+def _force_answer(
+    model: Any,
+    tokenizer: Any,
+    embed: Any,
+    cache: Any,
+    trace: Trace,
+    unfed: list[int],
+    position: int,
+    num_candidates: int,
+    special: SpecialTokens,
+    logits_hook: Any = None,
+) -> str | None:
     """Inject "\n<answer>" after the generated text (`unfed`: its last token, not yet on the cache) and read a
     candidate number off the model: at each step the likeliest digit that keeps the number a prefix of one in
     1..num_candidates, until the number is whole and the model would rather write anything but another digit.

@@ -69,6 +69,8 @@ def has_valid_format(text: str, num_candidates: int, special: SpecialTokens = Sp
         return False
     if not text.rstrip().endswith(special.answer_end):
         return False
-    return text.count(special.inspect_start) == text.count(special.inspect_end) == len(
-        inspection_requests(text, num_candidates, special)
+    return (
+        text.count(special.inspect_start)
+        == text.count(special.inspect_end)
+        == len(inspection_requests(text, num_candidates, special))
     )

@@ -34,10 +34,15 @@ def linear_patch_embeddings(model: Any) -> int:
     swapped = 0
     for module in model.modules():
         conv = getattr(module, "proj", None)
-        if not (isinstance(conv, nn.Conv3d) and hasattr(module, "patch_size") and hasattr(module, "temporal_patch_size")):
+        if not (
+            isinstance(conv, nn.Conv3d) and hasattr(module, "patch_size") and hasattr(module, "temporal_patch_size")
+        ):
             continue
         side = module.patch_size
-        one_kernel = tuple(conv.kernel_size) == (module.temporal_patch_size, *((side, side) if isinstance(side, int) else side))
+        one_kernel = tuple(conv.kernel_size) == (
+            module.temporal_patch_size,
+            *((side, side) if isinstance(side, int) else side),
+        )
         plain = conv.groups == 1 and not any(conv.padding) and set(conv.dilation) == {1}
         if one_kernel and tuple(conv.stride) == tuple(conv.kernel_size) and plain:
             module.proj = PatchProjection(conv)

@@ -59,8 +59,12 @@ def build_processor(model_type: str, image_processor: Any, tokenizer: Any) -> An
     cls = _processor_class(model_type)
     if cls is None or image_processor is None:
         return None
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-               chat_template=getattr(tokenizer, "chat_template", None))  # fmt: skip
+    return cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=getattr(tokenizer, "chat_template", None),
+    )
 
 
 def cap_image_tokens(image_processor: Any, max_image_tokens: int | None) -> None:
@@ -69,7 +73,7 @@ def cap_image_tokens(image_processor: Any, max_image_tokens: int | None) -> None
     if size is None or max_image_tokens is None:
         return
     budget = int(max_image_tokens) * PIXELS_PER_IMAGE_TOKEN
-    longest = size["longest_edge"] if "longest_edge" in size else None
+    longest = size.get("longest_edge", None)
     if longest and longest > budget:
         new = dict(size.items()) if hasattr(size, "items") else {"shortest_edge": size["shortest_edge"]}
         new = {k: v for k, v in new.items() if v is not None}

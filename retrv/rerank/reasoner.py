@@ -40,8 +40,9 @@ class ReasonerOptions:
     force_answer: bool = False  # True: a decode without a usable answer is made to name a candidate
 
     def decode_options(self) -> DecodeOptions:
-        return DecodeOptions(self.max_new_tokens, self.max_inspections, self.temperature, self.top_p,
-                             force_answer=self.force_answer)
+        return DecodeOptions(
+            self.max_new_tokens, self.max_inspections, self.temperature, self.top_p, force_answer=self.force_answer
+        )
 
 
 @dataclass
@@ -76,25 +77,40 @@ class Reasoner:
             raise RetrvError("reason mode needs a reasoner checkpoint with ICM weights (or use_icm=False)")
         hidden = unwrap_model(model).get_input_embeddings().weight.shape[-1]
         if icm is not None and icm.config.hidden_size != hidden:
-            raise RetrvError(f"the ICM makes {icm.config.hidden_size}-d tokens but the reasoner's hidden size is {hidden}")
+            raise RetrvError(
+                f"the ICM makes {icm.config.hidden_size}-d tokens but the reasoner's hidden size is {hidden}"
+            )
 
     @classmethod
     def from_loaded(cls, loaded: LoadedReasoner, options: ReasonerOptions | None = None) -> Reasoner:
         special = SpecialTokens.from_mapping(loaded.config.special_tokens)
-        return cls(loaded.model, loaded.tokenizer, loaded.image_processor, loaded.icm, options, special,
-                   loaded.config.prompt_style)
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            loaded.image_processor,
+            loaded.icm,
+            options,
+            special,
+            loaded.config.prompt_style,
+        )
 
     @classmethod
-    def load(cls, spec: str, *, device: str = "auto", trust_remote_code: bool = False,
-             options: ReasonerOptions | None = None) -> Reasoner:  # fmt: skip
+    def load(
+        cls, spec: str, *, device: str = "auto", trust_remote_code: bool = False, options: ReasonerOptions | None = None
+    ) -> Reasoner:
         from retrv.rerank.checkpoint import load_reasoner
 
         options = options or ReasonerOptions()
         loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code, require_icm=options.use_icm)
         return cls.from_loaded(loaded, options)
 
-    def _soft_tokens(self, query: CandidateTokens, candidates: list[Candidate], full: Callable[[list[int]], None],
-                     cache: dict[int, CandidateTokens]) -> torch.Tensor:  # fmt: skip
+    def _soft_tokens(
+        self,
+        query: CandidateTokens,
+        candidates: list[Candidate],
+        full: Callable[[list[int]], None],
+        cache: dict[int, CandidateTokens],
+    ) -> torch.Tensor:
         """(K, 2, H): [content, relation] per candidate, from stored ICM rows or computed from full tokens."""
         import torch
 
@@ -111,9 +127,11 @@ class Reasoner:
                 continue
             c, m = torch.as_tensor(row["content"]), torch.as_tensor(row["memory"])
             if c.shape != (hidden,) or m.shape != (icm.config.num_memory_tokens, hidden):
-                raise RetrvError(f"candidate {cand.item.id}: stored ICM tokens have shapes {tuple(c.shape)}, "
-                                 f"{tuple(m.shape)}; this reasoner expects ({hidden},), ({icm.config.num_memory_tokens}, {hidden}). "
-                                 "Run `retrv compress` again")  # fmt: skip
+                raise RetrvError(
+                    f"candidate {cand.item.id}: stored ICM tokens have shapes {tuple(c.shape)}, "
+                    f"{tuple(m.shape)}; this reasoner expects ({hidden},), ({icm.config.num_memory_tokens}, {hidden}). "
+                    "Run `retrv compress` again"
+                )
             content[i], memory[i] = c.to(weight.device, weight.dtype), m.to(weight.device, weight.dtype)
         missing = [i for i, c in enumerate(content) if c is None]
         with torch.no_grad():
@@ -133,7 +151,9 @@ class Reasoner:
 
         def full(indices: list[int]) -> None:
             todo = [i for i in indices if i not in cache]
-            for i, tokens in zip(todo, candidate_tokens_batch(self.model, self, [candidates[i].item for i in todo], budget), strict=True):
+            for i, tokens in zip(
+                todo, candidate_tokens_batch(self.model, self, [candidates[i].item for i in todo], budget), strict=True
+            ):
                 cache[i] = tokens
 
         def inspect(i: int) -> CandidateTokens:
@@ -144,24 +164,45 @@ class Reasoner:
         embed = unwrap_model(self.model).get_input_embeddings()
         if self.options.use_icm:
             soft = self._soft_tokens(q, candidates, full, cache)
-            prompt = build_prompt(self.tokenizer, embed, q, soft_tokens=soft, special=self.special, style=self.prompt_style)
+            prompt = build_prompt(
+                self.tokenizer, embed, q, soft_tokens=soft, special=self.special, style=self.prompt_style
+            )
         else:
             full(list(range(len(candidates))))
-            prompt = build_prompt(self.tokenizer, embed, q, full=[cache[i] for i in range(len(candidates))], special=self.special,
-                                  style=self.prompt_style)
+            prompt = build_prompt(
+                self.tokenizer,
+                embed,
+                q,
+                full=[cache[i] for i in range(len(candidates))],
+                special=self.special,
+                style=self.prompt_style,
+            )
         return PreparedPrompt(prompt, len(candidates), inspect, {"prepare": (time.perf_counter() - started) * 1000.0})
 
-    def trace(self, query: Query, candidates: list[Candidate], options: DecodeOptions | None = None,
-              generator: Any = None, logits_hook: Any = None) -> tuple[PreparedPrompt, Trace]:  # fmt: skip
+    def trace(
+        self,
+        query: Query,
+        candidates: list[Candidate],
+        options: DecodeOptions | None = None,
+        generator: Any = None,
+        logits_hook: Any = None,
+    ) -> tuple[PreparedPrompt, Trace]:
         prepared = self.prepare(query, candidates)
         if generator is None and self.options.seed is not None:
             import torch
 
             generator = torch.Generator(device=prepared.prompt.embeds.device).manual_seed(self.options.seed)
         trace = generate_with_inspection(
-            self.model, self.tokenizer, prepared.prompt, prepared.inspect, prepared.num_candidates,
-            options or self.options.decode_options(), special=self.special, generator=generator, logits_hook=logits_hook,
-        )  # fmt: skip
+            self.model,
+            self.tokenizer,
+            prepared.prompt,
+            prepared.inspect,
+            prepared.num_candidates,
+            options or self.options.decode_options(),
+            special=self.special,
+            generator=generator,
+            logits_hook=logits_hook,
+        )
         return prepared, trace
 
     def rerank(self, query: Query, candidates: list[Candidate], logits_hook: Any = None) -> RerankResult:

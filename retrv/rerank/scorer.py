@@ -70,7 +70,9 @@ def pick_answer_tokens(tokenizer: Any, prefix: str) -> AnswerTokens:
         yes_id, no_id = _answer_token_id(tokenizer, prefix, yes), _answer_token_id(tokenizer, prefix, no)
         if yes_id is not None and no_id is not None and yes_id != no_id:
             return AnswerTokens(yes, no, yes_id, no_id)
-    raise ScoreError("the reasoner's tokenizer has no single token for Yes/No or True/False; score mode cannot read an answer")
+    raise ScoreError(
+        "the reasoner's tokenizer has no single token for Yes/No or True/False; score mode cannot read an answer"
+    )
 
 
 def _open_image(path: str) -> Any:
@@ -124,17 +126,22 @@ class Scorer:
         """The exact prompt string of one pair (images as placeholders)."""
         item = candidate.item
         segments = score_segments(
-            query_text=self._truncate(query.text), query_image=query.image is not None,
-            candidate_text=self._truncate(item.text), candidate_image=with_image and item.image_path is not None,
-            answers=(self.answers.yes, self.answers.no), task=query.instruction,
-        )  # fmt: skip
+            query_text=self._truncate(query.text),
+            query_image=query.image is not None,
+            candidate_text=self._truncate(item.text),
+            candidate_image=with_image and item.image_path is not None,
+            answers=(self.answers.yes, self.answers.no),
+            task=query.instruction,
+        )
         return render(segments, self.reasoner.tokenizer, self.reasoner.processor, system=self.system)
 
     def encode(self, prompts: list[str], images: list[Any]) -> dict[str, Any]:
         """Tokenise a batch (right padding); `images` are in prompt order, flattened."""
         r = self.reasoner
         if r.processor is not None:
-            batch = r.processor(text=prompts, images=images or None, padding=True, padding_side="right", return_tensors="pt")
+            batch = r.processor(
+                text=prompts, images=images or None, padding=True, padding_side="right", return_tensors="pt"
+            )
         elif images:
             raise ScoreError("this reasoner has no image processor, so it cannot score images")
         else:
@@ -194,9 +201,13 @@ class Scorer:
         ]
         order = fusion_order(fused, conf)
         return RerankResult(
-            order=order, scores=fused, rerank_scores=p_yes, confidences=conf, prompt_tokens=prompt_tokens,
+            order=order,
+            scores=fused,
+            rerank_scores=p_yes,
+            confidences=conf,
+            prompt_tokens=prompt_tokens,
             latency_ms={"rerank": (time.perf_counter() - started) * 1000.0},
-        )  # fmt: skip
+        )
 
 
 def fusion_order(fused: list[float], confidences: list[float | None]) -> list[int]:

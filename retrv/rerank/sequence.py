@@ -99,7 +99,9 @@ class Segment:
 class SegmentBuilder:
     """Appends text, soft tokens and images one after another, tracking M-RoPE positions."""
 
-    def __init__(self, tokenizer: Any, embed_tokens: Any, start_position: int = 0, special: SpecialTokens = SpecialTokens()):
+    def __init__(
+        self, tokenizer: Any, embed_tokens: Any, start_position: int = 0, special: SpecialTokens = SpecialTokens()
+    ):
         self.tokenizer, self.embed_tokens, self.special = tokenizer, embed_tokens, special
         self.position = start_position
         self._embeds: list[torch.Tensor] = []
@@ -166,8 +168,9 @@ class SegmentBuilder:
         if tokens.n_image:
             self.image(tokens.embeds[: tokens.n_image], tokens.image_grid)
         if tokens.text_ids:
-            self._push(tokens.embeds[tokens.n_image :], self._text_positions(len(tokens.text_ids)),
-                       _long(tokens.text_ids))  # fmt: skip
+            self._push(
+                tokens.embeds[tokens.n_image :], self._text_positions(len(tokens.text_ids)), _long(tokens.text_ids)
+            )
         return self
 
     def build(self, kind: str, candidate: int | None = None) -> Segment:
@@ -175,7 +178,9 @@ class SegmentBuilder:
 
         if not self._embeds:
             raise ValueError("an empty segment")
-        return Segment(torch.cat(self._embeds), torch.cat(self._positions, dim=1), torch.cat(self._ids), kind, candidate)
+        return Segment(
+            torch.cat(self._embeds), torch.cat(self._positions, dim=1), torch.cat(self._ids), kind, candidate
+        )
 
 
 def _long(values: tuple[int, ...]) -> torch.Tensor:
@@ -184,7 +189,9 @@ def _long(values: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long)
 
 
-def prompt_layout(k: int, style: str, use_icm: bool = True, special: SpecialTokens = SpecialTokens()) -> list[tuple[str, str | int | None]]:
+def prompt_layout(
+    k: int, style: str, use_icm: bool = True, special: SpecialTokens = SpecialTokens()
+) -> list[tuple[str, str | int | None]]:
     """The prompt of `k` candidates as parts in order: ("text", piece) tokenised on its own, ("query", None) the
     query's tokens, ("candidate", i) candidate i's two soft tokens (or its full tokens). `build_prompt` walks it;
     so does `retrv train caption --prompt-style`, which lays its texts out the same way with placeholders."""
@@ -192,8 +199,11 @@ def prompt_layout(k: int, style: str, use_icm: bool = True, special: SpecialToke
         raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
     s, parts = special, []
     if style == "chat":
-        parts += [("text", f"{s.im_start}system\n{system_prompt(s, use_icm)}{s.im_end}\n{s.im_start}user\nQuery: "),
-                  ("query", None), ("text", "\n")]  # fmt: skip
+        parts += [
+            ("text", f"{s.im_start}system\n{system_prompt(s, use_icm)}{s.im_end}\n{s.im_start}user\nQuery: "),
+            ("query", None),
+            ("text", "\n"),
+        ]
     else:
         parts.append(("text", f"{s.im_start}user\n"))
     parts.append(("text", "Candidates:\n"))

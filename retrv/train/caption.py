@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.progress import ProgressCallback, emit
 from retrv.rerank.sequence import PROMPT_STYLES
-from retrv.train.caption_examples import CAPTION_REQUEST, CAPTION_SYSTEM, CaptionExample, Side, load_examples, world_corpus
+from retrv.train.caption_examples import (
+    CAPTION_REQUEST,
+    CAPTION_SYSTEM,
+    CaptionExample,
+    Side,
+    load_examples,
+    world_corpus,
+)
 from retrv.train.config import TrainConfig, TrainConfigError, _help
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
 
@@ -53,10 +60,16 @@ IGNORE = -100
 class CaptionTrainConfig(TrainConfig):
     """`retrv train caption`: a tiny VLM trained from scratch on (image -> caption) and (query, candidate -> Yes/No)."""
 
-    data: str | None = field(default=None, metadata=_help(
-        "M-BEIR-layout dataset root whose images have captions, e.g. one written by `retrv data synth`.", required=True))
-    base: str | None = field(default=None, metadata=_help(
-        "Continue from this model directory instead of building a new random tiny model."))
+    data: str | None = field(
+        default=None,
+        metadata=_help(
+            "M-BEIR-layout dataset root whose images have captions, e.g. one written by `retrv data synth`.",
+            required=True,
+        ),
+    )
+    base: str | None = field(
+        default=None, metadata=_help("Continue from this model directory instead of building a new random tiny model.")
+    )
     split: str = field(default="train", metadata=_help("Which query split to train on."))
     hidden: int = field(default=64, metadata=_help("LLM hidden size of the new model."))
     layers: int = field(default=2, metadata=_help("LLM layers of the new model."))
@@ -64,40 +77,80 @@ class CaptionTrainConfig(TrainConfig):
     kv_heads: int = field(default=2, metadata=_help("LLM key/value heads of the new model (grouped-query attention)."))
     vision_hidden: int = field(default=32, metadata=_help("Vision tower hidden size of the new model."))
     vision_depth: int = field(default=2, metadata=_help("Vision tower blocks of the new model."))
-    rope_theta: float = field(default=1000.0, metadata=_help(
-        "RoPE base of the new model. Too large and the image's width axis (the lowest M-RoPE frequencies) barely "
-        "turns across a small image, so left and right look alike; too small and no pair turns slowly enough for "
-        "attention by content over a long prompt (at 10 the reasoner could not copy its query)."))
-    mrope_section: str = field(default="", metadata=_help(
-        "Rotary pairs of each attention head given to the temporal, height and width axes, e.g. 1,1,6 (sum: head "
-        "size / 2). Default: one each to temporal and height, the rest to width, the axis that tells left from right."))
+    rope_theta: float = field(
+        default=1000.0,
+        metadata=_help(
+            "RoPE base of the new model. Too large and the image's width axis (the lowest M-RoPE frequencies) barely "
+            "turns across a small image, so left and right look alike; too small and no pair turns slowly enough for "
+            "attention by content over a long prompt (at 10 the reasoner could not copy its query)."
+        ),
+    )
+    mrope_section: str = field(
+        default="",
+        metadata=_help(
+            "Rotary pairs of each attention head given to the temporal, height and width axes, e.g. 1,1,6 (sum: head "
+            "size / 2). Default: one each to temporal and height, the rest to width, the axis that tells left from right."
+        ),
+    )
     vocab_size: int = field(default=1024, metadata=_help("Byte-level BPE vocabulary fitted to the world's texts."))
-    image_size: int = field(default=112, metadata=_help(
-        "Images are resized to about this many pixels a side: (size/28)^2 image tokens each (112 -> 16)."))
-    instructions: bool = field(default=True, metadata=_help(
-        "Give each pair its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."))
+    image_size: int = field(
+        default=112,
+        metadata=_help(
+            "Images are resized to about this many pixels a side: (size/28)^2 image tokens each (112 -> 16)."
+        ),
+    )
+    instructions: bool = field(
+        default=True,
+        metadata=_help(
+            "Give each pair its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."
+        ),
+    )
     captions: bool = field(default=True, metadata=_help("Train on (image -> caption) examples."))
     pairs: bool = field(default=True, metadata=_help("Train on (query, candidate -> Yes/No) examples (score mode)."))
-    texts: bool = field(default=False, metadata=_help(
-        "Also language-model the world's training texts (the CoT in cot/train_cot.jsonl), so the base has seen "
-        "every word later stages write; without it SFT must learn untrained token embeddings through a LoRA."))
-    texts_file: str | None = field(default=None, metadata=_help(
-        "The JSONL --texts reads (records with \"cot\"; \"qid\" or \"query\", a query to write it after; "
-        "\"context\", text given before it); default: "
-        "<data>/cot/<split>_cot.jsonl. `retrv data synth` also writes cot/train_skills.jsonl: the CoT's "
-        "restatement of a text query and its detailed checks' comparisons, to learn one at a time first."))
-    prompt_style: str = field(default="", metadata=_help(
-        "Lay each text with a query out as reason mode's prompt of this style (bare or chat, as `retrv train icm "
-        "--prompt-style`), the <|icm|> token's own embedding standing for every candidate's two soft tokens, so "
-        "that what the texts teach is learnt where the reasoner will use it (a copy learnt in one layout was not "
-        "found in another: docs/training.md). Empty: each text after its query alone."))
-    num_candidates: int = field(default=8, metadata=_help(
-        "Candidates in the --prompt-style layout of a text whose record lists none (the skills' restatements)."))
-    hard_negatives: int = field(default=2, metadata=_help(
-        "Hard negatives per query (from neg_cand_list, in file order) added as 'No' pairs; -1: all of them."))
-    random_negatives: int = field(default=1, metadata=_help(
-        "Pool members that are neither positive nor hard negative, added as 'No' pairs per query."))
-    lr: float = field(default=3e-3, metadata=_help("Peak learning rate (AdamW); from-scratch training wants a high one."))
+    texts: bool = field(
+        default=False,
+        metadata=_help(
+            "Also language-model the world's training texts (the CoT in cot/train_cot.jsonl), so the base has seen "
+            "every word later stages write; without it SFT must learn untrained token embeddings through a LoRA."
+        ),
+    )
+    texts_file: str | None = field(
+        default=None,
+        metadata=_help(
+            'The JSONL --texts reads (records with "cot"; "qid" or "query", a query to write it after; '
+            '"context", text given before it); default: '
+            "<data>/cot/<split>_cot.jsonl. `retrv data synth` also writes cot/train_skills.jsonl: the CoT's "
+            "restatement of a text query and its detailed checks' comparisons, to learn one at a time first."
+        ),
+    )
+    prompt_style: str = field(
+        default="",
+        metadata=_help(
+            "Lay each text with a query out as reason mode's prompt of this style (bare or chat, as `retrv train icm "
+            "--prompt-style`), the <|icm|> token's own embedding standing for every candidate's two soft tokens, so "
+            "that what the texts teach is learnt where the reasoner will use it (a copy learnt in one layout was not "
+            "found in another: docs/training.md). Empty: each text after its query alone."
+        ),
+    )
+    num_candidates: int = field(
+        default=8,
+        metadata=_help(
+            "Candidates in the --prompt-style layout of a text whose record lists none (the skills' restatements)."
+        ),
+    )
+    hard_negatives: int = field(
+        default=2,
+        metadata=_help(
+            "Hard negatives per query (from neg_cand_list, in file order) added as 'No' pairs; -1: all of them."
+        ),
+    )
+    random_negatives: int = field(
+        default=1,
+        metadata=_help("Pool members that are neither positive nor hard negative, added as 'No' pairs per query."),
+    )
+    lr: float = field(
+        default=3e-3, metadata=_help("Peak learning rate (AdamW); from-scratch training wants a high one.")
+    )
     warmup_steps: int = field(default=20, metadata=_help("Linear warm-up steps before the schedule."))
 
     def rope_sections(self) -> list[int]:
@@ -114,18 +167,33 @@ class CaptionTrainConfig(TrainConfig):
         super().validate()
         if not self.data:
             raise TrainConfigError("--data is required: an M-BEIR-layout dataset directory")
-        for name in ("hidden", "layers", "heads", "kv_heads", "vision_hidden", "vision_depth", "vocab_size", "image_size"):
+        for name in (
+            "hidden",
+            "layers",
+            "heads",
+            "kv_heads",
+            "vision_hidden",
+            "vision_depth",
+            "vocab_size",
+            "image_size",
+        ):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.hidden % self.heads or (self.hidden // self.heads) % 2 or self.heads % self.kv_heads:
-            raise TrainConfigError(f"--hidden {self.hidden} must split into --heads {self.heads} of even size, "
-                                   f"and --heads must be a multiple of --kv-heads {self.kv_heads}")  # fmt: skip
+            raise TrainConfigError(
+                f"--hidden {self.hidden} must split into --heads {self.heads} of even size, "
+                f"and --heads must be a multiple of --kv-heads {self.kv_heads}"
+            )
         if self.vision_hidden % 4:
-            raise TrainConfigError(f"--vision-hidden must be a multiple of 4 (4 vision heads), got {self.vision_hidden}")
+            raise TrainConfigError(
+                f"--vision-hidden must be a multiple of 4 (4 vision heads), got {self.vision_hidden}"
+            )
         section = self.rope_sections()
         if len(section) != 3 or min(section) < 0 or sum(section) * 2 != self.hidden // self.heads:
-            raise TrainConfigError(f"--mrope-section must be three counts summing to head size / 2 = "
-                                   f"{self.hidden // self.heads // 2}, got {self.mrope_section!r}")  # fmt: skip
+            raise TrainConfigError(
+                f"--mrope-section must be three counts summing to head size / 2 = "
+                f"{self.hidden // self.heads // 2}, got {self.mrope_section!r}"
+            )
         if self.rope_theta <= 0:
             raise TrainConfigError(f"--rope-theta must be positive, got {self.rope_theta}")
         if self.image_size < 28:
@@ -135,7 +203,9 @@ class CaptionTrainConfig(TrainConfig):
         if not (self.captions or self.pairs or self.texts):
             raise TrainConfigError("--no-captions and --no-pairs (without --texts) leave nothing to train on")
         if self.prompt_style and self.prompt_style not in PROMPT_STYLES:
-            raise TrainConfigError(f"--prompt-style must be one of {', '.join(PROMPT_STYLES)} or empty, got {self.prompt_style!r}")
+            raise TrainConfigError(
+                f"--prompt-style must be one of {', '.join(PROMPT_STYLES)} or empty, got {self.prompt_style!r}"
+            )
         if self.num_candidates < 1:
             raise TrainConfigError(f"--num-candidates must be at least 1, got {self.num_candidates}")
         if self.hard_negatives < -1:
@@ -153,8 +223,9 @@ class CaptionCollator:
     mode renders it and tokenised by the processor; the answer ids are appended after it. With `prompt_style`,
     a text's prompt is instead reason mode's (`reasoning_prompt`), built as ids."""
 
-    def __init__(self, tokenizer: Any, processor: Any, issues: DataIssues, prompt_style: str = "",
-                 num_candidates: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self, tokenizer: Any, processor: Any, issues: DataIssues, prompt_style: str = "", num_candidates: int = 8
+    ) -> None:
         from retrv.rerank.prompts import SCORE_SYSTEM, render
         from retrv.rerank.scorer import pick_answer_tokens
 
@@ -162,8 +233,9 @@ class CaptionCollator:
         self.prompt_style, self.num_candidates = prompt_style, num_candidates
         self.answers = pick_answer_tokens(tokenizer, render([], tokenizer, processor, system=SCORE_SYSTEM))
         self.end = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        self.vision_start, self.vision_end, self.image_pad = (int(tokenizer.convert_tokens_to_ids(t)) for t in
-                                                              ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>"))  # fmt: skip
+        self.vision_start, self.vision_end, self.image_pad = (
+            int(tokenizer.convert_tokens_to_ids(t)) for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
+        )
 
     def prompt(self, e: CaptionExample) -> tuple[str, list[str]]:
         """The prompt string and its image paths, in order."""
@@ -179,13 +251,22 @@ class CaptionCollator:
             prompt = render(segments, self.tokenizer, self.processor, system=None) + e.context
             return prompt, [p for p in [e.query.image_path] if p]
         if e.kind == "caption":
-            return render([Segment("image"), Segment("text", CAPTION_REQUEST)], self.tokenizer, self.processor,
-                          system=CAPTION_SYSTEM), [e.query.image_path]  # type: ignore[list-item]  # fmt: skip
+            return render(
+                [Segment("image"), Segment("text", CAPTION_REQUEST)],
+                self.tokenizer,
+                self.processor,
+                system=CAPTION_SYSTEM,
+            ), [e.query.image_path]  # type: ignore[list-item]
         c = e.candidate
         assert c is not None
-        segments = score_segments(query_text=e.query.text, query_image=e.query.image_path is not None,
-                                  candidate_text=c.text, candidate_image=c.image_path is not None,
-                                  answers=(self.answers.yes, self.answers.no), task=e.instruction)  # fmt: skip
+        segments = score_segments(
+            query_text=e.query.text,
+            query_image=e.query.image_path is not None,
+            candidate_text=c.text,
+            candidate_image=c.image_path is not None,
+            answers=(self.answers.yes, self.answers.no),
+            task=e.instruction,
+        )
         images = [p for p in (e.query.image_path, c.image_path) if p is not None]
         return render(segments, self.tokenizer, self.processor, system=SCORE_SYSTEM), images
 
@@ -213,7 +294,11 @@ class CaptionCollator:
 
     def laid_out(self, e: CaptionExample) -> bool:
         """Whether `e` is a text written in the reasoner's prompt layout (--prompt-style)."""
-        return bool(self.prompt_style) and e.kind == "text" and (e.query.text is not None or e.query.image_path is not None)
+        return (
+            bool(self.prompt_style)
+            and e.kind == "text"
+            and (e.query.text is not None or e.query.image_path is not None)
+        )
 
     def reasoning_prompt(self, e: CaptionExample, grids: Any) -> tuple[list[int], list[int]]:
         """Ids and token types of reason mode's prompt (`rerank.sequence.prompt_layout`) for `e`'s query, each
@@ -253,7 +338,10 @@ class CaptionCollator:
             ids = self.tokenizer.encode(what, add_special_tokens=False)
             return ids, [0] * len(ids)
         ids, types = self.image_block(next(grids)) if what.image_path else ([], [])
-        text = [*self.tokenizer.encode(what.text or "", add_special_tokens=False), *self.tokenizer.encode("\n", add_special_tokens=False)]
+        text = [
+            *self.tokenizer.encode(what.text or "", add_special_tokens=False),
+            *self.tokenizer.encode("\n", add_special_tokens=False),
+        ]
         return ids + text, types + [0] * len(text)
 
     def __call__(self, examples: list[CaptionExample]) -> dict[str, Any] | None:
@@ -286,8 +374,13 @@ class CaptionCollator:
         enc = self.processor(text=prompts, images=flat or None, padding=True, padding_side="right", return_tensors="pt")
         pixels = _per_image(enc, [len(row) for row in images])
         inspected = [im for row in looks for im in row]
-        look_pixels = _per_image(self.processor.image_processor(images=inspected, return_tensors="pt"),
-                                 [len(row) for row in looks]) if inspected else [[] for _ in looks]  # fmt: skip
+        look_pixels = (
+            _per_image(
+                self.processor.image_processor(images=inspected, return_tensors="pt"), [len(row) for row in looks]
+            )
+            if inspected
+            else [[] for _ in looks]
+        )
         lengths = enc["attention_mask"].sum(1).tolist()
         types_all = enc.get("mm_token_type_ids", torch.zeros_like(enc["input_ids"]))
         rows = []
@@ -352,7 +445,11 @@ def length_buckets(batch: dict[str, Any], size: int = LENGTH_BUCKET) -> Iterator
         width = int(lengths[rows].max())
         inputs = {k: batch[k][rows, :width] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in batch}
         if "pixel_values" in batch:
-            images = list(range(len(patches))) if counts is None else [i for r in rows for i in range(first[r], first[r + 1])]
+            images = (
+                list(range(len(patches)))
+                if counts is None
+                else [i for r in rows for i in range(first[r], first[r + 1])]
+            )
             if images:  # the model fills image tokens in sequence order: row by row, as the rows stand here
                 inputs["pixel_values"] = torch.cat([patches[i] for i in images])
                 inputs["image_grid_thw"] = grids[images]
@@ -418,11 +515,20 @@ def build_base(config: CaptionTrainConfig, corpus: list[str]) -> BaseModel:
     with tempfile.TemporaryDirectory(prefix="retrv-caption-") as tmp, quiet_transformers():
         source = Path(config.base) if config.base else Path(tmp)
         if not config.base:
-            build_tiny_reasoner(tmp, hidden=config.hidden, layers=config.layers, heads=config.heads,
-                                kv_heads=config.kv_heads, vision_hidden=config.vision_hidden,
-                                vision_depth=config.vision_depth, corpus=corpus, vocab_size=config.vocab_size,
-                                seed=config.seed, rope_theta=config.rope_theta,
-                                mrope_section=config.rope_sections())  # fmt: skip
+            build_tiny_reasoner(
+                tmp,
+                hidden=config.hidden,
+                layers=config.layers,
+                heads=config.heads,
+                kv_heads=config.kv_heads,
+                vision_hidden=config.vision_hidden,
+                vision_depth=config.vision_depth,
+                corpus=corpus,
+                vocab_size=config.vocab_size,
+                seed=config.seed,
+                rope_theta=config.rope_theta,
+                mrope_section=config.rope_sections(),
+            )
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         image_processor = AutoImageProcessor.from_pretrained(str(source))
         model = AutoModelForImageTextToText.from_pretrained(str(source), dtype="float32", use_safetensors=True)
@@ -434,7 +540,9 @@ def build_base(config: CaptionTrainConfig, corpus: list[str]) -> BaseModel:
         image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels)
     processor = build_processor(model.config.model_type, image_processor, tokenizer)
     if processor is None:
-        raise TrainConfigError(f"{config.base}: caption training needs a Qwen2-VL / Qwen2.5-VL model with an image processor")
+        raise TrainConfigError(
+            f"{config.base}: caption training needs a Qwen2-VL / Qwen2.5-VL model with an image processor"
+        )
     return BaseModel(model, tokenizer, image_processor, processor)
 
 
@@ -442,12 +550,27 @@ def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None 
     """Pretrain a tiny VLM on `config.data`; write it to `config.out` (loadable as --reasoner OUT)."""
     config.validate()
     issues = DataIssues(progress)
-    examples = load_examples(config.data, config.split, captions=config.captions, pairs=config.pairs,  # type: ignore[arg-type]
-                             texts=config.texts, texts_file=config.texts_file, hard_negatives=config.hard_negatives, random_negatives=config.random_negatives,
-                             instructions=config.instructions, seed=config.seed, issues=issues)  # fmt: skip
+    examples = load_examples(
+        config.data,
+        config.split,
+        captions=config.captions,
+        pairs=config.pairs,  # type: ignore[arg-type]
+        texts=config.texts,
+        texts_file=config.texts_file,
+        hard_negatives=config.hard_negatives,
+        random_negatives=config.random_negatives,
+        instructions=config.instructions,
+        seed=config.seed,
+        issues=issues,
+    )
     counts = {kind: sum(e.kind == kind for e in examples) for kind in ("caption", "pair", "text")}
-    emit(progress, "data", len(examples), len(examples), f"{counts['caption']} captions, {counts['pair']} pairs, "
-         f"{counts['text']} texts, {len(issues)} problems skipped")  # fmt: skip
+    emit(
+        progress,
+        "data",
+        len(examples),
+        len(examples),
+        f"{counts['caption']} captions, {counts['pair']} pairs, {counts['text']} texts, {len(issues)} problems skipped",
+    )
     base = build_base(config, world_corpus(examples, config.data))  # type: ignore[arg-type]
     model = base.model
     model.requires_grad_(True)
@@ -456,10 +579,21 @@ def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None 
     summary = train(model, caption_loss, batches, config, progress=progress, issues=issues)
     summary.examples = len(examples)
 
-    save_pretrained_model(config.out, model, base.tokenizer, base.image_processor,  # type: ignore[arg-type]
-                          {"stage": "caption", "config": asdict(config), "captions": counts["caption"],
-                           "pairs": counts["pair"], "texts": counts["text"],
-                           "parameters": sum(p.numel() for p in model.parameters())}, summary)  # fmt: skip
+    save_pretrained_model(
+        config.out,
+        model,
+        base.tokenizer,
+        base.image_processor,  # type: ignore[arg-type]
+        {
+            "stage": "caption",
+            "config": asdict(config),
+            "captions": counts["caption"],
+            "pairs": counts["pair"],
+            "texts": counts["text"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        summary,
+    )
     out = Path(config.out)  # type: ignore[arg-type]
     emit(progress, "save", 1, 1, f"base reasoner saved to {out} (load it with --reasoner {out})")
     return summary

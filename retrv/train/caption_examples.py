@@ -72,10 +72,20 @@ def _side(item: MBeirQuery | MBeirCandidate) -> Side:
     return Side(item.text or None, item.image_path, item.modality)
 
 
-def load_examples(root: str | Path, split: str = "train", *, captions: bool = True, pairs: bool = True,
-                  texts: bool = False, texts_file: str | Path | None = None, hard_negatives: int = -1,
-                  random_negatives: int = 1, instructions: bool = True, seed: int = 0,
-                  issues: DataIssues | None = None) -> list[CaptionExample]:  # fmt: skip
+def load_examples(
+    root: str | Path,
+    split: str = "train",
+    *,
+    captions: bool = True,
+    pairs: bool = True,
+    texts: bool = False,
+    texts_file: str | Path | None = None,
+    hard_negatives: int = -1,
+    random_negatives: int = 1,
+    instructions: bool = True,
+    seed: int = 0,
+    issues: DataIssues | None = None,
+) -> list[CaptionExample]:
     """Caption, pair and text examples of one split, in file order (deterministic in `seed`); the texts come from
     `texts_file` (default `cot/<split>_cot.jsonl` under the root)."""
     from retrv.data.mbeir import MBeirDataset
@@ -117,25 +127,40 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
             for did in positives + negatives:
                 cand = pool[did]
                 instruction = ds.instruction(dataset, q.modality, cand.modality) if instructions else None
-                out.append(CaptionExample("pair", _side(q), source, candidate=_side(cand), answer=did in positives,
-                                          instruction=instruction))  # fmt: skip
+                out.append(
+                    CaptionExample(
+                        "pair",
+                        _side(q),
+                        source,
+                        candidate=_side(cand),
+                        answer=did in positives,
+                        instruction=instruction,
+                    )
+                )
     if texts:
         # Each text after its query (when the record names one), so copying from the query is learnt here, on
         # batches of 32, rather than in SFT's LoRA on batches of 4.
         queries = {q.qid: q for dataset in ds.datasets for q in ds.queries(dataset=dataset)}
-        for where, query, context, text, dids in _world_texts(Path(texts_file or ds.root / "cot" / f"{split}_cot.jsonl"), issues):
+        for where, query, context, text, dids in _world_texts(
+            Path(texts_file or ds.root / "cot" / f"{split}_cot.jsonl"), issues
+        ):
             q = queries.get(query.get("qid", ""))
             if "qid" in query and q is None:
                 issues.report(where, f"qid {query['qid']} is not a {split} query")
                 continue
             pool = pools.get(q.dataset, {}) if q else {}
             if missing := [d for d in dids if d not in pool]:
-                issues.report(where, f"candidate {missing[0]} is not in the local pool of {q.dataset if q else 'a query'}")
+                issues.report(
+                    where, f"candidate {missing[0]} is not in the local pool of {q.dataset if q else 'a query'}"
+                )
                 continue
             side = _side(q) if q else Side(query.get("query"), None, "text")
             inspections = _inspections(text, [_side(pool[d]) for d in dids])
-            out.append(CaptionExample("text", side, where, caption=text, context=context, inspections=inspections,
-                                      candidates=len(dids)))  # fmt: skip
+            out.append(
+                CaptionExample(
+                    "text", side, where, caption=text, context=context, inspections=inspections, candidates=len(dids)
+                )
+            )
     if not out:
         raise DataError(f"{ds.root}: no caption, pair or text examples in the {split} split")
     return out
@@ -144,8 +169,8 @@ def load_examples(root: str | Path, split: str = "train", *, captions: bool = Tr
 def _inspections(text: str, candidates: list[Side]) -> tuple[Side | str, ...]:
     """What each inspection request in `text` injects, in order, as `rerank.decode` serves them: the candidate,
     or a notice."""
-    from retrv.rerank.parse import inspection_requests
     from retrv.rerank.decode import INVALID_NOTICE, LIMIT_NOTICE
+    from retrv.rerank.parse import inspection_requests
     from retrv.rerank.reasoner import ReasonerOptions
 
     out: list[Side | str] = []
@@ -205,9 +230,21 @@ def world_corpus(examples: list[CaptionExample], root: str | Path) -> list[str]:
     from retrv.rerank.sequence import SpecialTokens, system_prompt
     from retrv.tiny import DEFAULT_CORPUS
 
-    texts = [*DEFAULT_CORPUS, SCORE_SYSTEM, CAPTION_SYSTEM, CAPTION_REQUEST, system_prompt(SpecialTokens(), True),
-             system_prompt(SpecialTokens(), False), "Query: ", "Candidate: ", "Candidates:", "Task: "]  # fmt: skip
-    texts += [pair_question(q, c) + " Answer Yes or No." for q in ("text", "image", "image,text") for c in ("text", "image")]
+    texts = [
+        *DEFAULT_CORPUS,
+        SCORE_SYSTEM,
+        CAPTION_SYSTEM,
+        CAPTION_REQUEST,
+        system_prompt(SpecialTokens(), True),
+        system_prompt(SpecialTokens(), False),
+        "Query: ",
+        "Candidate: ",
+        "Candidates:",
+        "Task: ",
+    ]
+    texts += [
+        pair_question(q, c) + " Answer Yes or No." for q in ("text", "image", "image,text") for c in ("text", "image")
+    ]
     texts += ["Yes", "No"] * 50  # single tokens, whatever the corpus
     texts += ["user assistant system"] * 50  # the chat roles as single tokens: every prompt carries two
     texts += [" ".join(map(str, range(1, 51)))] * 10  # candidate numbers (1..50) as single tokens

@@ -41,27 +41,45 @@ def parse_tasks(text: str) -> frozenset[int] | None:
 class TrainConfig:
     """What every training stage shares: the loop, checkpoints, logging and devices."""
 
-    out: str | None = field(default=None, metadata=_help(
-        "Output directory: checkpoints/, metrics.jsonl and the trained model.", required=True))
+    out: str | None = field(
+        default=None,
+        metadata=_help("Output directory: checkpoints/, metrics.jsonl and the trained model.", required=True),
+    )
     max_steps: int = field(default=200, metadata=_help("Optimizer steps to run."))
     batch_size: int = field(default=32, metadata=_help("Examples per micro-batch on each process."))
-    grad_accum: int = field(default=1, metadata=_help(
-        "Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)."))
+    grad_accum: int = field(
+        default=1,
+        metadata=_help(
+            "Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)."
+        ),
+    )
     lr: float = field(default=1e-5, metadata=_help("Peak learning rate (AdamW)."))
-    weight_decay: float = field(default=0.01, metadata=_help(
-        "AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperature)."))
+    weight_decay: float = field(
+        default=0.01,
+        metadata=_help(
+            "AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperature)."
+        ),
+    )
     warmup_steps: int = field(default=0, metadata=_help("Linear warm-up steps before the schedule."))
-    lr_schedule: str = field(default="cosine", metadata=_help(
-        f"Learning-rate schedule after warm-up: {', '.join(LR_SCHEDULES)}."))
+    lr_schedule: str = field(
+        default="cosine", metadata=_help(f"Learning-rate schedule after warm-up: {', '.join(LR_SCHEDULES)}.")
+    )
     max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this value (0: no clipping)."))
-    save_every: int = field(default=100, metadata=_help(
-        "Write a checkpoint every N optimizer steps (0: only at the end)."))
+    save_every: int = field(
+        default=100, metadata=_help("Write a checkpoint every N optimizer steps (0: only at the end).")
+    )
     keep_checkpoints: int = field(default=2, metadata=_help("How many recent checkpoints to keep (0: keep all)."))
-    resume: bool = field(default=False, metadata=_help(
-        "Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)."))
+    resume: bool = field(
+        default=False,
+        metadata=_help(
+            "Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)."
+        ),
+    )
     seed: int = field(default=0, metadata=_help("Random seed: data order, initialisation, dropout."))
-    device: str = field(default="auto", metadata=_help(
-        "auto, cpu, cuda or mps. Under `accelerate launch`/`torchrun` each process takes its own GPU."))
+    device: str = field(
+        default="auto",
+        metadata=_help("auto, cpu, cuda or mps. Under `accelerate launch`/`torchrun` each process takes its own GPU."),
+    )
     bf16: bool = field(default=True, metadata=_help("bf16 autocast on CUDA (ignored on CPU and MPS)."))
 
     def validate(self) -> None:
@@ -83,18 +101,29 @@ class TrainConfig:
 class EncoderTrainConfig(TrainConfig):
     """`retrv train encoder`: contrastive fine-tuning of a CLIP/SigLIP dual encoder on M-BEIR-layout data."""
 
-    data: str | None = field(default=None, metadata=_help(
-        "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
-        required=True))
-    base: str | None = field(default=None, metadata=_help(
-        "Encoder to start from: a Hugging Face id or a local directory (CLIP or SigLIP), optionally clip:SPEC.",
-        required=True))
+    data: str | None = field(
+        default=None,
+        metadata=_help(
+            "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
+            required=True,
+        ),
+    )
+    base: str | None = field(
+        default=None,
+        metadata=_help(
+            "Encoder to start from: a Hugging Face id or a local directory (CLIP or SigLIP), optionally clip:SPEC.",
+            required=True,
+        ),
+    )
     split: str = field(default="train", metadata=_help("Which query split to train on."))
     pool: str = field(default="local", metadata=_help("Candidate pool that resolves positive and negative ids."))
-    hard_negatives: int = field(default=1, metadata=_help(
-        "Hard negatives per query drawn from neg_cand_list (0: in-batch negatives only)."))
-    loss: str = field(default="infonce", metadata=_help(
-        "infonce: symmetric softmax over the batch (CLIP). sigmoid: pairwise sigmoid (SigLIP paper)."))
+    hard_negatives: int = field(
+        default=1, metadata=_help("Hard negatives per query drawn from neg_cand_list (0: in-batch negatives only).")
+    )
+    loss: str = field(
+        default="infonce",
+        metadata=_help("infonce: symmetric softmax over the batch (CLIP). sigmoid: pairwise sigmoid (SigLIP paper)."),
+    )
     learn_temperature: bool = field(default=True, metadata=_help("Train the temperature (logit scale) with the model."))
     freeze_vision: bool = field(default=False, metadata=_help("Keep the vision tower and its projection fixed."))
     freeze_text: bool = field(default=False, metadata=_help("Keep the text tower and its projection fixed."))
@@ -111,7 +140,9 @@ class EncoderTrainConfig(TrainConfig):
         if self.loss not in ENCODER_LOSSES:
             raise TrainConfigError(f"--loss must be one of {', '.join(ENCODER_LOSSES)}, got {self.loss!r}")
         if self.freeze_vision and self.freeze_text:
-            raise TrainConfigError("--freeze-vision and --freeze-text together leave nothing to train but the temperature")
+            raise TrainConfigError(
+                "--freeze-vision and --freeze-text together leave nothing to train but the temperature"
+            )
 
 
 @dataclass(frozen=True)
@@ -133,6 +164,14 @@ def describe(config_cls: type) -> list[FieldHelp]:
     out = []
     for f in fields(config_cls):
         default = f.default if f.default is not MISSING else None
-        out.append(FieldHelp(f.name, f"--{_flag(f.name)}", str(f.type), default, f.metadata.get("help", ""),
-                             bool(f.metadata.get("required", False))))  # fmt: skip
+        out.append(
+            FieldHelp(
+                f.name,
+                f"--{_flag(f.name)}",
+                str(f.type),
+                default,
+                f.metadata.get("help", ""),
+                bool(f.metadata.get("required", False)),
+            )
+        )
     return out

@@ -44,14 +44,27 @@ class CotConfig:
     """`retrv train cot`: teacher-written chain-of-thought for a dataset's training queries."""
 
     data: str | None = field(default=None, metadata=_help("M-BEIR-layout dataset root.", required=True))
-    teacher: str | None = field(default=None, metadata=_help(
-        "Teacher VLM (HF id or directory), any instruct model: it judges each candidate in score mode.", required=True))
-    out: str | None = field(default=None, metadata=_help("Output jsonl file (the synth world's CoT format).", required=True))
+    teacher: str | None = field(
+        default=None,
+        metadata=_help(
+            "Teacher VLM (HF id or directory), any instruct model: it judges each candidate in score mode.",
+            required=True,
+        ),
+    )
+    out: str | None = field(
+        default=None, metadata=_help("Output jsonl file (the synth world's CoT format).", required=True)
+    )
     split: str = field(default="train", metadata=_help("Which query split to write CoT for."))
     pool: str = field(default="local", metadata=_help("Candidate pool that resolves candidate ids: local or global."))
-    num_candidates: int = field(default=8, metadata=_help("Candidates per query (K): positive, hard negatives, random."))
-    hard_candidates: int = field(default=3, metadata=_help(
-        "Candidates the teacher ranks highest: checked in detail (inspected); the rest are ruled out in step 2."))
+    num_candidates: int = field(
+        default=8, metadata=_help("Candidates per query (K): positive, hard negatives, random.")
+    )
+    hard_candidates: int = field(
+        default=3,
+        metadata=_help(
+            "Candidates the teacher ranks highest: checked in detail (inspected); the rest are ruled out in step 2."
+        ),
+    )
     instructions: bool = field(default=True, metadata=_help("Give each query its dataset's instruction."))
     limit: int = field(default=0, metadata=_help("Use at most this many queries (0: all)."))
     batch_size: int = field(default=8, metadata=_help("Teacher forward passes per batch."))
@@ -107,9 +120,14 @@ def write_cot(sample: ReasoningSample, scores: list[float | None], hard_candidat
     step2 = "No candidate can be ruled out at a glance."
     if easy:
         listed = ", ".join(f"{i + 1} ({_gist(sample.candidates[i])})" for i in easy)
-        step2 = f"Candidates {listed} do not match at a glance: ruled out." if len(easy) > 1 else \
-            f"Candidate {listed} does not match at a glance: ruled out."  # fmt: skip
-    parts = [f"Candidates {', '.join(str(i + 1) for i in hard)} are close; checking them in full."] if len(hard) > 1 else []
+        step2 = (
+            f"Candidates {listed} do not match at a glance: ruled out."
+            if len(easy) > 1
+            else f"Candidate {listed} does not match at a glance: ruled out."
+        )
+    parts = (
+        [f"Candidates {', '.join(str(i + 1) for i in hard)} are close; checking them in full."] if len(hard) > 1 else []
+    )
     inspected = []
     for i in hard:
         inspected.append(i + 1)
@@ -117,15 +135,31 @@ def write_cot(sample: ReasoningSample, scores: list[float | None], hard_candidat
             parts.append(f"Candidate {i + 1} {INSPECT.format(i=i + 1)} matches the query best.")
             break
         parts.append(f"Candidate {i + 1} {INSPECT.format(i=i + 1)} is a weaker match.")
-    cot = (f"Step 1 (ideal result): {ideal_result(sample.query)}.\nStep 2 (quick elimination): {step2}\n"
-           f"Step 3 (detailed check): {' '.join(parts)}\nStep 4 (answer): <answer>{best + 1}</answer>")  # fmt: skip
-    return {"qid": sample.qid, "task_id": sample.task_id, "dataset": sample.dataset,
-            "candidates": [c.id for c in sample.candidates], "cot": cot, "answer": best + 1, "inspected": inspected,
-            "teacher_scores": [None if s is None else round(float(s), 6) for s in scores]}  # fmt: skip
+    cot = (
+        f"Step 1 (ideal result): {ideal_result(sample.query)}.\nStep 2 (quick elimination): {step2}\n"
+        f"Step 3 (detailed check): {' '.join(parts)}\nStep 4 (answer): <answer>{best + 1}</answer>"
+    )
+    return {
+        "qid": sample.qid,
+        "task_id": sample.task_id,
+        "dataset": sample.dataset,
+        "candidates": [c.id for c in sample.candidates],
+        "cot": cot,
+        "answer": best + 1,
+        "inspected": inspected,
+        "teacher_scores": [None if s is None else round(float(s), 6) for s in scores],
+    }
 
 
-def synthesize(samples: list[ReasoningSample], judge: Judge, out: str | Path, *, hard_candidates: int = 3,
-               issues: DataIssues | None = None, progress: ProgressCallback | None = None) -> CotSummary:  # fmt: skip
+def synthesize(
+    samples: list[ReasoningSample],
+    judge: Judge,
+    out: str | Path,
+    *,
+    hard_candidates: int = 3,
+    issues: DataIssues | None = None,
+    progress: ProgressCallback | None = None,
+) -> CotSummary:
     """Judge every sample, write the CoT of those the judge gets right to `out` (replaced atomically)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -169,11 +203,27 @@ def train_cot(config: CotConfig, progress: ProgressCallback | None = None) -> Co
 
     config.validate()
     issues = DataIssues(progress)
-    samples = load_reasoning_samples(config.data, config.split, pool=config.pool, num_candidates=config.num_candidates,  # type: ignore[arg-type]
-                                     seed=config.seed, instructions=config.instructions, limit=config.limit, issues=issues)  # fmt: skip
+    samples = load_reasoning_samples(
+        config.data,
+        config.split,
+        pool=config.pool,
+        num_candidates=config.num_candidates,  # type: ignore[arg-type]
+        seed=config.seed,
+        instructions=config.instructions,
+        limit=config.limit,
+        issues=issues,
+    )
     teacher = Scorer(load_reasoner(config.teacher, device=config.device), batch_size=config.batch_size)
-    summary = synthesize(samples, scorer_judge(teacher), config.out, hard_candidates=config.hard_candidates,  # type: ignore[arg-type]
-                         issues=issues, progress=progress)  # fmt: skip
+    summary = synthesize(
+        samples,
+        scorer_judge(teacher),
+        config.out,
+        hard_candidates=config.hard_candidates,  # type: ignore[arg-type]
+        issues=issues,
+        progress=progress,
+    )
     if summary.written == 0:
-        raise DataError(f"the teacher answered none of the {summary.queries} queries right: nothing written to {config.out}")
+        raise DataError(
+            f"the teacher answered none of the {summary.queries} queries right: nothing written to {config.out}"
+        )
     return summary

@@ -55,8 +55,13 @@ class ContrastivePair:
     negatives: tuple[Side, ...] = ()
 
 
-def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard_negatives: int = 1,
-               issues: DataIssues | None = None) -> list[ContrastivePair]:  # fmt: skip
+def load_pairs(
+    root: str | Path,
+    split: str = "train",
+    pool: str = "local",
+    hard_negatives: int = 1,
+    issues: DataIssues | None = None,
+) -> list[ContrastivePair]:
     """Every (query, positive, hard negatives) example of an M-BEIR split; bad lines are reported and skipped.
 
     Skipped with a report naming file and line: malformed JSON or fields, a missing image file, a positive
@@ -92,20 +97,24 @@ def load_pairs(root: str | Path, split: str = "train", pool: str = "local", hard
             if not usable(query):
                 continue
             negatives = []
-            for did in q.neg[: hard_negatives]:
+            for did in q.neg[:hard_negatives]:
                 if did not in candidates:
                     issues.report(where, f"negative {did} is not in the {pool} pool; dropped")
                 elif usable(candidates[did]):
                     negatives.append(candidates[did])
             positives = [d for d in q.pos if d in candidates]
             if not positives:
-                issues.report(where, f"no positive of {q.qid} ({', '.join(q.pos) or 'none listed'}) is in the {pool} pool")
+                issues.report(
+                    where, f"no positive of {q.qid} ({', '.join(q.pos) or 'none listed'}) is in the {pool} pool"
+                )
             for did in positives:
                 if usable(candidates[did]):
                     pairs.append(ContrastivePair(query, candidates[did], tuple(negatives)))
     if not pairs:
-        raise DataError(f"{ds.root}: no usable training pairs in the {split} split"
-                        + (f" ({len(issues)} problems reported)" if len(issues) else ""))  # fmt: skip
+        raise DataError(
+            f"{ds.root}: no usable training pairs in the {split} split"
+            + (f" ({len(issues)} problems reported)" if len(issues) else "")
+        )
     return pairs
 
 
@@ -159,9 +168,13 @@ class ContrastiveCollator:
                 images.append(pixels[s])
         # Integer ids of the candidates, so the loss can mask a "negative" that is some query's own positive.
         ids: dict[str, int] = {}
-        cand_keys = torch.tensor([ids.setdefault(s.key, len(ids)) for s in sides[len(kept):]], dtype=torch.long)
-        batch: dict[str, Any] = {"text_index": text_index, "image_index": image_index, "cand_keys": cand_keys,
-                                 "n_queries": torch.tensor(len(kept))}  # fmt: skip
+        cand_keys = torch.tensor([ids.setdefault(s.key, len(ids)) for s in sides[len(kept) :]], dtype=torch.long)
+        batch: dict[str, Any] = {
+            "text_index": text_index,
+            "image_index": image_index,
+            "cand_keys": cand_keys,
+            "n_queries": torch.tensor(len(kept)),
+        }
         if texts:
             batch.update(self.encoder._tokenize(texts))
         if images:
@@ -187,7 +200,9 @@ def embed_sides(model: Any, batch: dict[str, Any]) -> torch.Tensor:
         parts.append((F.normalize(_features(model.get_text_features(**kwargs)).float(), dim=-1), text_index))
     if "pixel_values" in batch:
         pixel_values = batch["pixel_values"].to(next(model.parameters()).dtype)
-        parts.append((F.normalize(_features(model.get_image_features(pixel_values=pixel_values)).float(), dim=-1), image_index))
+        parts.append(
+            (F.normalize(_features(model.get_image_features(pixel_values=pixel_values)).float(), dim=-1), image_index)
+        )
     total = torch.zeros(len(text_index), parts[0][0].shape[-1], device=parts[0][0].device)
     for rows, index in parts:
         has = index >= 0
@@ -268,8 +283,14 @@ def train_encoder(config: EncoderTrainConfig, progress: ProgressCallback | None 
 
     summary = train(model, step, batches, config, progress=progress, issues=issues)
     summary.examples = len(pairs)
-    save_pretrained_model(config.out, model, encoder.tokenizer, encoder.image_processor,  # type: ignore[arg-type]
-                          {"stage": "encoder", "config": asdict(config)}, summary)  # fmt: skip
+    save_pretrained_model(
+        config.out,
+        model,
+        encoder.tokenizer,
+        encoder.image_processor,  # type: ignore[arg-type]
+        {"stage": "encoder", "config": asdict(config)},
+        summary,
+    )
     out = Path(config.out)  # type: ignore[arg-type]
     emit(progress, "save", 1, 1, f"encoder saved to {out} (load it with --encoder clip:{out})")
     return summary

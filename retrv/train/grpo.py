@@ -59,18 +59,34 @@ LLM_LINEAR_LAYERS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 class GrpoTrainConfig(TrainConfig):
     """`retrv train grpo`: reinforcement learning of the reasoner over its own inference loop."""
 
-    data: str | None = field(default=None, metadata=_help(
-        "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
-        required=True))
-    init: str | None = field(default=None, metadata=_help(
-        "Reasoner checkpoint to start from (usually the SFT stage's output); also the frozen KL reference.",
-        required=True))
-    index: str | None = field(default=None, metadata=_help(
-        "Index of the candidate pool whose coarse top-K gives each query's candidates. Without it: the "
-        "positive, its hard negatives and pool members, in a seeded order."))
+    data: str | None = field(
+        default=None,
+        metadata=_help(
+            "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
+            required=True,
+        ),
+    )
+    init: str | None = field(
+        default=None,
+        metadata=_help(
+            "Reasoner checkpoint to start from (usually the SFT stage's output); also the frozen KL reference.",
+            required=True,
+        ),
+    )
+    index: str | None = field(
+        default=None,
+        metadata=_help(
+            "Index of the candidate pool whose coarse top-K gives each query's candidates. Without it: the "
+            "positive, its hard negatives and pool members, in a seeded order."
+        ),
+    )
     split: str = field(default="train", metadata=_help("Which query split to train on."))
-    instructions: bool = field(default=True, metadata=_help(
-        "Give each query its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."))
+    instructions: bool = field(
+        default=True,
+        metadata=_help(
+            "Give each query its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."
+        ),
+    )
     pool: str = field(default="local", metadata=_help("Candidate pool that resolves positive and negative ids."))
     num_candidates: int = field(default=8, metadata=_help("K: candidates per prompt."))
     group_size: int = field(default=4, metadata=_help("G: completions sampled per prompt (>= 2)."))
@@ -79,15 +95,21 @@ class GrpoTrainConfig(TrainConfig):
     top_p: float = field(default=1.0, metadata=_help("Nucleus sampling of the rollouts."))
     max_new_tokens: int = field(default=256, metadata=_help("Generated tokens per completion."))
     max_inspections: int = field(default=3, metadata=_help("Inspections served per completion."))
-    beta: float = field(default=0.04, metadata=_help("KL weight to the reference (the init checkpoint); 0 turns it off."))
+    beta: float = field(
+        default=0.04, metadata=_help("KL weight to the reference (the init checkpoint); 0 turns it off.")
+    )
     clip_eps: float = field(default=0.2, metadata=_help("PPO clip range of the probability ratio."))
-    fixed_lambda: float | None = field(default=None, metadata=_help(
-        "Fixed efficiency weight λ (ablation); default: λ rises linearly from 0 to 1 over training."))
+    fixed_lambda: float | None = field(
+        default=None,
+        metadata=_help("Fixed efficiency weight λ (ablation); default: λ rises linearly from 0 to 1 over training."),
+    )
     lora_rank: int = field(default=16, metadata=_help("LoRA rank on the LLM's linear layers."))
     lora_alpha: float = field(default=32.0, metadata=_help("LoRA alpha (scale = alpha / rank)."))
     lora_dropout: float = field(default=0.0, metadata=_help("LoRA dropout (0 keeps the update exactly on-policy)."))
-    lora_targets: str = field(default=LLM_LINEAR_LAYERS, metadata=_help(
-        "Comma-separated linear layers of the LLM's text stack that get LoRA adapters."))
+    lora_targets: str = field(
+        default=LLM_LINEAR_LAYERS,
+        metadata=_help("Comma-separated linear layers of the LLM's text stack that get LoRA adapters."),
+    )
     max_queries: int = field(default=0, metadata=_help("Use at most this many training queries (0: all)."))
     tasks: str = field(default="", metadata=_help(TASKS_HELP))
     lr: float = field(default=1e-5, metadata=_help("Peak learning rate (AdamW) of the LoRA weights."))
@@ -99,7 +121,9 @@ class GrpoTrainConfig(TrainConfig):
         if not self.init:
             raise TrainConfigError("--init is required: the reasoner checkpoint to start from (e.g. the SFT output)")
         if self.group_size < 2:
-            raise TrainConfigError(f"--group-size must be at least 2 (advantages compare a group), got {self.group_size}")
+            raise TrainConfigError(
+                f"--group-size must be at least 2 (advantages compare a group), got {self.group_size}"
+            )
         if self.num_candidates < 2:
             raise TrainConfigError(f"--num-candidates must be at least 2, got {self.num_candidates}")
         if self.temperature <= 0:
@@ -157,9 +181,17 @@ def load_grpo_samples(config: GrpoTrainConfig, issues: DataIssues | None = None)
         from retrv.index.index import Index
 
         index = Index.open(config.index, device=config.device)
-    samples = load_reasoning_samples(config.data, config.split, pool=config.pool, num_candidates=config.num_candidates,  # type: ignore[arg-type]
-                                     seed=config.seed, instructions=config.instructions, index=index,
-                                     tasks=parse_tasks(config.tasks), issues=issues)  # fmt: skip
+    samples = load_reasoning_samples(
+        config.data,
+        config.split,
+        pool=config.pool,
+        num_candidates=config.num_candidates,  # type: ignore[arg-type]
+        seed=config.seed,
+        instructions=config.instructions,
+        index=index,
+        tasks=parse_tasks(config.tasks),
+        issues=issues,
+    )
     return [grpo_sample(s) for s in samples]
 
 
@@ -175,11 +207,18 @@ class Rollout:
     n_inspected: int
 
 
-def rollout_group(reasoner: Reasoner, sample: GrpoSample, group_size: int, lam: float, *, generator: Any = None,
-                  logits_hook: LogitsHook | None = None) -> list[Rollout]:  # fmt: skip
+def rollout_group(
+    reasoner: Reasoner,
+    sample: GrpoSample,
+    group_size: int,
+    lam: float,
+    *,
+    generator: Any = None,
+    logits_hook: LogitsHook | None = None,
+) -> list[Rollout]:
     """G completions of one prompt through the inference decode loop, each with its reward."""
-    from retrv.rerank.parse import parse_answer
     from retrv.rerank.decode import generate_with_inspection
+    from retrv.rerank.parse import parse_answer
     from retrv.train.rewards import format_reward
 
     prepared = reasoner.prepare(sample.query, sample.candidates)
@@ -189,9 +228,16 @@ def rollout_group(reasoner: Reasoner, sample: GrpoSample, group_size: int, lam: 
     out = []
     for _ in range(group_size):
         trace = generate_with_inspection(
-            reasoner.model, reasoner.tokenizer, prepared.prompt, prepared.inspect, k, options,
-            special=reasoner.special, generator=generator, logits_hook=logits_hook,
-        )  # fmt: skip
+            reasoner.model,
+            reasoner.tokenizer,
+            prepared.prompt,
+            prepared.inspect,
+            k,
+            options,
+            special=reasoner.special,
+            generator=generator,
+            logits_hook=logits_hook,
+        )
         n = len(set(trace.inspected))  # what the engine injected (repeats and refused requests cost nothing)
         r = reward(trace.text, sample.target + 1, k, lam, n_inspected=n)  # the prompt numbers candidates from 1
         correct = parse_answer(trace.text, k, reasoner.special).index == sample.target
@@ -212,8 +258,9 @@ def generated_rows(trace: Trace) -> list[int]:
     return rows
 
 
-def sequence_logprobs(model: Any, traces: Sequence[Trace], temperature: float = 1.0,
-                      logits_hook: LogitsHook | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def sequence_logprobs(
+    model: Any, traces: Sequence[Trace], temperature: float = 1.0, logits_hook: LogitsHook | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs (B, T) of each trace's generated tokens under `model`, and their mask (B, T).
 
     One right-padded forward over the whole sequences; token j is scored by the logits at row j - 1, through
@@ -226,8 +273,9 @@ def sequence_logprobs(model: Any, traces: Sequence[Trace], temperature: float = 
 
     base = unwrap_model(model)
     embeds, positions, attention = batch_segments([t.sequence() for t in traces])
-    hidden = base.model.language_model(inputs_embeds=embeds, position_ids=positions, attention_mask=attention,
-                                       use_cache=False).last_hidden_state  # fmt: skip
+    hidden = base.model.language_model(
+        inputs_embeds=embeds, position_ids=positions, attention_mask=attention, use_cache=False
+    ).last_hidden_state
     rows = [generated_rows(t) for t in traces]
     longest = max(len(r) for r in rows)
     index = torch.zeros(len(traces), longest, dtype=torch.long, device=hidden.device)
@@ -240,11 +288,17 @@ def sequence_logprobs(model: Any, traces: Sequence[Trace], temperature: float = 
     picked = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # only rows that predict
     logits = base.lm_head(picked).float()
     if logits_hook is not None:
-        logits = torch.stack([
-            torch.stack([logits_hook(t.generated_ids[:i], logits[b, i]) if i < len(t.generated_ids) else logits[b, i]
-                         for i in range(longest)])
-            for b, t in enumerate(traces)
-        ])  # fmt: skip
+        logits = torch.stack(
+            [
+                torch.stack(
+                    [
+                        logits_hook(t.generated_ids[:i], logits[b, i]) if i < len(t.generated_ids) else logits[b, i]
+                        for i in range(longest)
+                    ]
+                )
+                for b, t in enumerate(traces)
+            ]
+        )
     logp = torch.log_softmax(logits / temperature, dim=-1)
     tokens = torch.zeros(len(traces), longest, dtype=torch.long, device=hidden.device)
     for b, t in enumerate(traces):
@@ -262,8 +316,9 @@ class GrpoStep:
     Batches are `(micro_index, samples)`; the index seeds the sampler and gives the step for λ.
     """
 
-    def __init__(self, reasoner: Reasoner, config: GrpoTrainConfig, logits_hook: LogitsHook | None = None,
-                 world_size: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self, reasoner: Reasoner, config: GrpoTrainConfig, logits_hook: LogitsHook | None = None, world_size: int = 1
+    ) -> None:
         self.reasoner, self.config, self.logits_hook = reasoner, config, logits_hook
         self.micro_per_step = config.grad_accum * world_size
         self.last_rollouts: list[Rollout] = []  # of the latest micro-batch (for inspection and tests)
@@ -280,8 +335,9 @@ class GrpoStep:
         model.eval()  # sampling and the loss forward see the same (dropout-free) policy
         rollouts: list[Rollout] = []
         for sample in samples:
-            rollouts += rollout_group(self.reasoner, sample, cfg.group_size, lam, generator=generator,
-                                      logits_hook=self.logits_hook)  # fmt: skip
+            rollouts += rollout_group(
+                self.reasoner, sample, cfg.group_size, lam, generator=generator, logits_hook=self.logits_hook
+            )
         model.train()
         self.last_rollouts = rollouts
         traces = [r.trace for r in rollouts]
@@ -292,7 +348,9 @@ class GrpoStep:
                 logp_ref, _ = sequence_logprobs(model, traces, cfg.temperature, self.logits_hook)
         rewards = torch.tensor([r.reward for r in rollouts])
         advantages = group_advantages(rewards, cfg.group_size).to(logp.device)
-        loss, stats = grpo_loss(logp, logp.detach(), logp_ref, advantages, mask, cfg.clip_eps, cfg.beta, return_stats=True)
+        loss, stats = grpo_loss(
+            logp, logp.detach(), logp_ref, advantages, mask, cfg.clip_eps, cfg.beta, return_stats=True
+        )
         n = len(rollouts)
         metrics = {
             "reward": float(rewards.mean()),
@@ -318,8 +376,7 @@ class IndexedBatches:
         self.stream = stream
 
     def __call__(self, start: int = 0) -> Any:
-        for i, batch in enumerate(self.stream(start), start):
-            yield i, batch
+        yield from enumerate(self.stream(start), start)
 
 
 # ---------------------------------------------------------------- model set-up and saving
@@ -333,8 +390,13 @@ def add_lora(model: Any, config: GrpoTrainConfig) -> Any:
     if not targets:
         raise TrainConfigError("--lora-targets names no layer")
     pattern = r".*language_model.*\.(" + "|".join(targets) + r")$"  # never the vision tower's MLP of the same names
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=pattern, bias="none")  # fmt: skip
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=pattern,
+        bias="none",
+    )
     model.requires_grad_(False)
     try:
         return get_peft_model(model, lora)
@@ -378,19 +440,31 @@ def train_grpo(
     kept, easy = hard_samples(samples)
     if config.max_queries:
         kept = kept[: config.max_queries]
-    emit(progress, "data", len(kept), len(samples),
-         f"{len(kept)} hard prompts; skipped {easy} whose positive is the coarse top-1, {len(issues)} problems")  # fmt: skip
+    emit(
+        progress,
+        "data",
+        len(kept),
+        len(samples),
+        f"{len(kept)} hard prompts; skipped {easy} whose positive is the coarse top-1, {len(issues)} problems",
+    )
     if not kept:
-        raise DataError(f"{config.data}: no hard training prompts (every positive is the coarse top-1, or no usable query)")
+        raise DataError(
+            f"{config.data}: no hard training prompts (every positive is the coarse top-1, or no usable query)"
+        )
 
     loaded.icm.requires_grad_(False)
     set_seed(config.seed)  # LoRA's A matrices are drawn here
     peft_model = add_lora(loaded.model, config)
-    options = ReasonerOptions(max_new_tokens=config.max_new_tokens, max_inspections=config.max_inspections,
-                              temperature=config.temperature, top_p=config.top_p)  # fmt: skip
+    options = ReasonerOptions(
+        max_new_tokens=config.max_new_tokens,
+        max_inspections=config.max_inspections,
+        temperature=config.temperature,
+        top_p=config.top_p,
+    )
     special = SpecialTokens.from_mapping(loaded.config.special_tokens)
-    reasoner = Reasoner(peft_model, loaded.tokenizer, loaded.image_processor, loaded.icm, options, special,
-                        loaded.config.prompt_style)
+    reasoner = Reasoner(
+        peft_model, loaded.tokenizer, loaded.image_processor, loaded.icm, options, special, loaded.config.prompt_style
+    )
     from accelerate import PartialState
 
     state = PartialState()
@@ -400,8 +474,15 @@ def train_grpo(
     summary.examples = len(kept)
     out = Path(config.out)  # type: ignore[arg-type]
     if state.is_main_process:
-        record = {"stage": "grpo", "config": asdict(config), "steps": summary.steps, "final_loss": summary.final_loss,
-                  "prompts": len(kept), "skipped_easy": easy, "skipped": [str(i) for i in summary.data_issues]}  # fmt: skip
+        record = {
+            "stage": "grpo",
+            "config": asdict(config),
+            "steps": summary.steps,
+            "final_loss": summary.final_loss,
+            "prompts": len(kept),
+            "skipped_easy": easy,
+            "skipped": [str(i) for i in summary.data_issues],
+        }
         save_grpo_reasoner(loaded, peft_model, out, {k: v for k, v in record.items() if k != "skipped"})
         (out / "retrv-train.json").write_text(json.dumps(record, indent=2))
     emit(progress, "save", 1, 1, f"reasoner saved to {out} (use it with --reasoner {out})")

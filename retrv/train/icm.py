@@ -47,17 +47,31 @@ DESCRIPTION_LEAD = "The candidate"
 class ReasonerDataConfig(TrainConfig):
     """Fields every reasoner stage shares: the dataset and how candidates become tokens."""
 
-    data: str | None = field(default=None, metadata=_help(
-        "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
-        required=True))
+    data: str | None = field(
+        default=None,
+        metadata=_help(
+            "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
+            required=True,
+        ),
+    )
     split: str = field(default="train", metadata=_help("Which query split to train on."))
     pool: str = field(default="local", metadata=_help("Candidate pool that resolves candidate ids: local or global."))
-    instructions: bool = field(default=True, metadata=_help(
-        "Give each query its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."))
-    max_image_tokens: int = field(default=256, metadata=_help("Image token budget per image (merged 28x28 px patches)."))
+    instructions: bool = field(
+        default=True,
+        metadata=_help(
+            "Give each query its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."
+        ),
+    )
+    max_image_tokens: int = field(
+        default=256, metadata=_help("Image token budget per image (merged 28x28 px patches).")
+    )
     max_text_tokens: int = field(default=256, metadata=_help("Text tokens kept per query or candidate."))
-    feature_cache: int = field(default=1024, metadata=_help(
-        "Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0: recompute)."))
+    feature_cache: int = field(
+        default=1024,
+        metadata=_help(
+            "Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0: recompute)."
+        ),
+    )
     limit: int = field(default=0, metadata=_help("Use at most this many training queries (0: all)."))
     tasks: str = field(default="", metadata=_help(TASKS_HELP))
     batch_size: int = field(default=8, metadata=_help("Examples per micro-batch on each process."))
@@ -79,18 +93,32 @@ class ReasonerDataConfig(TrainConfig):
 class IcmTrainConfig(ReasonerDataConfig):
     """`retrv train icm`: stage 1, the ICM learns to make two tokens the frozen LLM reads like the full candidate."""
 
-    reasoner: str | None = field(default=None, metadata=_help(
-        "Reasoner to align: a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint.",
-        required=True))
-    candidates_per_query: int = field(default=4, metadata=_help(
-        "Candidates paired with each query: its positive, its hard negatives, then random pool members."))
-    icm_heads: int = field(default=8, metadata=_help("New ICM only: attention heads (must divide the LLM hidden size)."))
+    reasoner: str | None = field(
+        default=None,
+        metadata=_help(
+            "Reasoner to align: a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint.",
+            required=True,
+        ),
+    )
+    candidates_per_query: int = field(
+        default=4,
+        metadata=_help(
+            "Candidates paired with each query: its positive, its hard negatives, then random pool members."
+        ),
+    )
+    icm_heads: int = field(
+        default=8, metadata=_help("New ICM only: attention heads (must divide the LLM hidden size).")
+    )
     icm_layers: int = field(default=2, metadata=_help("New ICM only: cross-attention blocks per stack."))
     icm_memory_tokens: int = field(default=4, metadata=_help("New ICM only: memory tokens per candidate."))
-    prompt_style: str = field(default="", metadata=_help(
-        "Reason-mode prompt the checkpoint (and every later stage and search) uses: chat (system prompt and "
-        "instruction, for instruct VLMs) or bare (query and candidates only, for a reasoner trained from "
-        "scratch); empty keeps the reasoner's own (chat for a base model)."))
+    prompt_style: str = field(
+        default="",
+        metadata=_help(
+            "Reason-mode prompt the checkpoint (and every later stage and search) uses: chat (system prompt and "
+            "instruction, for instruct VLMs) or bare (query and candidates only, for a reasoner trained from "
+            "scratch); empty keeps the reasoner's own (chat for a base model)."
+        ),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -101,7 +129,9 @@ class IcmTrainConfig(ReasonerDataConfig):
         from retrv.rerank.sequence import PROMPT_STYLES
 
         if self.prompt_style and self.prompt_style not in PROMPT_STYLES:
-            raise TrainConfigError(f"--prompt-style must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt_style!r}")
+            raise TrainConfigError(
+                f"--prompt-style must be one of {', '.join(PROMPT_STYLES)}, got {self.prompt_style!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,8 +159,14 @@ def load_stage_reasoner(spec: str, config: ReasonerDataConfig) -> LoadedReasoner
     return dataclasses.replace(loaded, dtype=torch.float32)
 
 
-def _alignment_segments(tokenizer: Any, embed: Any, query: CandidateTokens, candidate: CandidateTokens,
-                        soft: torch.Tensor | None, special: Any) -> tuple[Any, int]:  # fmt: skip
+def _alignment_segments(
+    tokenizer: Any,
+    embed: Any,
+    query: CandidateTokens,
+    candidate: CandidateTokens,
+    soft: torch.Tensor | None,
+    special: Any,
+) -> tuple[Any, int]:
     """(the whole sequence, the row where the target rows start) for the full (soft None) or compressed view."""
     from retrv.rerank.sequence import SegmentBuilder, concat_segments, text_segment
 
@@ -139,14 +175,24 @@ def _alignment_segments(tokenizer: Any, embed: Any, query: CandidateTokens, cand
     b.text(f"{s.im_start}user\nQuery: ").candidate(query).text("\nCandidate: ")
     b.candidate(candidate) if soft is None else b.soft(soft)
     head = b.build("prompt")
-    lead = tokenizer(f"\n{DESCRIBE}{s.im_end}\n{s.im_start}assistant\n{DESCRIPTION_LEAD}"
-                     + (" reads:" if candidate.text_ids else ""), add_special_tokens=False)["input_ids"]  # fmt: skip
+    lead = tokenizer(
+        f"\n{DESCRIBE}{s.im_end}\n{s.im_start}assistant\n{DESCRIPTION_LEAD}"
+        + (" reads:" if candidate.text_ids else ""),
+        add_special_tokens=False,
+    )["input_ids"]
     tail = text_segment(tokenizer, embed, list(lead) + list(candidate.text_ids), head.next_position)
     return concat_segments([head, tail]), len(head) - 1
 
 
-def alignment_loss(model: Any, icm: Any, parts: Any, pairs: list[AlignmentPair], *, budget: Any = None,
-                   cache: FeatureCache | None = None) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def alignment_loss(
+    model: Any,
+    icm: Any,
+    parts: Any,
+    pairs: list[AlignmentPair],
+    *,
+    budget: Any = None,
+    cache: FeatureCache | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """KL(teacher || student) over the description rows of a batch of pairs (see the module docstring)."""
     import torch
 
@@ -164,7 +210,9 @@ def alignment_loss(model: Any, icm: Any, parts: Any, pairs: list[AlignmentPair],
     weight = next(icm.parameters())
     full, full_mask = pad_tokens([c.embeds.to(weight.device, weight.dtype) for c in cands])
     query, query_mask = pad_tokens([q.embeds.to(weight.device, weight.dtype) for q in queries])
-    soft = torch.stack([icm.content(full, full_mask), icm.relation(icm.memory(full, full_mask), query, query_mask)], dim=1)
+    soft = torch.stack(
+        [icm.content(full, full_mask), icm.relation(icm.memory(full, full_mask), query, query_mask)], dim=1
+    )
 
     def rows_of(views: list[tuple[Any, int]]) -> torch.Tensor:
         embeds, positions, mask = batch_segments([seq for seq, _ in views])
@@ -173,9 +221,18 @@ def alignment_loss(model: Any, icm: Any, parts: Any, pairs: list[AlignmentPair],
         return torch.log_softmax(base.lm_head(picked).float(), dim=-1)
 
     with torch.no_grad():
-        teacher = rows_of([_alignment_segments(parts.tokenizer, embed, q, c, None, special) for q, c in zip(queries, cands, strict=True)])
-    student = rows_of([_alignment_segments(parts.tokenizer, embed, q, c, soft[i], special)
-                       for i, (q, c) in enumerate(zip(queries, cands, strict=True))])  # fmt: skip
+        teacher = rows_of(
+            [
+                _alignment_segments(parts.tokenizer, embed, q, c, None, special)
+                for q, c in zip(queries, cands, strict=True)
+            ]
+        )
+    student = rows_of(
+        [
+            _alignment_segments(parts.tokenizer, embed, q, c, soft[i], special)
+            for i, (q, c) in enumerate(zip(queries, cands, strict=True))
+        ]
+    )
     loss = (teacher.exp() * (teacher - student)).sum(-1).mean()
     agree = (teacher.argmax(-1) == student.argmax(-1)).float().mean()
     return loss, {"top1_agreement": float(agree)}
@@ -185,28 +242,40 @@ def new_icm(hidden: int, config: IcmTrainConfig) -> Any:
     from retrv.icm.module import ICM, ICMConfig
 
     try:
-        icm_config = ICMConfig(hidden_size=hidden, num_heads=config.icm_heads, num_layers=config.icm_layers,
-                               num_memory_tokens=config.icm_memory_tokens)  # fmt: skip
+        icm_config = ICMConfig(
+            hidden_size=hidden,
+            num_heads=config.icm_heads,
+            num_layers=config.icm_layers,
+            num_memory_tokens=config.icm_memory_tokens,
+        )
     except ValueError as e:
         raise TrainConfigError(f"--icm-heads/--icm-layers/--icm-memory-tokens: {e}") from None
     return ICM(icm_config)
 
 
-def save_stage(loaded: LoadedReasoner, out: Path, *, stage: str, icm: Any, training: dict[str, Any],
-               lora_model: Any = None) -> Path:  # fmt: skip
+def save_stage(
+    loaded: LoadedReasoner, out: Path, *, stage: str, icm: Any, training: dict[str, Any], lora_model: Any = None
+) -> Path:
     """save_reasoner for a trained stage. A LoRA on top of a merged-LoRA checkpoint cannot point at a base
     that holds its LLM, so it is merged and saved with full weights; so is an ICM-only stage on top of one."""
     from retrv.rerank.checkpoint import save_reasoner
 
     if loaded.config.weights == "lora":
         model = lora_model.merge_and_unload() if lora_model is not None else loaded.model
-        return save_reasoner(dataclasses.replace(loaded, model=model), out, stage=stage, icm=icm, training=training, weights="full")
+        return save_reasoner(
+            dataclasses.replace(loaded, model=model), out, stage=stage, icm=icm, training=training, weights="full"
+        )
     return save_reasoner(loaded, out, stage=stage, icm=icm, training=training, lora_model=lora_model)
 
 
 def training_record(config: Any, summary: TrainSummary) -> dict[str, Any]:
-    return {"config": asdict(config), "steps": summary.steps, "final_loss": summary.final_loss,
-            "examples": summary.examples, "skipped": [str(i) for i in summary.data_issues]}  # fmt: skip
+    return {
+        "config": asdict(config),
+        "steps": summary.steps,
+        "final_loss": summary.final_loss,
+        "examples": summary.examples,
+        "skipped": [str(i) for i in summary.data_issues],
+    }
 
 
 @dataclass
@@ -225,16 +294,34 @@ def prepare_icm(config: IcmTrainConfig, progress: ProgressCallback | None = None
 
     config.validate()
     issues = DataIssues(progress)
-    samples = load_reasoning_samples(config.data, config.split, pool=config.pool, num_candidates=config.candidates_per_query,  # type: ignore[arg-type]
-                                     seed=config.seed, instructions=config.instructions, limit=config.limit,
-                                     tasks=parse_tasks(config.tasks), issues=issues)  # fmt: skip
+    samples = load_reasoning_samples(
+        config.data,
+        config.split,
+        pool=config.pool,
+        num_candidates=config.candidates_per_query,  # type: ignore[arg-type]
+        seed=config.seed,
+        instructions=config.instructions,
+        limit=config.limit,
+        tasks=parse_tasks(config.tasks),
+        issues=issues,
+    )
     pairs = [AlignmentPair(s, j) for s in samples for j in range(s.num_candidates)]
-    emit(progress, "data", len(pairs), len(pairs), f"{len(samples)} queries, {len(pairs)} pairs, {len(issues)} problems skipped")
+    emit(
+        progress,
+        "data",
+        len(pairs),
+        len(pairs),
+        f"{len(samples)} queries, {len(pairs)} pairs, {len(issues)} problems skipped",
+    )
     loaded = load_stage_reasoner(str(config.reasoner), config)
     if config.prompt_style:
-        loaded = dataclasses.replace(loaded, config=dataclasses.replace(loaded.config, prompt_style=config.prompt_style))
+        loaded = dataclasses.replace(
+            loaded, config=dataclasses.replace(loaded.config, prompt_style=config.prompt_style)
+        )
     set_seed(config.seed)
-    icm = loaded.icm if loaded.icm is not None else new_icm(loaded.model.get_input_embeddings().weight.shape[-1], config)
+    icm = (
+        loaded.icm if loaded.icm is not None else new_icm(loaded.model.get_input_embeddings().weight.shape[-1], config)
+    )
     icm.float().requires_grad_(True)
     return IcmRun(torch.nn.ModuleDict({"llm": loaded.model, "icm": icm}), loaded, pairs, issues)
 

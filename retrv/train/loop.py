@@ -111,8 +111,9 @@ class ShuffledBatches:
     `collate(examples) -> batch` may return None to drop a batch whose every example turned out bad.
     """
 
-    def __init__(self, examples: Sequence[Any], batch_size: int, seed: int = 0,
-                 collate: Callable[[list[Any]], Any] = list) -> None:  # fmt: skip
+    def __init__(
+        self, examples: Sequence[Any], batch_size: int, seed: int = 0, collate: Callable[[list[Any]], Any] = list
+    ) -> None:
         if not examples:
             raise DataError("the dataset is empty: nothing to train on")
         self.examples, self.batch_size, self.seed, self.collate = examples, batch_size, seed, collate
@@ -124,9 +125,13 @@ class ShuffledBatches:
 
         epoch, offset = divmod(start, self.per_epoch)
         while True:
-            order = torch.randperm(len(self.examples), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            order = torch.randperm(
+                len(self.examples), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            )
             for i in range(offset, self.per_epoch):
-                batch = self.collate([self.examples[j] for j in order[i * self.batch_size : (i + 1) * self.batch_size].tolist()])
+                batch = self.collate(
+                    [self.examples[j] for j in order[i * self.batch_size : (i + 1) * self.batch_size].tolist()]
+                )
                 yield batch
             epoch, offset = epoch + 1, 0
 
@@ -138,8 +143,10 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RetrvError("nothing to train: every parameter is frozen")
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # fmt: skip
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
@@ -190,8 +197,12 @@ def _rng_state() -> dict[str, Any]:
 
     np_state = np.random.get_state(legacy=False)
     np_state["state"] = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in np_state["state"].items()}
-    return {"python": random.getstate(), "numpy": json.dumps(np_state), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}  # fmt: skip
+    return {
+        "python": random.getstate(),
+        "numpy": json.dumps(np_state),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -237,7 +248,9 @@ def _allreduce_grads(accelerator: Any, params: list[torch.nn.Parameter]) -> None
 def _prepare_out_dir(out: Path, resume: bool, progress: ProgressCallback | None) -> Path | None:
     ckpt = latest_checkpoint(out)
     if ckpt is not None and not resume:
-        raise RetrvError(f"{out} already holds checkpoints ({ckpt.name}); pass --resume to continue, or choose a new --out")
+        raise RetrvError(
+            f"{out} already holds checkpoints ({ckpt.name}); pass --resume to continue, or choose a new --out"
+        )
     if resume and ckpt is None:
         emit(progress, "train", 0, None, f"--resume: no checkpoint in {out}, starting from step 0")
     return ckpt
@@ -340,8 +353,13 @@ def train(
         values = torch.tensor([sum(losses) / n, *(v / n for v in sums.values())], device=accelerator.device)
         values = accelerator.reduce(values, reduction="mean").tolist() if world > 1 else values.tolist()
         last_loss = values[0]
-        record = {"step": step, "loss": last_loss, "lr": lr, "seconds": round(time.perf_counter() - started, 3),
-                  **dict(zip(sums, values[1:]))}  # fmt: skip
+        record = {
+            "step": step,
+            "loss": last_loss,
+            "lr": lr,
+            "seconds": round(time.perf_counter() - started, 3),
+            **dict(zip(sums, values[1:])),
+        }
         if main:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -349,18 +367,36 @@ def train(
         emit(progress, "train", step, config.max_steps, f"{extras} lr {lr:.3g}")
 
         if (config.save_every and step % config.save_every == 0) or step == config.max_steps:
-            last_ckpt = _save_checkpoint(accelerator, out, model, optimizer, scheduler, config,
-                                         step=step, micro=micro, loss=last_loss)  # fmt: skip
+            last_ckpt = _save_checkpoint(
+                accelerator, out, model, optimizer, scheduler, config, step=step, micro=micro, loss=last_loss
+            )
             emit(progress, "checkpoint", step, config.max_steps, str(last_ckpt))
 
     model.eval()
-    return TrainSummary(steps=step, start_step=start_step,
-                        final_loss=last_loss, out_dir=out, metrics_path=metrics_path, last_checkpoint=last_ckpt,
-                        data_issues=list(issues.items) if issues else [], seconds=time.perf_counter() - started)  # fmt: skip
+    return TrainSummary(
+        steps=step,
+        start_step=start_step,
+        final_loss=last_loss,
+        out_dir=out,
+        metrics_path=metrics_path,
+        last_checkpoint=last_ckpt,
+        data_issues=list(issues.items) if issues else [],
+        seconds=time.perf_counter() - started,
+    )
 
 
-def _save_checkpoint(accelerator: Any, out: Path, model: Any, optimizer: Any, scheduler: Any, config: TrainConfig,
-                     *, step: int, micro: int, loss: float) -> Path:  # fmt: skip
+def _save_checkpoint(
+    accelerator: Any,
+    out: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    config: TrainConfig,
+    *,
+    step: int,
+    micro: int,
+    loss: float,
+) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -373,9 +409,16 @@ def _save_checkpoint(accelerator: Any, out: Path, model: Any, optimizer: Any, sc
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         save_file(_trainable_state(model), str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "training_state.pt")
-        meta = {"step": step, "micro_batches": micro, "loss": loss, "world_size": accelerator.num_processes,
-                "config": asdict(config)}  # fmt: skip
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "training_state.pt"
+        )
+        meta = {
+            "step": step,
+            "micro_batches": micro,
+            "loss": loss,
+            "world_size": accelerator.num_processes,
+            "config": asdict(config),
+        }
         (tmp / "trainer_state.json").write_text(json.dumps(meta, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -389,8 +432,9 @@ def _save_checkpoint(accelerator: Any, out: Path, model: Any, optimizer: Any, sc
     return final
 
 
-def save_pretrained_model(out: str | Path, model: Any, tokenizer: Any, image_processor: Any, record: dict[str, Any],
-                          summary: TrainSummary) -> None:  # fmt: skip
+def save_pretrained_model(
+    out: str | Path, model: Any, tokenizer: Any, image_processor: Any, record: dict[str, Any], summary: TrainSummary
+) -> None:
     """Write a trained transformers model as a plain model directory (safetensors, tokenizer, image processor)
     plus `retrv-train.json` (`record` + steps, final loss, examples, skipped lines); main process only."""
     from accelerate import PartialState
@@ -404,6 +448,11 @@ def save_pretrained_model(out: str | Path, model: Any, tokenizer: Any, image_pro
         model.to("cpu").save_pretrained(out)
         tokenizer.save_pretrained(out)
         image_processor.save_pretrained(out)
-    record = {**record, "steps": summary.steps, "final_loss": summary.final_loss, "examples": summary.examples,
-              "skipped": [str(i) for i in summary.data_issues]}  # fmt: skip
+    record = {
+        **record,
+        "steps": summary.steps,
+        "final_loss": summary.final_loss,
+        "examples": summary.examples,
+        "skipped": [str(i) for i in summary.data_issues],
+    }
     (out / "retrv-train.json").write_text(json.dumps(record, indent=2, default=str))

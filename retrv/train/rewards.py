@@ -124,7 +124,9 @@ def _column(values: Any, n: int, name: str) -> list[Any]:
     return values
 
 
-def format_reward_func(completions: Sequence[Any], num_candidates: Sequence[int] | int | None = None, **_: Any) -> list[float]:
+def format_reward_func(
+    completions: Sequence[Any], num_candidates: Sequence[int] | int | None = None, **_: Any
+) -> list[float]:
     """TRL-style: the format term for each completion."""
     ks = _column(num_candidates, len(completions), "num_candidates")
     return [format_reward(_completion_text(c), k) for c, k in zip(completions, ks)]
@@ -151,8 +153,12 @@ def make_accuracy_reward_func(total_steps: int, fixed_lambda: float | None = Non
         lam = lambda_schedule(step, total_steps, fixed_lambda)
         n = len(completions)
         out = []
-        for c, t, k, ni in zip(completions, _column(target, n, "target"), _column(num_candidates, n, "num_candidates"),
-                               _column(n_inspected, n, "n_inspected")):  # fmt: skip
+        for c, t, k, ni in zip(
+            completions,
+            _column(target, n, "target"),
+            _column(num_candidates, n, "num_candidates"),
+            _column(n_inspected, n, "n_inspected"),
+        ):
             text = _completion_text(c)
             out.append(reward(text, t, k, lam, ni) - format_reward(text, k))
         return out

@@ -104,7 +104,10 @@ def _query_of(split: _Split, q: MBeirQuery, positive: MBeirCandidate, instructio
 
 
 def _missing_image(query: MBeirQuery, candidates: Sequence[Item] = ()) -> str | None:
-    for what, path in [(f"query {query.qid}", query.image_path), *((f"candidate {c.id}", c.image_path) for c in candidates)]:
+    for what, path in [
+        (f"query {query.qid}", query.image_path),
+        *((f"candidate {c.id}", c.image_path) for c in candidates),
+    ]:
         if path is not None and not Path(path).is_file():
             return f"image not found: {path} ({what})"
     return None
@@ -167,13 +170,16 @@ def load_reasoning_samples(
         if (problem := _missing_image(q, items)) is not None:
             issues.report(where, problem)
             continue
-        samples.append(ReasoningSample(qid, query, tuple(items), answer, where, q.task_id, q.dataset,
-                                       coarse_scores=tuple(scores)))  # fmt: skip
+        samples.append(
+            ReasoningSample(qid, query, tuple(items), answer, where, q.task_id, q.dataset, coarse_scores=tuple(scores))
+        )
         if limit and len(samples) >= limit:
             break
     if not samples:
-        raise DataError(f"{data.ds.root}: no usable queries in the {split} split"
-                        + (f" ({len(issues)} problems reported)" if len(issues) else ""))  # fmt: skip
+        raise DataError(
+            f"{data.ds.root}: no usable queries in the {split} split"
+            + (f" ({len(issues)} problems reported)" if len(issues) else "")
+        )
     return samples
 
 
@@ -209,8 +215,17 @@ def _cot_record(record: Any, where: str, data: _Split, instructions: bool) -> Re
     inspected = record.get("inspected") or []
     if not all(isinstance(i, int) and 1 <= i <= len(dids) for i in inspected):
         raise DataError(f"inspected {inspected} holds an index outside 1..{len(dids)}")
-    return ReasoningSample(qid, _query_of(data, q, picked[answer - 1], instructions), tuple(c.to_item() for c in picked),
-                           answer - 1, where, q.task_id, q.dataset, record["cot"], tuple(i - 1 for i in inspected))  # fmt: skip
+    return ReasoningSample(
+        qid,
+        _query_of(data, q, picked[answer - 1], instructions),
+        tuple(c.to_item() for c in picked),
+        answer - 1,
+        where,
+        q.task_id,
+        q.dataset,
+        record["cot"],
+        tuple(i - 1 for i in inspected),
+    )
 
 
 def load_cot_samples(
@@ -246,7 +261,10 @@ def load_cot_samples(
         if limit and len(samples) >= limit:
             break
     if not samples:
-        raise DataError(f"{path}: no usable chain-of-thought records" + (f" ({len(issues)} problems reported)" if len(issues) else ""))
+        raise DataError(
+            f"{path}: no usable chain-of-thought records"
+            + (f" ({len(issues)} problems reported)" if len(issues) else "")
+        )
     return samples
 
 
@@ -290,8 +308,13 @@ class SampleTokens:
         return self.candidates[index]
 
 
-def sample_tokens(model: Any, parts: Any, sample: ReasoningSample, budget: TokenBudget | None = None,
-                  cache: FeatureCache | None = None) -> SampleTokens:  # fmt: skip
+def sample_tokens(
+    model: Any,
+    parts: Any,
+    sample: ReasoningSample,
+    budget: TokenBudget | None = None,
+    cache: FeatureCache | None = None,
+) -> SampleTokens:
     """Full tokens of the query and the K candidates (`icm.features`, as `Reasoner.prepare` makes them)."""
     from retrv.icm.features import TokenBudget, candidate_tokens_batch, query_tokens
 
@@ -299,8 +322,10 @@ def sample_tokens(model: Any, parts: Any, sample: ReasoningSample, budget: Token
     key = f"{sample.qid}|{sample.query.instruction or ''}|{'|'.join(c.id for c in sample.candidates)}"
     found = cache.get(key) if cache is not None else None
     if found is None:
-        found = SampleTokens(query_tokens(model, parts, sample.query, budget),
-                             candidate_tokens_batch(model, parts, list(sample.candidates), budget))  # fmt: skip
+        found = SampleTokens(
+            query_tokens(model, parts, sample.query, budget),
+            candidate_tokens_batch(model, parts, list(sample.candidates), budget),
+        )
         if cache is not None:
             cache.put(key, found)
     return found
@@ -319,21 +344,32 @@ def soft_tokens(icm: ICM, query: CandidateTokens, candidates: list[CandidateToke
     return torch.stack([content, relation], dim=1)
 
 
-def reasoning_prompt(tokenizer: Any, embed_tokens: Any, icm: ICM, tokens: SampleTokens,
-                     special: SpecialTokens | None = None, style: str = "chat") -> Segment:  # fmt: skip
+def reasoning_prompt(
+    tokenizer: Any,
+    embed_tokens: Any,
+    icm: ICM,
+    tokens: SampleTokens,
+    special: SpecialTokens | None = None,
+    style: str = "chat",
+) -> Segment:
     """The reason-mode prompt of a sample, exactly as inference builds it (`sequence.build_prompt`)."""
     from retrv.rerank.sequence import SpecialTokens, build_prompt
 
     soft = soft_tokens(icm, tokens.query, tokens.candidates)
-    return build_prompt(tokenizer, embed_tokens, tokens.query, soft_tokens=soft, special=special or SpecialTokens(), style=style)
+    return build_prompt(
+        tokenizer, embed_tokens, tokens.query, soft_tokens=soft, special=special or SpecialTokens(), style=style
+    )
 
 
-def lm_hidden(model: Any, embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def lm_hidden(
+    model: Any, embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Last hidden states (B, L, H) of the text stack on a right-padded batch (`sequence.batch_segments`);
     the same call `reasoner.forward_segment` makes, without a cache."""
     from retrv.icm.features import unwrap_model
 
     base = unwrap_model(model)
-    out = base.model.language_model(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
-                                    use_cache=False)  # fmt: skip
+    out = base.model.language_model(
+        inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+    )
     return out.last_hidden_state

@@ -49,22 +49,42 @@ LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 class SftTrainConfig(ReasonerDataConfig):
     """`retrv train sft`: stage 2, LoRA + ICM on chain-of-thought with inspection segments."""
 
-    cot: str | None = field(default=None, metadata=_help(
-        "Chain-of-thought jsonl (the synth world's cot/train_cot.jsonl or `retrv train cot` output).", required=True))
-    init: str | None = field(default=None, metadata=_help(
-        "Reasoner checkpoint to start from, with ICM weights (the output of `retrv train icm`).", required=True))
-    lora_r: int = field(default=16, metadata=_help(
-        "LoRA rank; 0 fine-tunes every weight of the LLM instead (vision tower still frozen): for tiny models "
-        "trained from scratch, where a low-rank update is the bottleneck."))
+    cot: str | None = field(
+        default=None,
+        metadata=_help(
+            "Chain-of-thought jsonl (the synth world's cot/train_cot.jsonl or `retrv train cot` output).", required=True
+        ),
+    )
+    init: str | None = field(
+        default=None,
+        metadata=_help(
+            "Reasoner checkpoint to start from, with ICM weights (the output of `retrv train icm`).", required=True
+        ),
+    )
+    lora_r: int = field(
+        default=16,
+        metadata=_help(
+            "LoRA rank; 0 fine-tunes every weight of the LLM instead (vision tower still frozen): for tiny models "
+            "trained from scratch, where a low-rank update is the bottleneck."
+        ),
+    )
     lora_alpha: float = field(default=32.0, metadata=_help("LoRA scaling numerator (scale = alpha / r)."))
     lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
-    lora_targets: str = field(default=",".join(LLM_PROJECTIONS), metadata=_help(
-        "Comma-separated projection names the LoRA wraps, in the LLM's layers only (never the vision tower)."))
+    lora_targets: str = field(
+        default=",".join(LLM_PROJECTIONS),
+        metadata=_help(
+            "Comma-separated projection names the LoRA wraps, in the LLM's layers only (never the vision tower)."
+        ),
+    )
     train_icm: bool = field(default=True, metadata=_help("Train the ICM along with the LoRA."))
-    train_token_rows: bool = field(default=True, metadata=_help(
-        "Train the embedding rows of the role tokens (<answer>, inspection tags, <|icm|>, ...)."))
-    max_inspections: int = field(default=5, metadata=_help(
-        "Inspection requests served per sample, as at search time; later ones get the limit notice."))
+    train_token_rows: bool = field(
+        default=True,
+        metadata=_help("Train the embedding rows of the role tokens (<answer>, inspection tags, <|icm|>, ...)."),
+    )
+    max_inspections: int = field(
+        default=5,
+        metadata=_help("Inspection requests served per sample, as at search time; later ones get the limit notice."),
+    )
     batch_size: int = field(default=2, metadata=_help("CoT samples per micro-batch on each process."))
 
     def validate(self) -> None:
@@ -104,14 +124,22 @@ def split_reasoning(cot: str, special: SpecialTokens) -> list[str]:
     return [p for p in [*pieces, rest] if p]
 
 
-def build_sft_sequence(tokenizer: Any, embed_tokens: Any, prompt: Segment, cot: str,
-                       inspect: Callable[[int], CandidateTokens], num_candidates: int, *,
-                       special: SpecialTokens | None = None, max_inspections: int = 5) -> SftSequence:  # fmt: skip
+def build_sft_sequence(
+    tokenizer: Any,
+    embed_tokens: Any,
+    prompt: Segment,
+    cot: str,
+    inspect: Callable[[int], CandidateTokens],
+    num_candidates: int,
+    *,
+    special: SpecialTokens | None = None,
+    max_inspections: int = 5,
+) -> SftSequence:
     """The sequence decoding would build if the model wrote `cot`: same segments, positions, injections."""
     import torch
 
-    from retrv.rerank.parse import parse_inspection_request
     from retrv.rerank.decode import INVALID_NOTICE, LIMIT_NOTICE
+    from retrv.rerank.parse import parse_inspection_request
     from retrv.rerank.sequence import SpecialTokens, concat_segments, inspection_segment, text_segment
 
     special = special or SpecialTokens()
@@ -135,8 +163,9 @@ def build_sft_sequence(tokenizer: Any, embed_tokens: Any, prompt: Segment, cot: 
         segments.append(injected)
         position = injected.next_position
     sequence = concat_segments([prompt, *segments])
-    targets = torch.cat([s.token_ids if s.kind == "generated" else torch.full_like(s.token_ids, IGNORE)
-                         for s in [prompt, *segments]])  # fmt: skip
+    targets = torch.cat(
+        [s.token_ids if s.kind == "generated" else torch.full_like(s.token_ids, IGNORE) for s in [prompt, *segments]]
+    )
     return SftSequence(sequence, targets, segments, inspected)
 
 
@@ -177,7 +206,9 @@ def role_rows(model: Any, ids: list[int]) -> Any:
 
     base = unwrap_model(model)
     index = torch.tensor(ids, dtype=torch.long, device=base.get_input_embeddings().weight.device)
-    rows = torch.nn.ParameterDict({"input": torch.nn.Parameter(base.get_input_embeddings().weight.detach()[index].float().clone())})
+    rows = torch.nn.ParameterDict(
+        {"input": torch.nn.Parameter(base.get_input_embeddings().weight.detach()[index].float().clone())}
+    )
     head = base.get_output_embeddings()
     if head.weight.data_ptr() != base.get_input_embeddings().weight.data_ptr():
         rows["output"] = torch.nn.Parameter(head.weight.detach()[index].float().clone())
@@ -228,8 +259,9 @@ class SftContext:
     max_inspections: int = 5
 
 
-def sft_loss(model: Any, icm: Any, rows: Any, samples: list[ReasoningSample],
-             ctx: SftContext) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def sft_loss(
+    model: Any, icm: Any, rows: Any, samples: list[ReasoningSample], ctx: SftContext
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean cross-entropy over the reasoning and answer tokens of a batch of CoT samples."""
     import torch
     import torch.nn.functional as F
@@ -244,8 +276,18 @@ def sft_loss(model: Any, icm: Any, rows: Any, samples: list[ReasoningSample],
     for sample in samples:
         tokens = sample_tokens(model, ctx.parts, sample, ctx.budget, ctx.cache)
         prompt = reasoning_prompt(ctx.parts.tokenizer, embed, icm, tokens, ctx.special, ctx.parts.config.prompt_style)
-        built.append(build_sft_sequence(ctx.parts.tokenizer, embed, prompt, sample.cot or "", tokens.inspect,
-                                        sample.num_candidates, special=ctx.special, max_inspections=ctx.max_inspections))  # fmt: skip
+        built.append(
+            build_sft_sequence(
+                ctx.parts.tokenizer,
+                embed,
+                prompt,
+                sample.cot or "",
+                tokens.inspect,
+                sample.num_candidates,
+                special=ctx.special,
+                max_inspections=ctx.max_inspections,
+            )
+        )
     embeds, positions, mask = batch_segments([b.sequence for b in built])
     hidden = lm_hidden(model, embeds, positions, mask)
     picked, labels = [], []
@@ -271,8 +313,13 @@ def attach_lora(model: Any, config: SftTrainConfig) -> Any:
     pattern = rf".*language_model\..*\.({names})"
     if not any(re.fullmatch(pattern, n) for n, _ in model.named_modules()):
         raise TrainConfigError(f"--lora-targets {config.lora_targets!r} matches no module of the LLM")
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=pattern, bias="none")  # fmt: skip
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=pattern,
+        bias="none",
+    )
     return get_peft_model(model, lora)
 
 
@@ -306,9 +353,16 @@ def prepare_sft(config: SftTrainConfig, progress: ProgressCallback | None = None
 
     config.validate()
     issues = DataIssues(progress)
-    samples = load_cot_samples(config.data, config.cot, config.split, pool=config.pool,  # type: ignore[arg-type]
-                               instructions=config.instructions, limit=config.limit, tasks=parse_tasks(config.tasks),
-                               issues=issues)  # fmt: skip
+    samples = load_cot_samples(
+        config.data,
+        config.cot,
+        config.split,
+        pool=config.pool,  # type: ignore[arg-type]
+        instructions=config.instructions,
+        limit=config.limit,
+        tasks=parse_tasks(config.tasks),
+        issues=issues,
+    )
     emit(progress, "data", len(samples), len(samples), f"{len(samples)} CoT samples, {len(issues)} problems skipped")
     loaded = load_stage_reasoner(str(config.init), config)
     if loaded.icm is None:
@@ -320,8 +374,14 @@ def prepare_sft(config: SftTrainConfig, progress: ProgressCallback | None = None
     rows = role_rows(loaded.model, ids) if config.train_token_rows and not full else None
     llm = attach_lora(loaded.model, config) if not full else unfreeze_llm(loaded.model)
     model = torch.nn.ModuleDict({"llm": llm, "icm": icm} | ({"rows": rows} if rows is not None else {}))
-    ctx = SftContext(loaded, SpecialTokens.from_mapping(loaded.config.special_tokens), token_budget(config),
-                     FeatureCache(config.feature_cache), ids, config.max_inspections)  # fmt: skip
+    ctx = SftContext(
+        loaded,
+        SpecialTokens.from_mapping(loaded.config.special_tokens),
+        token_budget(config),
+        FeatureCache(config.feature_cache),
+        ids,
+        config.max_inspections,
+    )
     return SftRun(model, loaded, ctx, samples, issues)
 
 
@@ -333,7 +393,8 @@ def train_sft(config: SftTrainConfig, progress: ProgressCallback | None = None) 
     ctx = run.ctx
 
     def step(m: Any, batch: list[ReasoningSample]) -> tuple[Any, dict[str, float]]:
-        return sft_loss(m["llm"], m["icm"], m["rows"] if "rows" in m else None, batch, ctx)
+        rows = m["rows"] if "rows" in m else None  # noqa: SIM401 (a ModuleDict has no .get)
+        return sft_loss(m["llm"], m["icm"], rows, batch, ctx)
 
     batches = ShuffledBatches(run.samples, config.batch_size, config.seed)
     summary = train(run.model, step, batches, config, progress=progress, issues=run.issues)
@@ -342,7 +403,13 @@ def train_sft(config: SftTrainConfig, progress: ProgressCallback | None = None) 
     if PartialState().is_main_process:
         if "rows" in run.model:
             write_role_rows(run.model["llm"], ctx.role_ids, run.model["rows"])
-        save_stage(run.loaded, out, stage="sft", icm=run.model["icm"], training=training_record(config, summary),
-                   lora_model=run.model["llm"] if config.lora_r else None)  # fmt: skip
+        save_stage(
+            run.loaded,
+            out,
+            stage="sft",
+            icm=run.model["icm"],
+            training=training_record(config, summary),
+            lora_model=run.model["llm"] if config.lora_r else None,
+        )
     emit(progress, "save", 1, 1, f"reasoner checkpoint (stage sft) saved to {out}")
     return summary

@@ -22,8 +22,25 @@ def world(tmp_path_factory) -> Path:
 
 def bench(world: Path, clip: Path, index_dir: Path, *extra: str) -> dict:
     out = index_dir.parent / f"bench-{len(list(index_dir.parent.glob('bench-*.json')))}.json"
-    result = runner.invoke(app, ["bench", "mbeir", str(world), "--encoder", f"clip:{clip}", "--index-dir", str(index_dir),
-                                 "--device", "cpu", "--no-instructions", "--json", str(out), "-q", *extra])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "mbeir",
+            str(world),
+            "--encoder",
+            f"clip:{clip}",
+            "--index-dir",
+            str(index_dir),
+            "--device",
+            "cpu",
+            "--no-instructions",
+            "--json",
+            str(out),
+            "-q",
+            *extra,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return json.loads(out.read_text())
 
@@ -33,8 +50,9 @@ def test_recall_is_what_the_run_file_says_and_an_interrupted_bench_resumes(world
     from retrv.data.mbeir import MBeirDataset
 
     run, png = tmp_path / "run.trec", tmp_path / "recall.png"
-    data = bench(world, tiny_clip_dir, tmp_path / "indexes", "--tasks", "0,3", "--k", "10", "--run", str(run),
-                 "--plot", str(png))  # fmt: skip
+    data = bench(
+        world, tiny_clip_dir, tmp_path / "indexes", "--tasks", "0,3", "--k", "10", "--run", str(run), "--plot", str(png)
+    )
     assert data["schema"] == "retrv.bench/1"
     rows = {row["dataset"]: row for row in data["metrics"]["rows"]}
     assert set(rows) == {"synth_task0", "synth_task3"} and {row["queries"] for row in rows.values()} == {3}
@@ -59,15 +77,46 @@ def test_recall_is_what_the_run_file_says_and_an_interrupted_bench_resumes(world
 
 def test_a_reason_bench_counts_why_the_coarse_order_stood(world, tiny_clip_dir, reasoner_checkpoint, tmp_path):
     coarse = bench(world, tiny_clip_dir, tmp_path / "indexes", "--tasks", "0", "--k", "8")
-    capped = bench(world, tiny_clip_dir, tmp_path / "indexes", "--tasks", "0", "--k", "8", "--rerank", "reason",
-                   "--reasoner", str(reasoner_checkpoint), "--rerank-k", "4", "--max-new-tokens", "2")  # fmt: skip
+    capped = bench(
+        world,
+        tiny_clip_dir,
+        tmp_path / "indexes",
+        "--tasks",
+        "0",
+        "--k",
+        "8",
+        "--rerank",
+        "reason",
+        "--reasoner",
+        str(reasoner_checkpoint),
+        "--rerank-k",
+        "4",
+        "--max-new-tokens",
+        "2",
+    )
     cost = capped["cost"]
     assert cost["fallbacks"] == 3 and sum(cost["fallback_reasons"].values()) == 3 and cost["forced_answers"] == 0
     assert all(reason.startswith("max_new_tokens (2) reached") for reason in cost["fallback_reasons"])
     assert 0 < cost["generated_tokens_mean"] <= 2 and cost["prompt_tokens_mean"] > 0
     assert capped["metrics"]["rows"] == coarse["metrics"]["rows"]  # every query fell back: the coarse order stands
 
-    forced = bench(world, tiny_clip_dir, tmp_path / "indexes", "--tasks", "0", "--k", "8", "--rerank", "reason",
-                   "--reasoner", str(reasoner_checkpoint), "--rerank-k", "4", "--max-new-tokens", "2", "--force-answer")  # fmt: skip
+    forced = bench(
+        world,
+        tiny_clip_dir,
+        tmp_path / "indexes",
+        "--tasks",
+        "0",
+        "--k",
+        "8",
+        "--rerank",
+        "reason",
+        "--reasoner",
+        str(reasoner_checkpoint),
+        "--rerank-k",
+        "4",
+        "--max-new-tokens",
+        "2",
+        "--force-answer",
+    )
     cost = forced["cost"]  # each of the 3 is made to name one of its 4 candidates: one more token
     assert cost["forced_answers"] == 3 and cost["fallbacks"] == 0 and cost["generated_tokens_mean"] == 3

@@ -39,18 +39,26 @@ def test_headline_is_r5_except_r10_for_fashion200k_and_fashioniq():
 def test_evaluate_by_hand():
     queries = [
         # MSCOCO task 0: hit at 1, hit at 4, miss -> R@1 1/3, R@5 2/3, R@10 2/3
-        q("9:1", ["9:10"], 0, "mscoco_task0"), q("9:2", ["9:20"], 0, "mscoco_task0"), q("9:3", ["9:30"], 0, "mscoco_task0"),
+        q("9:1", ["9:10"], 0, "mscoco_task0"),
+        q("9:2", ["9:20"], 0, "mscoco_task0"),
+        q("9:3", ["9:30"], 0, "mscoco_task0"),
         # Fashion200K task 0: hits at 7 and 3 -> R@5 1/2, R@10 1 (its headline)
-        q("1:1", ["1:10"], 0, "fashion200k_task0"), q("1:2", ["1:20", "1:21"], 0, "fashion200k_task0"),
+        q("1:1", ["1:10"], 0, "fashion200k_task0"),
+        q("1:2", ["1:20", "1:21"], 0, "fashion200k_task0"),
         # FashionIQ task 7: hit at 10 -> headline R@10 = 1; CIRR task 7: hit at 6 -> headline R@5 = 0
-        q("7:1", ["7:10"], 7, "fashioniq_task7"), q("8:1", ["8:10"], 7, "cirr_task7"),
-    ]  # fmt: skip
+        q("7:1", ["7:10"], 7, "fashioniq_task7"),
+        q("8:1", ["8:10"], 7, "cirr_task7"),
+    ]
     pad = [f"0:{i}" for i in range(100, 110)]
     rankings = {
-        "9:1": ["9:10", *pad], "9:2": [*pad[:3], "9:20", *pad[3:]], "9:3": pad,
-        "1:1": [*pad[:6], "1:10", *pad[6:]], "1:2": [*pad[:2], "1:21", *pad[2:]],
-        "7:1": [*pad[:9], "7:10"], "8:1": [*pad[:5], "8:10"],
-    }  # fmt: skip
+        "9:1": ["9:10", *pad],
+        "9:2": [*pad[:3], "9:20", *pad[3:]],
+        "9:3": pad,
+        "1:1": [*pad[:6], "1:10", *pad[6:]],
+        "1:2": [*pad[:2], "1:21", *pad[2:]],
+        "7:1": [*pad[:9], "7:10"],
+        "8:1": [*pad[:5], "8:10"],
+    }
     report = evaluate(rankings, queries)
     rows = {r.dataset: r for r in report.rows}
     assert [r.dataset for r in report.rows] == ["mscoco_task0", "fashion200k_task0", "fashioniq_task7", "cirr_task7"]
@@ -77,7 +85,9 @@ def test_positives_are_filtered_by_the_query_dataset_prefix():
 
 
 def test_missing_rankings_are_counted_as_misses():
-    row = evaluate({"9:1": ["9:10"]}, [q("9:1", ["9:10"], 0, "mscoco_task0"), q("9:2", ["9:20"], 0, "mscoco_task0")]).rows[0]
+    row = evaluate(
+        {"9:1": ["9:10"]}, [q("9:1", ["9:10"], 0, "mscoco_task0"), q("9:2", ["9:20"], 0, "mscoco_task0")]
+    ).rows[0]
     assert (row.queries, row.missing, row.recall[1]) == (2, 1, 0.5)
 
 

@@ -44,7 +44,9 @@ def test_synth_then_check_ok_then_broken(tmp_path):
     data = json.loads(result.stdout)
     assert data["schema"] == "retrv.data.check/1" and not data["ok"]
     assert [(p["file"], p["line"]) for p in data["problems"]] == [
-        ("query/test/mbeir_synth_task3_test.jsonl", 1), ("query/test/mbeir_synth_task3_test.jsonl", 2)]
+        ("query/test/mbeir_synth_task3_test.jsonl", 1),
+        ("query/test/mbeir_synth_task3_test.jsonl", 2),
+    ]
 
 
 def test_synth_json_and_refusals(tmp_path):

@@ -21,14 +21,18 @@ runner = CliRunner()
 def photo_index(sample_photos_dir, tmp_path_factory) -> Path:
     """The real sample photos indexed once with the offline `lite` encoder."""
     root = tmp_path_factory.mktemp("cli") / "photos-index"
-    result = runner.invoke(app, ["build-index", str(sample_photos_dir), "--index", str(root), "--encoder", "lite", "--quiet"])
+    result = runner.invoke(
+        app, ["build-index", str(sample_photos_dir), "--index", str(root), "--encoder", "lite", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     return root
 
 
 def test_build_index_summary_counts_every_photo(photo_index, sample_photos_dir):
     n = len(list(sample_photos_dir.iterdir()))
-    result = runner.invoke(app, ["build-index", str(sample_photos_dir), "--index", str(photo_index), "--json", "--quiet"])
+    result = runner.invoke(
+        app, ["build-index", str(sample_photos_dir), "--index", str(photo_index), "--json", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["schema"] == "retrv.build/1"
@@ -64,7 +68,9 @@ def test_image_query_finds_itself(photo_index, sample_photos_dir):
 
 
 def test_min_score_says_no_match(photo_index):
-    result = runner.invoke(app, ["search", "a cup of coffee", "--index", str(photo_index), "--min-score", "1.5", "--json"])
+    result = runner.invoke(
+        app, ["search", "a cup of coffee", "--index", str(photo_index), "--min-score", "1.5", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["no_match"] is True and data["hits"] == []
@@ -114,7 +120,9 @@ def test_search_empty_index_fails_clearly(tmp_path):
     empty = tmp_path / "empty-dir"
     empty.mkdir()
     root = tmp_path / "index"
-    assert runner.invoke(app, ["build-index", str(empty), "--index", str(root), "--encoder", "lite", "-q"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["build-index", str(empty), "--index", str(root), "--encoder", "lite", "-q"]).exit_code == 0
+    )
     result = runner.invoke(app, ["search", "anything", "--index", str(root)])
     assert result.exit_code == 1 and "is empty" in result.stderr
 
@@ -135,8 +143,13 @@ def test_installed_entry_point_runs(photo_index):
     exe = Path(sys.executable).with_name("retrv")
     assert exe.exists(), "the retrv entry point is not installed (pip install -e .)"
     env = {**os.environ, "NO_COLOR": "1"}
-    done = subprocess.run([str(exe), "search", "a rocket", "--index", str(photo_index), "--k", "2"],
-                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [str(exe), "search", "a rocket", "--index", str(photo_index), "--k", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     first = done.stdout.splitlines()[0].split("\t")
     assert first[0] == "1" and first[2] == "image" and Path(first[3]).name == "rocket.jpg"

@@ -28,8 +28,23 @@ def mixed_index(sample_photos_dir, tmp_path_factory) -> Path:
 
 
 def test_score_mode_json(mixed_index, tiny_reasoner_dir):
-    result = runner.invoke(app, ["search", "a cup of coffee", "--index", str(mixed_index), "--rerank", "score",
-                                 "--reasoner", str(tiny_reasoner_dir), "--json", "--k", "5", "-q"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "a cup of coffee",
+            "--index",
+            str(mixed_index),
+            "--rerank",
+            "score",
+            "--reasoner",
+            str(tiny_reasoner_dir),
+            "--json",
+            "--k",
+            "5",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["rerank"] == "score" and len(data["hits"]) == 5
@@ -41,26 +56,60 @@ def test_score_mode_json(mixed_index, tiny_reasoner_dir):
 
 
 def test_score_mode_min_score_no_match(mixed_index, tiny_reasoner_dir):
-    result = runner.invoke(app, ["search", "a cup of coffee", "--index", str(mixed_index), "--rerank", "score",
-                                 "--reasoner", str(tiny_reasoner_dir), "--min-score", "1.01", "--json", "-q"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "a cup of coffee",
+            "--index",
+            str(mixed_index),
+            "--rerank",
+            "score",
+            "--reasoner",
+            str(tiny_reasoner_dir),
+            "--min-score",
+            "1.01",
+            "--json",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["no_match"] is True and data["hits"] == []
 
 
 def test_compress_then_reason(mixed_index, reasoner_checkpoint):
-    first = runner.invoke(app, ["compress", "--index", str(mixed_index), "--reasoner", str(reasoner_checkpoint), "--json", "-q"])
+    first = runner.invoke(
+        app, ["compress", "--index", str(mixed_index), "--reasoner", str(reasoner_checkpoint), "--json", "-q"]
+    )
     assert first.exit_code == 0, first.output
     report = json.loads(first.stdout)
     assert report["computed"] == 5 and report["unchanged"] == 0
-    again = runner.invoke(app, ["compress", "--index", str(mixed_index), "--reasoner", str(reasoner_checkpoint), "--json", "-q"])
+    again = runner.invoke(
+        app, ["compress", "--index", str(mixed_index), "--reasoner", str(reasoner_checkpoint), "--json", "-q"]
+    )
     assert json.loads(again.stdout)["computed"] == 0 and json.loads(again.stdout)["unchanged"] == 5
 
     info = json.loads(runner.invoke(app, ["info", "--index", str(mixed_index), "--json"]).stdout)
     assert info["side_tables"] == [report["table"]]
 
-    result = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason",
-                                 "--reasoner", str(reasoner_checkpoint), "--show-reasoning", "--json", "--k", "5"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "search",
+            "a rocket",
+            "--index",
+            str(mixed_index),
+            "--rerank",
+            "reason",
+            "--reasoner",
+            str(reasoner_checkpoint),
+            "--show-reasoning",
+            "--json",
+            "--k",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["rerank"] == "reason"
@@ -75,19 +124,65 @@ def test_compress_then_reason(mixed_index, reasoner_checkpoint):
         chosen = [h for h in data["hits"] if h["chosen"]]
         assert len(chosen) == 1 and chosen[0]["rank"] == 1
 
-    plain = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason",
-                                "--reasoner", str(reasoner_checkpoint), "--show-reasoning", "--k", "3"])  # fmt: skip
+    plain = runner.invoke(
+        app,
+        [
+            "search",
+            "a rocket",
+            "--index",
+            str(mixed_index),
+            "--rerank",
+            "reason",
+            "--reasoner",
+            str(reasoner_checkpoint),
+            "--show-reasoning",
+            "--k",
+            "3",
+        ],
+    )
     assert plain.exit_code == 0, plain.output
     assert plain.stdout.startswith("# ") and "inspected:" in plain.stdout
 
-    capped = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason", "--json",
-                                 "--reasoner", str(reasoner_checkpoint), "--k", "5", "--max-new-tokens", "3"])  # fmt: skip
+    capped = runner.invoke(
+        app,
+        [
+            "search",
+            "a rocket",
+            "--index",
+            str(mixed_index),
+            "--rerank",
+            "reason",
+            "--json",
+            "--reasoner",
+            str(reasoner_checkpoint),
+            "--k",
+            "5",
+            "--max-new-tokens",
+            "3",
+        ],
+    )
     capped = json.loads(capped.stdout)
     assert capped["generated_tokens"] <= 3 and "max_new_tokens (3) reached" in capped["fallback"]
     assert [h["id"] for h in capped["hits"]] == coarse_ids and capped["forced_answer"] is False
-    forced = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason", "--json",
-                                 "--reasoner", str(reasoner_checkpoint), "--k", "5", "--max-new-tokens", "3",
-                                 "--force-answer"])  # fmt: skip
+    forced = runner.invoke(
+        app,
+        [
+            "search",
+            "a rocket",
+            "--index",
+            str(mixed_index),
+            "--rerank",
+            "reason",
+            "--json",
+            "--reasoner",
+            str(reasoner_checkpoint),
+            "--k",
+            "5",
+            "--max-new-tokens",
+            "3",
+            "--force-answer",
+        ],
+    )
     forced = json.loads(forced.stdout)  # the capped reasoner is made to name a candidate
     assert forced["forced_answer"] is True and forced["fallback"] is None and forced["generated_tokens"] == 4
     chosen = [h for h in forced["hits"] if h["chosen"]]
@@ -95,7 +190,9 @@ def test_compress_then_reason(mixed_index, reasoner_checkpoint):
 
 
 def test_reason_mode_without_icm_suggests_score(mixed_index, tiny_reasoner_dir):
-    result = runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason",
-                                 "--reasoner", str(tiny_reasoner_dir)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason", "--reasoner", str(tiny_reasoner_dir)],
+    )
     assert result.exit_code == 1
     assert "--rerank score" in result.stderr

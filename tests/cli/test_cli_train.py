@@ -39,7 +39,9 @@ def _help_text(command: str) -> str:
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
 
 
-@pytest.mark.parametrize(("command", "config_cls"), [("icm", IcmTrainConfig), ("sft", SftTrainConfig), ("grpo", GrpoTrainConfig)])
+@pytest.mark.parametrize(
+    ("command", "config_cls"), [("icm", IcmTrainConfig), ("sft", SftTrainConfig), ("grpo", GrpoTrainConfig)]
+)
 def test_help_lists_every_config_field_with_its_help(command, config_cls):
     text = _help_text(command)
     for f in describe(config_cls):
@@ -53,11 +55,35 @@ def test_a_tiny_sft_run_through_the_cli(tmp_path, world, tiny_reasoner_dir):
     from retrv.rerank.checkpoint import load_reasoner, save_reasoner
 
     torch.manual_seed(0)
-    init = save_reasoner(load_reasoner(str(tiny_reasoner_dir), device="cpu"), tmp_path / "icm", stage="icm",
-                         icm=ICM(ICMConfig(hidden_size=64, num_heads=4, num_layers=1, num_memory_tokens=2)))  # fmt: skip
+    init = save_reasoner(
+        load_reasoner(str(tiny_reasoner_dir), device="cpu"),
+        tmp_path / "icm",
+        stage="icm",
+        icm=ICM(ICMConfig(hidden_size=64, num_heads=4, num_layers=1, num_memory_tokens=2)),
+    )
     out = tmp_path / "sft"
-    args = ["sft", "--data", str(world), "--cot", str(world / "cot/train_cot.jsonl"), "--init", str(init), "--out", str(out),
-            "--max-steps", "2", "--batch-size", "1", "--limit", "2", "--lora-r", "2", "--device", "cpu", "--json"]  # fmt: skip
+    args = [
+        "sft",
+        "--data",
+        str(world),
+        "--cot",
+        str(world / "cot/train_cot.jsonl"),
+        "--init",
+        str(init),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "1",
+        "--limit",
+        "2",
+        "--lora-r",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -72,7 +98,9 @@ def test_a_tiny_sft_run_through_the_cli(tmp_path, world, tiny_reasoner_dir):
 
 
 def test_bad_values_fail_with_one_line(tmp_path, world):
-    result = CliRunner().invoke(app, ["icm", "--data", str(world), "--reasoner", "x", "--out", str(tmp_path / "o"), "--lr", "-1"])
+    result = CliRunner().invoke(
+        app, ["icm", "--data", str(world), "--reasoner", "x", "--out", str(tmp_path / "o"), "--lr", "-1"]
+    )
     assert result.exit_code == 1 and result.stderr.strip() == "retrv: error: --lr must be positive, got -1.0"
     missing = CliRunner().invoke(app, ["sft", "--data", str(world), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "--cot" in missing.output  # required flags are enforced by the parser

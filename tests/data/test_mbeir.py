@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retrv.data.mbeir import MBeirCandidate, MBeirDataset, MBeirQuery, Instruction, Problem, check, write_dataset
+from retrv.data.mbeir import Instruction, MBeirCandidate, MBeirDataset, MBeirQuery, Problem, check, write_dataset
 from retrv.errors import DataError
 
 QUERY_FILE = "query/test/mbeir_mscoco_task0_test.jsonl"
@@ -36,29 +36,89 @@ def mbeir(tmp_path) -> Path:
     imgs.mkdir(parents=True)
     for name, colour in [("a.jpg", "red"), ("b.jpg", "blue"), ("c.jpg", "green"), ("q.jpg", "white")]:
         (imgs / name).write_bytes(_png(colour))
-    _jsonl(root / QUERY_FILE, [
-        {"qid": "9:1", "query_txt": "a red thing", "query_img_path": None, "query_modality": "text",
-         "query_src_content": None, "pos_cand_list": ["9:100"], "neg_cand_list": ["9:101"], "task_id": 0},
-        {"qid": "9:2", "query_txt": "a blue thing", "query_img_path": None, "query_modality": "text",
-         "query_src_content": None, "pos_cand_list": ["9:101"], "neg_cand_list": []},  # task_id from the file name
-    ])
-    _jsonl(root / POOL_FILE, [
-        {"did": "9:100", "txt": None, "img_path": "mbeir_images/mscoco_images/a.jpg", "modality": "image", "src_content": None},
-        {"did": "9:101", "txt": "", "img_path": "mbeir_images/mscoco_images/b.jpg", "modality": "image", "src_content": None},
-        {"did": "9:102", "txt": None, "img_path": "mbeir_images/mscoco_images/c.jpg", "modality": "image", "src_content": None},
-    ])
+    _jsonl(
+        root / QUERY_FILE,
+        [
+            {
+                "qid": "9:1",
+                "query_txt": "a red thing",
+                "query_img_path": None,
+                "query_modality": "text",
+                "query_src_content": None,
+                "pos_cand_list": ["9:100"],
+                "neg_cand_list": ["9:101"],
+                "task_id": 0,
+            },
+            {
+                "qid": "9:2",
+                "query_txt": "a blue thing",
+                "query_img_path": None,
+                "query_modality": "text",
+                "query_src_content": None,
+                "pos_cand_list": ["9:101"],
+                "neg_cand_list": [],
+            },  # task_id from the file name
+        ],
+    )
+    _jsonl(
+        root / POOL_FILE,
+        [
+            {
+                "did": "9:100",
+                "txt": None,
+                "img_path": "mbeir_images/mscoco_images/a.jpg",
+                "modality": "image",
+                "src_content": None,
+            },
+            {
+                "did": "9:101",
+                "txt": "",
+                "img_path": "mbeir_images/mscoco_images/b.jpg",
+                "modality": "image",
+                "src_content": None,
+            },
+            {
+                "did": "9:102",
+                "txt": None,
+                "img_path": "mbeir_images/mscoco_images/c.jpg",
+                "modality": "image",
+                "src_content": None,
+            },
+        ],
+    )
     # A split-less pool of another name must not be picked over the per-split one.
-    _jsonl(root / "cand_pool/local/mbeir_mscoco_task0_cand_pool.jsonl", [
-        {"did": "9:999", "txt": "wrong pool", "img_path": None, "modality": "text"}])
-    _jsonl(root / "query/test/mbeir_cirr_task7_test.jsonl", [
-        {"qid": "8:5", "query_txt": "make it green", "query_img_path": "mbeir_images/mscoco_images/q.jpg",
-         "query_modality": "image,text", "pos_cand_list": ["8:7"], "neg_cand_list": [], "task_id": 7}])
-    _jsonl(root / "cand_pool/local/mbeir_cirr_task7_cand_pool.jsonl", [
-        {"did": "8:7", "txt": None, "img_path": "mbeir_images/mscoco_images/c.jpg", "modality": "image"},
-        {"did": "8:8", "txt": None, "img_path": "mbeir_images/mscoco_images/a.jpg", "modality": "image"}])
-    _jsonl(root / "cand_pool/global/mbeir_union_test_cand_pool.jsonl", [
-        {"did": "9:100", "txt": None, "img_path": "mbeir_images/mscoco_images/a.jpg", "modality": "image"},
-        {"did": "8:7", "txt": None, "img_path": "mbeir_images/mscoco_images/c.jpg", "modality": "image"}])
+    _jsonl(
+        root / "cand_pool/local/mbeir_mscoco_task0_cand_pool.jsonl",
+        [{"did": "9:999", "txt": "wrong pool", "img_path": None, "modality": "text"}],
+    )
+    _jsonl(
+        root / "query/test/mbeir_cirr_task7_test.jsonl",
+        [
+            {
+                "qid": "8:5",
+                "query_txt": "make it green",
+                "query_img_path": "mbeir_images/mscoco_images/q.jpg",
+                "query_modality": "image,text",
+                "pos_cand_list": ["8:7"],
+                "neg_cand_list": [],
+                "task_id": 7,
+            }
+        ],
+    )
+    _jsonl(
+        root / "cand_pool/local/mbeir_cirr_task7_cand_pool.jsonl",
+        [
+            {"did": "8:7", "txt": None, "img_path": "mbeir_images/mscoco_images/c.jpg", "modality": "image"},
+            {"did": "8:8", "txt": None, "img_path": "mbeir_images/mscoco_images/a.jpg", "modality": "image"},
+        ],
+    )
+    _jsonl(
+        root / "cand_pool/global/mbeir_union_test_cand_pool.jsonl",
+        [
+            {"did": "9:100", "txt": None, "img_path": "mbeir_images/mscoco_images/a.jpg", "modality": "image"},
+            {"did": "8:7", "txt": None, "img_path": "mbeir_images/mscoco_images/c.jpg", "modality": "image"},
+        ],
+    )
     (root / "qrels/test").mkdir(parents=True)
     (root / QRELS_FILE).write_text("9:1 0 9:100 1 0\n9:2 0 9:101 1 0\n")
     (root / "qrels/test/mbeir_cirr_task7_test_qrels.txt").write_text("8:5 0 8:7 1 7\n")
@@ -66,7 +126,8 @@ def mbeir(tmp_path) -> Path:
     (root / "instructions/query_instructions.tsv").write_text(
         "query_modality\tcand_modality\tdataset\tdataset_id\tprompt_1\tprompt_2\n"
         "text\timage\tMSCOCO\t9\tFind me an everyday image that matches the given caption.\tIdentify the image.\n"
-        "image,text\timage\tCIRR\t8\tRetrieve a day-to-day image that aligns with the modification instructions.\t\n")
+        "image,text\timage\tCIRR\t8\tRetrieve a day-to-day image that aligns with the modification instructions.\t\n"
+    )
     return root
 
 
@@ -76,7 +137,14 @@ def test_reader_lists_datasets_tasks_and_fields(mbeir):
     assert ds.tasks == [0, 7]
     q1, q2 = ds.queries(dataset="mscoco_task0")
     assert (q1.qid, q1.text, q1.image_path, q1.modality, q1.pos, q1.neg, q1.task_id) == (
-        "9:1", "a red thing", None, "text", ["9:100"], ["9:101"], 0)
+        "9:1",
+        "a red thing",
+        None,
+        "text",
+        ["9:100"],
+        ["9:101"],
+        0,
+    )
     assert q2.task_id == 0 and q2.dataset == "mscoco_task0" and q2.dataset_id == 9
     (q,) = ds.queries(task=7)
     assert q.image_path == str(mbeir / "mbeir_images/mscoco_images/q.jpg") and q.text == "make it green"
@@ -117,33 +185,67 @@ def _edit_line(root: Path, rel: str, line: int, new: str) -> None:
 
 
 def _query2(**change) -> str:
-    record = {"qid": "9:2", "query_txt": "a blue thing", "query_img_path": None, "query_modality": "text",
-              "pos_cand_list": ["9:101"], "neg_cand_list": []}
+    record = {
+        "qid": "9:2",
+        "query_txt": "a blue thing",
+        "query_img_path": None,
+        "query_modality": "text",
+        "pos_cand_list": ["9:101"],
+        "neg_cand_list": [],
+    }
     record.update(change)
     return json.dumps({k: v for k, v in record.items() if v != "DROP"})
 
 
-@pytest.mark.parametrize("rel, line, new, expected", [
-    (QUERY_FILE, 2, '{"qid": "9:2", "query_txt": ', "malformed JSON"),
-    (QUERY_FILE, 2, _query2(query_modality="DROP"), "missing field 'query_modality'"),
-    (QUERY_FILE, 2, _query2(pos_cand_list="DROP"), "missing field 'pos_cand_list'"),
-    (QUERY_FILE, 2, _query2(query_modality="text,image"), "modality should be one of text, image, image,text"),
-    (QUERY_FILE, 2, _query2(query_modality="image"), "modality 'image' but no image path"),
-    (QUERY_FILE, 2, _query2(query_modality="image,text", query_img_path="../outside.jpg"), "leaves the dataset root"),
-    (QUERY_FILE, 2, _query2(query_modality="image,text", query_img_path="mbeir_images/../../x.jpg"), "leaves the dataset root"),
-    (QUERY_FILE, 2, _query2(query_modality="image,text", query_img_path="/etc/passwd"), "leaves the dataset root"),
-    (QUERY_FILE, 2, _query2(query_modality="image,text", query_img_path="mbeir_images/mscoco_images/nope.jpg"),
-     "image not found: mbeir_images/mscoco_images/nope.jpg"),
-    (QUERY_FILE, 2, _query2(pos_cand_list=["9:555"]), "positive 9:555 of 9:2 is not in " + POOL_FILE),
-    (QUERY_FILE, 2, _query2(qid="coco-2"), "qid should look like '<dataset id>:<n>'"),
-    (POOL_FILE, 3, json.dumps({"did": "9:101", "txt": "x", "img_path": None, "modality": "text"}), "duplicate did 9:101"),
-    (POOL_FILE, 3, json.dumps({"did": "9:102", "txt": None, "img_path": "mbeir_images/mscoco_images/gone.jpg",
-                               "modality": "image"}), "image not found"),
-    (POOL_FILE, 3, json.dumps({"did": "9:102", "txt": "x", "img_path": None}), "missing field 'modality'"),
-    (QRELS_FILE, 2, "9:2 0 9:101 1", "a qrels line has 5 columns"),
-    (QRELS_FILE, 2, "9:7 0 9:101 1 0", "qid 9:7 is not in " + QUERY_FILE),
-    ("instructions/query_instructions.tsv", 2, "text\timage\tMSCOCO", "at least 5 tab-separated columns"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "rel, line, new, expected",
+    [
+        (QUERY_FILE, 2, '{"qid": "9:2", "query_txt": ', "malformed JSON"),
+        (QUERY_FILE, 2, _query2(query_modality="DROP"), "missing field 'query_modality'"),
+        (QUERY_FILE, 2, _query2(pos_cand_list="DROP"), "missing field 'pos_cand_list'"),
+        (QUERY_FILE, 2, _query2(query_modality="text,image"), "modality should be one of text, image, image,text"),
+        (QUERY_FILE, 2, _query2(query_modality="image"), "modality 'image' but no image path"),
+        (
+            QUERY_FILE,
+            2,
+            _query2(query_modality="image,text", query_img_path="../outside.jpg"),
+            "leaves the dataset root",
+        ),
+        (
+            QUERY_FILE,
+            2,
+            _query2(query_modality="image,text", query_img_path="mbeir_images/../../x.jpg"),
+            "leaves the dataset root",
+        ),
+        (QUERY_FILE, 2, _query2(query_modality="image,text", query_img_path="/etc/passwd"), "leaves the dataset root"),
+        (
+            QUERY_FILE,
+            2,
+            _query2(query_modality="image,text", query_img_path="mbeir_images/mscoco_images/nope.jpg"),
+            "image not found: mbeir_images/mscoco_images/nope.jpg",
+        ),
+        (QUERY_FILE, 2, _query2(pos_cand_list=["9:555"]), "positive 9:555 of 9:2 is not in " + POOL_FILE),
+        (QUERY_FILE, 2, _query2(qid="coco-2"), "qid should look like '<dataset id>:<n>'"),
+        (
+            POOL_FILE,
+            3,
+            json.dumps({"did": "9:101", "txt": "x", "img_path": None, "modality": "text"}),
+            "duplicate did 9:101",
+        ),
+        (
+            POOL_FILE,
+            3,
+            json.dumps(
+                {"did": "9:102", "txt": None, "img_path": "mbeir_images/mscoco_images/gone.jpg", "modality": "image"}
+            ),
+            "image not found",
+        ),
+        (POOL_FILE, 3, json.dumps({"did": "9:102", "txt": "x", "img_path": None}), "missing field 'modality'"),
+        (QRELS_FILE, 2, "9:2 0 9:101 1", "a qrels line has 5 columns"),
+        (QRELS_FILE, 2, "9:7 0 9:101 1 0", "qid 9:7 is not in " + QUERY_FILE),
+        ("instructions/query_instructions.tsv", 2, "text\timage\tMSCOCO", "at least 5 tab-separated columns"),
+    ],
+)
 def test_check_reports_each_problem_with_file_and_line(mbeir, rel, line, new, expected):
     _edit_line(mbeir, rel, line, new)
     problems = check(mbeir)
@@ -157,8 +259,10 @@ def test_check_reports_each_problem_with_file_and_line(mbeir, rel, line, new, ex
 def test_check_reports_missing_files(mbeir, tmp_path):
     (mbeir / QRELS_FILE).unlink()
     (mbeir / "instructions/query_instructions.tsv").unlink()
-    assert check(mbeir) == [Problem(QRELS_FILE, None, "missing qrels file"),
-                            Problem("instructions/query_instructions.tsv", None, "missing instructions file")]  # fmt: skip
+    assert check(mbeir) == [
+        Problem(QRELS_FILE, None, "missing qrels file"),
+        Problem("instructions/query_instructions.tsv", None, "missing instructions file"),
+    ]
     assert check(tmp_path / "nothing-here")[0].message == "not a directory"
 
 
@@ -175,15 +279,26 @@ def test_reader_raises_data_error_with_file_and_line(mbeir):
 
 def test_write_then_read_round_trip(tmp_path):
     root = tmp_path / "w"
-    queries = [MBeirQuery("90:0", None, "mbeir_images/x/q.png", "image", ["90:1"], ["90:2"], 3, "toy_task3", "test"),
-               MBeirQuery("90:1", "hi", None, "text", ["90:2"], [], 3, "toy_task3", "test")]
+    queries = [
+        MBeirQuery("90:0", None, "mbeir_images/x/q.png", "image", ["90:1"], ["90:2"], 3, "toy_task3", "test"),
+        MBeirQuery("90:1", "hi", None, "text", ["90:2"], [], 3, "toy_task3", "test"),
+    ]
     cands = [MBeirCandidate("90:1", "one", None, "text"), MBeirCandidate("90:2", "two", None, "text")]
-    write_dataset(root, queries, {"toy_task3_test": cands}, None,
-                  [Instruction("image", "text", "Toy", 90, ["Say what you see."])], {"mbeir_images/x/q.png": _png("red")})
+    write_dataset(
+        root,
+        queries,
+        {"toy_task3_test": cands},
+        None,
+        [Instruction("image", "text", "Toy", 90, ["Say what you see."])],
+        {"mbeir_images/x/q.png": _png("red")},
+    )
     assert check(root) == []
     ds = MBeirDataset.open(root, "test")
     got = list(ds.queries())
-    assert [(q.qid, q.pos, q.neg, q.task_id) for q in got] == [("90:0", ["90:1"], ["90:2"], 3), ("90:1", ["90:2"], [], 3)]
+    assert [(q.qid, q.pos, q.neg, q.task_id) for q in got] == [
+        ("90:0", ["90:1"], ["90:2"], 3),
+        ("90:1", ["90:2"], [], 3),
+    ]
     assert got[0].image_path == str(root / "mbeir_images/x/q.png")
     assert [c.text for c in ds.candidates(dataset="toy_task3")] == ["one", "two"]
     assert ds.qrels() == {"90:0": {"90:1": 1}, "90:1": {"90:2": 1}}

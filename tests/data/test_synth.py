@@ -89,7 +89,7 @@ def test_images_decode_and_show_their_scene(world):
             left, right = img.crop((0, 0, 32, 64)), img.crop((32, 0, 64, 64))
             # The most frequent non-background colour of each half is the colour of the shape drawn there.
             for half, obj in ((left, scene.left), (right, scene.right)):
-                count, colour = max(c for c in half.getcolors() if c[1] != (245, 245, 240))
+                _count, colour = max(c for c in half.getcolors() if c[1] != (245, 245, 240))
                 assert colour == COLOURS[obj.colour]
     for q in ds.queries():
         if q.image_path:
@@ -122,31 +122,39 @@ def test_cot_is_the_true_reasoning(world):
     # the variants of a query draw and order their candidates afresh: which look-alike is candidate i is in the images
     assert sum(len({tuple(v["candidates"]) for v in vs}) == len(vs) for vs in by_qid.values()) >= 0.9 * len(by_qid)
     assert len({tuple(v["answer"] for v in vs) for vs in by_qid.values()}) > 1
-    pools = {name: {c.did: c for c in MBeirDataset.open(world, "train").candidates(dataset=name)} for name in
-             ("synth_task0", "synth_task3", "synth_task7")}  # fmt: skip
+    pools = {
+        name: {c.did: c for c in MBeirDataset.open(world, "train").candidates(dataset=name)}
+        for name in ("synth_task0", "synth_task3", "synth_task7")
+    }
     saw_inspection = False
     for r in records:
         q = train[r["qid"]]
         assert len(r["candidates"]) == 8 and len(set(r["candidates"])) == 8
         assert r["candidates"][r["answer"] - 1] == q.pos[0]
         steps = r["cot"].split("\n")
-        assert [s.split(":")[0] for s in steps] == ["Step 1 (ideal result)", "Step 2 (quick elimination)",
-                                                    "Step 3 (detailed check)", "Step 4 (answer)"]  # fmt: skip
+        assert [s.split(":")[0] for s in steps] == [
+            "Step 1 (ideal result)",
+            "Step 2 (quick elimination)",
+            "Step 3 (detailed check)",
+            "Step 4 (answer)",
+        ]
         assert steps[3].endswith(f"<answer>{r['answer']}</answer>")
         tags = [int(i) for i in re.findall(r"<inspection-index-start>(\d+)<inspection-index-end>", r["cot"])]
         assert tags == r["inspected"]
-        words = lambda did: sorted(json.loads(pools[q.dataset][did].src_content)["caption"].split())  # noqa: E731
+        words = lambda did: sorted(json.loads(pools[q.dataset][did].src_content)["caption"].split())  # noqa: E731, B023
         alike = [i for i, d in enumerate(r["candidates"], 1) if words(d) == words(q.pos[0])]
         if len(alike) > 1:  # look-alikes are inspected in order up to the answer, nothing else is
             assert tags == alike[: alike.index(r["answer"]) + 1]
             saw_inspection = True
-            caption = lambda did: json.loads(pools[q.dataset][did].src_content)["caption"]  # noqa: E731
+            caption = lambda did: json.loads(pools[q.dataset][did].src_content)["caption"]  # noqa: E731, B023
             verb, should = ("says", "should say") if q.task_id == 3 else ("shows", "should show")
-            quote = (lambda t: f'"{t}"') if q.task_id == 3 else (lambda t: t)  # noqa: E731
+            quote = (lambda t: f'"{t}"') if q.task_id == 3 else (lambda t: t)
             for i in tags:  # the request, what it shows, what it should show, the attributes side by side, the verdict
                 seen, truth = caption(r["candidates"][i - 1]), caption(q.pos[0])
-                look = (f"Candidate {i} <inspection-index-start>{i}<inspection-index-end> {verb} {quote(seen)};"
-                        f" it {should} {quote(truth)}; ")  # fmt: skip
+                look = (
+                    f"Candidate {i} <inspection-index-start>{i}<inspection-index-end> {verb} {quote(seen)};"
+                    f" it {should} {quote(truth)}; "
+                )
                 assert look in steps[2]
                 comparison, verdict = steps[2].split(look)[1].split(".")[0].split(": ")
                 assert comparison == _comparison(seen, truth)
@@ -172,7 +180,9 @@ def test_skills_restate_text_queries_and_check_each_truth_against_its_look_alike
         words = r["query"].split()
         canonical = r["query"] if words[4] == "left" else " ".join(words[6:] + ["left", "of"] + words[:4])
         assert r["cot"] == f"Step 1 (ideal result): an image that shows {canonical}."
-    task0 = [json.loads(line) for line in (world / "cot/train_cot.jsonl").read_text().splitlines() if '"task_id": 0' in line]
+    task0 = [
+        json.loads(line) for line in (world / "cot/train_cot.jsonl").read_text().splitlines() if '"task_id": 0' in line
+    ]
     assert {r["cot"] for r in restated} >= {c["cot"].split("\n")[0] for c in task0}  # the CoT's own Step 1 lines
     records = [r for r in records if r["skill"] == "check"]
     assert len(records) == 3 * len(list(ds.queries()))
@@ -185,12 +195,17 @@ def test_skills_restate_text_queries_and_check_each_truth_against_its_look_alike
     queries = {q.qid: q for q in ds.queries()}
     for r in records:
         q = queries[r["qid"]]  # written after its own query and that query's Step 1
-        m = re.fullmatch(r"Candidate (\d) <inspection-index-start>(\d)<inspection-index-end> (?:shows|says) \"?(.+?)\"?;"
-                         r" it should (?:show|say) \"?(.+?)\"?; (.+)", r["cot"])  # fmt: skip
+        m = re.fullmatch(
+            r"Candidate (\d) <inspection-index-start>(\d)<inspection-index-end> (?:shows|says) \"?(.+?)\"?;"
+            r" it should (?:show|say) \"?(.+?)\"?; (.+)",
+            r["cot"],
+        )
         assert m and m[1] == m[2] and 1 <= int(m[1]) <= 8 and len(r["candidates"]) == 8, r["cot"]
         seen, truth = m[3], m[4]
         assert seen == caption[r["candidates"][int(m[1]) - 1]]  # what it shows is the inspected candidate
-        assert truth == caption[q.pos[0]] and r["context"].startswith("Step 1 (ideal result): ") and truth in r["context"]
+        assert (
+            truth == caption[q.pos[0]] and r["context"].startswith("Step 1 (ideal result): ") and truth in r["context"]
+        )
         assert sorted(seen.split()) == sorted(truth.split())  # a look-alike
         comparison, verdict = m[5].rstrip(".").split(": ")
         assert comparison == _comparison(seen, truth)
@@ -199,8 +214,13 @@ def test_skills_restate_text_queries_and_check_each_truth_against_its_look_alike
         if r["answer"]:
             matches.setdefault(r["dataset"], []).append(truth)
     assert {d: sorted(t) for d, t in matches.items()} == {d: sorted(t) for d, t in truths.items()}  # each truth once
-    assert kinds == {"it matches", "the colours are swapped", "the sizes are swapped", "the shapes are swapped",
-                     "the two shapes are on the wrong sides"}  # fmt: skip
+    assert kinds == {
+        "it matches",
+        "the colours are swapped",
+        "the sizes are swapped",
+        "the shapes are swapped",
+        "the two shapes are on the wrong sides",
+    }
 
 
 def test_bad_sizes_and_non_empty_folders_are_refused(world, tmp_path):

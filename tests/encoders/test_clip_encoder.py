@@ -12,7 +12,13 @@ from retrv.encoders.base import Encoder
 from retrv.encoders.registry import load_encoder
 from retrv.errors import ModelLoadError
 
-TEXTS = ["a cup of coffee", "a rocket", "a small red circle left of a blue square", "Yes", "a photo of a cat on a table"]
+TEXTS = [
+    "a cup of coffee",
+    "a rocket",
+    "a small red circle left of a blue square",
+    "Yes",
+    "a photo of a cat on a table",
+]
 
 
 def _images() -> list[Image.Image]:
@@ -98,5 +104,7 @@ def test_pickle_weights_are_never_loaded(tiny_clip_dir, tmp_path):
     shutil.copytree(tiny_clip_dir, model_dir)
     torch.save(load_file(model_dir / "model.safetensors"), model_dir / "pytorch_model.bin")
     (model_dir / "model.safetensors").unlink()
-    with pytest.raises(ModelLoadError, match=r"could not load .*model.safetensors.*\(retrv loads safetensors weights only\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"could not load .*model.safetensors.*\(retrv loads safetensors weights only\)"
+    ):
         load_encoder(f"clip:{model_dir}", device="cpu")

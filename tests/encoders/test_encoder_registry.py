@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from retrv.encoders.base import combine
-from retrv.hub import ModelNotCachedError
 from retrv.encoders.registry import ACCEPTED_FORMS, EncoderSpec, canonical_spec, load_encoder, parse_encoder_spec
 from retrv.errors import ModelLoadError, RetrvError
+from retrv.hub import ModelNotCachedError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -56,7 +56,9 @@ def test_canonical_strings(tmp_path, monkeypatch):
     (tmp_path / "models" / "my-clip").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert canonical_spec("clip:./models/my-clip") == f"clip:{tmp_path.resolve()}/models/my-clip"
-    assert canonical_spec("clip:models/my-clip") == f"clip:{tmp_path.resolve()}/models/my-clip"  # exists: a path, not an id
+    assert (
+        canonical_spec("clip:models/my-clip") == f"clip:{tmp_path.resolve()}/models/my-clip"
+    )  # exists: a path, not an id
     monkeypatch.setenv("HOME", str(tmp_path))
     assert canonical_spec("text:~/models/my-clip") == f"text:{tmp_path.resolve()}/models/my-clip"
 
@@ -126,7 +128,9 @@ def test_auto_falls_back_to_lite_offline_and_says_so_once(empty_hf_cache, lite):
     enc = load_encoder("auto", device="cpu", notify=notices.append)
     assert enc.spec == "lite" and enc.modalities == frozenset({"text", "image"})
     assert len(notices) == 1
-    assert notices[0].startswith("CLIP not in the Hugging Face cache and HF_HUB_OFFLINE is set; using the offline `lite` encoder.")
+    assert notices[0].startswith(
+        "CLIP not in the Hugging Face cache and HF_HUB_OFFLINE is set; using the offline `lite` encoder."
+    )
     assert "--encoder clip:/path/to/clip" in notices[0] and "\n" not in notices[0]
     assert load_encoder("auto", device="cpu").spec == "lite"  # no notify given: nothing is printed, nothing fails
 

@@ -70,6 +70,8 @@ def test_class_embeddings_are_cached_on_disk(lite, encoder_cache_dir, monkeypatc
     monkeypatch.setattr(lite_module, "_class_embeddings", {})  # a new process: only the disk cache is left
     names = lite_module.imagenet_class_names()
     assert len(names) == 1000 and names[0] == "tench"
-    monkeypatch.setattr(lite.text_encoder, "encode_texts", lambda *a, **k: pytest.fail("recomputed despite the disk cache"))
+    monkeypatch.setattr(
+        lite.text_encoder, "encode_texts", lambda *a, **k: pytest.fail("recomputed despite the disk cache")
+    )
     cached = lite_module.class_embeddings(lite.text_encoder, names)
     np.testing.assert_allclose(cached, lite.class_vectors.numpy(), atol=0)

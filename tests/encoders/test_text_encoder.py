@@ -72,6 +72,13 @@ def test_long_text_is_truncated_to_the_model_limit(minilm):
 
 def test_images_are_refused_with_a_clear_message(minilm):
     image = Image.new("RGB", (8, 8))
-    for call in (lambda: minilm.encode_images([image]), lambda: minilm.preprocess(image), lambda: minilm.encode_pixels([])):
-        with pytest.raises(RetrvError, match=r"encoder text:sentence-transformers/all-MiniLM-L6-v2 cannot embed images; use clip or lite"):
+    for call in (
+        lambda: minilm.encode_images([image]),
+        lambda: minilm.preprocess(image),
+        lambda: minilm.encode_pixels([]),
+    ):
+        with pytest.raises(
+            RetrvError,
+            match=r"encoder text:sentence-transformers/all-MiniLM-L6-v2 cannot embed images; use clip or lite",
+        ):
             call()

@@ -37,7 +37,7 @@ def test_output_shapes(icm):
 
 
 def test_padding_is_ignored(icm):
-    full, mask, query = _inputs()
+    full, mask, _query = _inputs()
     short = full[1:2, :7]
     garbage = full.clone()
     garbage[1, 7:] = 1e3  # padded rows must not matter

@@ -70,8 +70,13 @@ def test_cache_is_reused_when_the_version_is_unchanged(store):
     assert again.source == "cache" and again.path.stat().st_mtime_ns == mtime and cache_files(store) == files
     q = unit(3, seed=9)
     np.testing.assert_array_equal(again.search(q, 5)[1], first.search(q, 5)[1])
-    assert AnnIndex.describe_cache(store) == {"kind": "flat", "version": store.version(), "current": True,
-                                              "file": str(first.path), "file_bytes": first.path.stat().st_size}  # fmt: skip
+    assert AnnIndex.describe_cache(store) == {
+        "kind": "flat",
+        "version": store.version(),
+        "current": True,
+        "file": str(first.path),
+        "file_bytes": first.path.stat().st_size,
+    }
 
 
 def test_incremental_update_matches_a_fresh_build(store):
@@ -151,7 +156,9 @@ def test_ivf_option_recalls_updates_and_removes(store):
     recall = np.mean([len(set(g) & set(w)) / 10 for g, w in zip(ann.search(queries, 10)[1], want)])
     assert recall >= 0.6  # 4 of 6 lists on 16-d random data
     full = AnnParams(large="ivf", nprobe=6)  # every list: exact
-    np.testing.assert_array_equal(AnnIndex.load_or_build(store, exact_max=100, params=full).search(queries, 10)[1], want)
+    np.testing.assert_array_equal(
+        AnnIndex.load_or_build(store, exact_max=100, params=full).search(queries, 10)[1], want
+    )
 
     store.delete([f"doc{i}" for i in range(0, 300, 10)])
     store.upsert(items(7, 1), unit(1, seed=6))

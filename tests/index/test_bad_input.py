@@ -64,12 +64,12 @@ def test_decompression_bomb_is_refused_before_decoding(folder, counting, new_sto
         warnings.simplefilter("always")
         report = _build(new_store(counting), counting, folder, max_megapixels=1.0)
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
-    assert Image.MAX_IMAGE_PIXELS == saved_limit  # the build's own limit does not leak
+    assert saved_limit == Image.MAX_IMAGE_PIXELS  # the build's own limit does not leak
     assert sorted((s.path, s.reason) for s in report.skipped) == [
         (str(folder / "bomb.png"), reasons.IMAGE_TOO_LARGE),
         (str(folder / "slightly_big.png"), reasons.IMAGE_TOO_LARGE),
     ]
-    with pytest.raises(reasons.SkipFile, match="1200x1000 is 1.2 megapixels, over max_megapixels=1"):
+    with pytest.raises(reasons.SkipFile, match=r"1200x1000 is 1.2 megapixels, over max_megapixels=1"):
         load_image(folder / "slightly_big.png", max_megapixels=1.0)  # our own check, where PIL's does not fire
     with pil_limits(1.0), pytest.raises(reasons.SkipFile, match="exceeds limit"):
         load_image(folder / "bomb.png")  # PIL's check under the build's limits: an error, not a warning

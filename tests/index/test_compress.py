@@ -34,7 +34,9 @@ def items(sample_photos_dir):
     out = [Item(f"img{i}", str(p), "image", image_path=str(p), content_hash=f"h-img{i}") for i, p in enumerate(photos)]
     texts = ["a cup of coffee on a table", "a rocket launching", "a small red circle left of a blue square"]
     out += [Item(f"txt{i}", f"doc{i}", "text", text=t, content_hash=f"h-txt{i}") for i, t in enumerate(texts)]
-    out.append(Item("both", "both", "image,text", text="a photo of a cat", image_path=str(photos[0]), content_hash="h-both"))
+    out.append(
+        Item("both", "both", "image,text", text="a photo of a cat", image_path=str(photos[0]), content_hash="h-both")
+    )
     return out
 
 

@@ -17,9 +17,16 @@ DIM = 8
 
 def make_items(n: int, start: int = 0, modality: str = "text") -> list[Item]:
     return [
-        Item(id=f"id{i}", source=f"/data/f{i}.txt", modality=modality, text=f"text {i}",
-             image_path=f"/data/f{i}.jpg" if "image" in modality else None, mtime=1000.0 + i, size=10 * i,
-             content_hash=f"hash{i}")  # fmt: skip
+        Item(
+            id=f"id{i}",
+            source=f"/data/f{i}.txt",
+            modality=modality,
+            text=f"text {i}",
+            image_path=f"/data/f{i}.jpg" if "image" in modality else None,
+            mtime=1000.0 + i,
+            size=10 * i,
+            content_hash=f"hash{i}",
+        )
         for i in range(start, start + n)
     ]
 
@@ -51,7 +58,9 @@ def test_create_open_meta_round_trip(tmp_path):
 
 
 def test_missing_index_error_says_how_to_build(tmp_path):
-    with pytest.raises(IndexNotFoundError, match=r"no index at .*nowhere; build one with: retrv build-index FOLDER --index"):
+    with pytest.raises(
+        IndexNotFoundError, match=r"no index at .*nowhere; build one with: retrv build-index FOLDER --index"
+    ):
         Store.open(tmp_path / "nowhere")
 
 
@@ -74,7 +83,9 @@ def test_upsert_get_update_delete(store):
     assert store.count() == 5 and v1 > 1
     assert store.get(["id3", "missing", "id0"]) == [items[3], items[0]]
 
-    changed = Item(id="id3", source="/data/renamed.txt", modality="text", text="new", mtime=5.0, size=1, content_hash="h")
+    changed = Item(
+        id="id3", source="/data/renamed.txt", modality="text", text="new", mtime=5.0, size=1, content_hash="h"
+    )
     v2 = store.upsert([changed], vectors[:1] * 0.5)
     assert v2 == v1 + 1 and store.count() == 5
     assert store.get(["id3"]) == [changed]
@@ -127,8 +138,12 @@ def test_all_vectors_and_counts(store):
     store.upsert(make_items(1, start=5, modality="image,text"), make_vectors(1, seed=3))
     keys, vectors = store.all_vectors()
     assert keys.dtype == np.int64 and vectors.dtype == np.float32 and vectors.shape == (6, DIM)
-    expected = dict(zip([key_for_id(f"id{i}") for i in range(6)],
-                        np.concatenate([make_vectors(3, 1), make_vectors(2, 2), make_vectors(1, 3)])))  # fmt: skip
+    expected = dict(
+        zip(
+            [key_for_id(f"id{i}") for i in range(6)],
+            np.concatenate([make_vectors(3, 1), make_vectors(2, 2), make_vectors(1, 3)]),
+        )
+    )
     for key, vector in zip(keys, vectors):
         np.testing.assert_array_equal(vector, expected[int(key)])
     assert store.counts_by_modality() == {"image": 2, "image,text": 1, "text": 3}
@@ -156,7 +171,7 @@ def test_reader_sees_only_complete_versions_while_writing(store):
                 reader.refresh()
                 keys, vectors = reader.all_vectors()
                 seen.append((reader.count(), len(keys), vectors.shape[0]))
-            except Exception as e:  # noqa: BLE001 - any failure is the test failing
+            except Exception as e:
                 errors.append(e)
 
     thread = threading.Thread(target=read_loop)

@@ -64,7 +64,9 @@ def test_base_without_role_tokens_gets_them_deterministically(tiny_reasoner_dir,
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (base / f).unlink()
     roles = set(DEFAULT_SPECIAL_TOKENS.values())
-    train_byte_bpe_tokenizer(special_tokens=[t for t in REASONER_SPECIAL_TOKENS if t not in roles]).save_pretrained(base)
+    train_byte_bpe_tokenizer(special_tokens=[t for t in REASONER_SPECIAL_TOKENS if t not in roles]).save_pretrained(
+        base
+    )
 
     first, second = (load_reasoner(str(base), device="cpu") for _ in range(2))
     ids = [first.token_id(role) for role in DEFAULT_SPECIAL_TOKENS]
@@ -133,7 +135,9 @@ def test_lora_checkpoint_is_merged_on_load(tiny_reasoner_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     fresh = load_reasoner(str(tiny_reasoner_dir), device="cpu")
-    peft_model = get_peft_model(fresh.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        fresh.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     ids = torch.tensor([[1, 2, 3, fresh.token_id("icm"), fresh.token_id("answer_start"), 40]])
     with torch.no_grad():
         expected = peft_model(input_ids=ids).logits

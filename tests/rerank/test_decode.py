@@ -10,7 +10,14 @@ import torch
 from retrv.icm.features import candidate_tokens
 from retrv.items import Item, Query
 from retrv.rerank.base import Candidate
-from retrv.rerank.decode import INVALID_NOTICE, LIMIT_NOTICE, UNREADABLE_NOTICE, DecodeOptions, forward_segment, generate_with_inspection
+from retrv.rerank.decode import (
+    INVALID_NOTICE,
+    LIMIT_NOTICE,
+    UNREADABLE_NOTICE,
+    DecodeOptions,
+    forward_segment,
+    generate_with_inspection,
+)
 from retrv.rerank.reasoner import Reasoner, ReasonerOptions
 from retrv.rerank.sequence import concat_segments
 
@@ -33,7 +40,10 @@ def candidates(sample_photos_dir):
     photo = lambda name: str(sample_photos_dir / name)  # noqa: E731
     return [
         Candidate(Item("c1", "coffee", "image", image_path=photo("coffee.jpg")), 0.9),
-        Candidate(Item("c2", "rocket", "image,text", text="a rocket launching into the sky", image_path=photo("rocket.jpg")), 0.8),
+        Candidate(
+            Item("c2", "rocket", "image,text", text="a rocket launching into the sky", image_path=photo("rocket.jpg")),
+            0.8,
+        ),
         Candidate(Item("c3", "text", "text", text="a cup of coffee on a table"), 0.7),
         Candidate(Item("c4", "cat", "image", image_path=photo("chelsea.jpg")), 0.6),
     ]
@@ -57,9 +67,14 @@ def _run(reasoner, candidates, text, **options):
     prepared = reasoner.prepare(Query(text="a rocket"), candidates)
     hook = Forced(reasoner.tokenizer, text)
     trace = generate_with_inspection(
-        reasoner.model, reasoner.tokenizer, prepared.prompt, prepared.inspect, len(candidates),
-        DecodeOptions(**{"max_new_tokens": 40, **options}), logits_hook=hook,
-    )  # fmt: skip
+        reasoner.model,
+        reasoner.tokenizer,
+        prepared.prompt,
+        prepared.inspect,
+        len(candidates),
+        DecodeOptions(**{"max_new_tokens": 40, **options}),
+        logits_hook=hook,
+    )
     return prepared, trace, hook
 
 
@@ -76,7 +91,9 @@ def test_inspecting_candidate_2_appends_exactly_its_full_tokens(reasoner, candid
     ids = ["<|vision_start|>", *["<|image_pad|>"] * n, "<|vision_end|>"]
     assert segment.token_ids.tolist() == tok.convert_tokens_to_ids(ids) + list(expected.text_ids) + newline
     torch.testing.assert_close(segment.embeds[1 : 1 + n], expected.embeds[:n], rtol=0, atol=0)
-    torch.testing.assert_close(segment.embeds[n + 2 : n + 2 + len(expected.text_ids)], expected.embeds[n:], rtol=0, atol=0)
+    torch.testing.assert_close(
+        segment.embeds[n + 2 : n + 2 + len(expected.text_ids)], expected.embeds[n:], rtol=0, atol=0
+    )
     # image rows sit on the merged grid: temporal = start, height = start + row, width = start + col
     rows, cols = expected.image_grid
     start = int(segment.position_ids[0, 1])
@@ -95,10 +112,14 @@ def test_kv_cache_continuation_equals_fresh_prefill(reasoner, candidates):
     config = model.config.get_text_config()
     run = len(trace.segments[0])  # the tokens generated up to and including the inspection end
     with torch.no_grad():
-        fresh = forward_segment(model, DynamicCache(config=config), concat_segments([trace.prompt, *trace.segments[:2]]))
+        fresh = forward_segment(
+            model, DynamicCache(config=config), concat_segments([trace.prompt, *trace.segments[:2]])
+        )
         torch.testing.assert_close(hook.seen[run], fresh, rtol=0, atol=1e-4)  # the step right after the injection
         whole = trace.sequence()  # its last row is `</answer>`, generated but never fed
-        cut = dataclasses.replace(whole, embeds=whole.embeds[:-1], position_ids=whole.position_ids[:, :-1], token_ids=whole.token_ids[:-1])
+        cut = dataclasses.replace(
+            whole, embeds=whole.embeds[:-1], position_ids=whole.position_ids[:, :-1], token_ids=whole.token_ids[:-1]
+        )
         last = forward_segment(model, DynamicCache(config=config), cut)
         torch.testing.assert_close(hook.seen[-1], last, rtol=0, atol=1e-4)
     assert hook.seen[run].sub(hook.seen[run - 1]).abs().max() > 1e-3  # not trivially constant
@@ -110,7 +131,7 @@ def test_inspection_cap_is_honoured(reasoner, candidates):
     _, trace, _ = _run(reasoner, candidates, text, max_inspections=2)
     assert trace.inspected == [0, 2]
     assert [(i.kind, i.candidate) for i in trace.injections] == [("inspection", 0), ("inspection", 2), ("notice", None)]
-    notice = [s for s in trace.segments if s.kind == "notice"][0]
+    notice = next(s for s in trace.segments if s.kind == "notice")
     assert tok.decode(notice.token_ids.tolist()) == LIMIT_NOTICE
     # the reranker honours the same cap and still answers
     capped = Reasoner(reasoner.model, tok, reasoner.image_processor, reasoner.icm, ReasonerOptions(max_inspections=2))
@@ -131,8 +152,9 @@ def test_sampling_is_seeded_and_top_p_tiny_is_greedy(reasoner, candidates):
 
     def gen(options, seed=None):
         g = torch.Generator().manual_seed(seed) if seed is not None else None
-        trace = generate_with_inspection(reasoner.model, reasoner.tokenizer, prepared.prompt, prepared.inspect,
-                                         len(candidates), options, generator=g)  # fmt: skip
+        trace = generate_with_inspection(
+            reasoner.model, reasoner.tokenizer, prepared.prompt, prepared.inspect, len(candidates), options, generator=g
+        )
         return trace.generated_ids
 
     sampled = DecodeOptions(max_new_tokens=12, temperature=1.0, stop_at_answer=False)
@@ -149,7 +171,9 @@ def test_inspecting_an_unreadable_candidate_gets_a_notice(reasoner, candidates, 
     hidden, m = reasoner.icm.config.hidden_size, reasoner.icm.config.num_memory_tokens
     row = {"content": torch.zeros(hidden).numpy(), "memory": torch.zeros(m, hidden).numpy()}  # stored: no read needed
     pool = [*candidates[:3], Candidate(Item("x", str(gone), "image", image_path=str(gone)), 0.5, {"icm": row})]
-    _, trace = reasoner.trace(Query(text="a cat"), pool, logits_hook=Forced(reasoner.tokenizer, f"{S}4{E}<answer>1</answer>"))
+    _, trace = reasoner.trace(
+        Query(text="a cat"), pool, logits_hook=Forced(reasoner.tokenizer, f"{S}4{E}<answer>1</answer>")
+    )
     assert trace.inspected == [] and [s.kind for s in trace.segments] == ["generated", "notice", "generated"]
     assert reasoner.tokenizer.decode(trace.segments[1].token_ids.tolist()) == UNREADABLE_NOTICE
     assert trace.text.endswith("<answer>1</answer>")
@@ -162,15 +186,24 @@ def test_a_forced_answer_continues_the_same_cache(reasoner, candidates):
     free = tok("Yes No Yes No", add_special_tokens=False)["input_ids"]  # exactly the cap: no answer written
     hook = Forced(tok, "Yes No Yes No3</answer>")
     prepared = reasoner.prepare(Query(text="a rocket"), candidates)
-    trace = generate_with_inspection(reasoner.model, tok, prepared.prompt, prepared.inspect, len(candidates),
-                                     DecodeOptions(max_new_tokens=len(free), force_answer=True), logits_hook=hook)  # fmt: skip
+    trace = generate_with_inspection(
+        reasoner.model,
+        tok,
+        prepared.prompt,
+        prepared.inspect,
+        len(candidates),
+        DecodeOptions(max_new_tokens=len(free), force_answer=True),
+        logits_hook=hook,
+    )
     assert trace.stop_reason == "max_new_tokens" and trace.forced_text == "<answer>3</answer>"
     assert trace.text == "Yes No Yes No\n<answer>3</answer>"
     assert [s.kind for s in trace.segments] == ["generated", "forced", "generated"]
     assert tok.decode(trace.segments[1].token_ids.tolist()) == "\n<answer>"
     whole = trace.sequence()
     start = prepared.prompt.next_position
-    assert whole.position_ids[0, len(prepared.prompt):].tolist() == list(range(start, start + len(whole) - len(prepared.prompt)))
+    assert whole.position_ids[0, len(prepared.prompt) :].tolist() == list(
+        range(start, start + len(whole) - len(prepared.prompt))
+    )
     # the step after the injection sees what a fresh prefill of everything up to it sees
     with torch.no_grad():
         upto = concat_segments([prepared.prompt, *trace.segments[:2]])

@@ -56,7 +56,9 @@ def forced(tokenizer, text: str):
 
 def test_forced_answer_ranks_that_candidate_first(reasoner, candidates):
     assert isinstance(reasoner, Reranker) and reasoner.mode == "reason"
-    result = reasoner.rerank(Query(text="a cat"), candidates, logits_hook=forced(reasoner.tokenizer, "<answer>3</answer>"))
+    result = reasoner.rerank(
+        Query(text="a cat"), candidates, logits_hook=forced(reasoner.tokenizer, "<answer>3</answer>")
+    )
     assert result.chosen == 2 and result.order == [2, 0, 1, 3] and result.fallback is None
     assert result.reasoning == "<answer>3</answer>" and result.generated_tokens == 3
     assert result.scores == [0.75, 0.5, 1.0, 0.25] and result.rerank_scores == [0.0, 0.0, 1.0, 0.0]
@@ -119,7 +121,9 @@ def scripted(tokenizer, *texts: str):
 )
 def test_an_unanswered_reasoner_is_made_to_answer(loaded, candidates, free, max_new_tokens, answer):
     reasoner = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=max_new_tokens, force_answer=True))
-    result = reasoner.rerank(Query(text="a cat"), candidates, logits_hook=scripted(reasoner.tokenizer, free, answer, "."))
+    result = reasoner.rerank(
+        Query(text="a cat"), candidates, logits_hook=scripted(reasoner.tokenizer, free, answer, ".")
+    )
     chosen = int(answer) - 1
     assert result.forced_answer and result.chosen == chosen and result.fallback is None
     assert result.reasoning.endswith(f"\n<answer>{answer}</answer>")
@@ -159,7 +163,9 @@ def test_a_forced_answer_is_the_likeliest_candidate_number(loaded, preferences, 
 
 def test_a_written_answer_is_not_forced(loaded, candidates):
     reasoner = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=6, force_answer=True))
-    result = reasoner.rerank(Query(text="a cat"), candidates, logits_hook=scripted(reasoner.tokenizer, "<answer>2</answer>", "3."))
+    result = reasoner.rerank(
+        Query(text="a cat"), candidates, logits_hook=scripted(reasoner.tokenizer, "<answer>2</answer>", "3.")
+    )
     assert not result.forced_answer and result.chosen == 1 and result.reasoning == "<answer>2</answer>"
 
 
@@ -193,7 +199,9 @@ def test_stored_icm_rows_are_used_and_match_on_the_fly(reasoner, loaded, candida
 
 
 def test_stored_rows_of_the_wrong_shape_are_refused(reasoner, candidates):
-    bad = dataclasses.replace(candidates[0], extras={"icm": {"content": np.zeros(8, np.float32), "memory": np.zeros((3, 8), np.float32)}})
+    bad = dataclasses.replace(
+        candidates[0], extras={"icm": {"content": np.zeros(8, np.float32), "memory": np.zeros((3, 8), np.float32)}}
+    )
     with pytest.raises(RetrvError, match="retrv compress"):
         reasoner.prepare(Query(text="a cat"), [bad, *candidates[1:]])
 
@@ -201,7 +209,9 @@ def test_stored_rows_of_the_wrong_shape_are_refused(reasoner, candidates):
 def test_without_icm_every_candidate_is_in_the_prompt_in_full(loaded, candidates):
     with pytest.raises(RetrvError, match="ICM"):
         Reasoner(loaded.model, loaded.tokenizer, loaded.image_processor, None)
-    plain = Reasoner(loaded.model, loaded.tokenizer, loaded.image_processor, None, ReasonerOptions(max_new_tokens=6, use_icm=False))
+    plain = Reasoner(
+        loaded.model, loaded.tokenizer, loaded.image_processor, None, ReasonerOptions(max_new_tokens=6, use_icm=False)
+    )
     prompt = plain.prepare(Query(text="a cat"), candidates).prompt
     full = candidate_tokens_batch(loaded.model, loaded, [c.item for c in candidates])
     convert = loaded.tokenizer.convert_tokens_to_ids

@@ -158,4 +158,6 @@ def test_model_chat_template_is_used(tiny_reasoner_dir, tmp_path, candidates, sa
     assert prompt.startswith("<|im_start|>system said:\n") and prompt.endswith("assistant said:\n")
     assert prompt.count("<|image_pad|>") == 2
     result = scorer.rerank(query, candidates[:2])
-    np.testing.assert_allclose(result.rerank_scores, [_reference_p_yes(scorer, query, c) for c in candidates[:2]], atol=1e-6)
+    np.testing.assert_allclose(
+        result.rerank_scores, [_reference_p_yes(scorer, query, c) for c in candidates[:2]], atol=1e-6
+    )

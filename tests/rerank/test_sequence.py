@@ -7,7 +7,14 @@ import torch
 
 from retrv.icm.features import query_tokens
 from retrv.items import Query
-from retrv.rerank.sequence import PROMPT_VERSION, SpecialTokens, batch_segments, build_prompt, system_prompt, text_segment
+from retrv.rerank.sequence import (
+    PROMPT_VERSION,
+    SpecialTokens,
+    batch_segments,
+    build_prompt,
+    system_prompt,
+    text_segment,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,9 @@ def test_gradients_flow_from_soft_tokens_to_logits(loaded):
     soft = torch.randn(2, 2, loaded.model.config.text_config.hidden_size, requires_grad=True)
     q = query_tokens(loaded.model, loaded, Query(text="a cat"))
     prompt = build_prompt(loaded.tokenizer, loaded.model.get_input_embeddings(), q, soft_tokens=soft)
-    out = loaded.model.model.language_model(inputs_embeds=prompt.embeds[None], position_ids=prompt.position_ids[:, None])
+    out = loaded.model.model.language_model(
+        inputs_embeds=prompt.embeds[None], position_ids=prompt.position_ids[:, None]
+    )
     loaded.model.lm_head(out.last_hidden_state[0, -1]).logsumexp(-1).backward()
     assert soft.grad is not None and soft.grad.abs().sum(-1).gt(0).all()
 

@@ -6,8 +6,16 @@ import io
 
 import pytest
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 220), "yellow": (235, 210, 30),
-           "purple": (140, 50, 180), "orange": (245, 140, 20), "black": (10, 10, 10), "white": (245, 245, 245)}  # fmt: skip
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 220),
+    "yellow": (235, 210, 30),
+    "purple": (140, 50, 180),
+    "orange": (245, 140, 20),
+    "black": (10, 10, 10),
+    "white": (245, 245, 245),
+}
 
 
 def _png(rgb) -> bytes:
@@ -27,15 +35,39 @@ def write_colour_world(root) -> None:
 
     names = list(COLOURS)
     images = {f"mbeir_images/colours/{c}.png": _png(rgb) for c, rgb in COLOURS.items()}
-    image_cands = [MBeirCandidate(f"91:{i}", None, f"mbeir_images/colours/{c}.png", "image") for i, c in enumerate(names)]
+    image_cands = [
+        MBeirCandidate(f"91:{i}", None, f"mbeir_images/colours/{c}.png", "image") for i, c in enumerate(names)
+    ]
     text_cands = [MBeirCandidate(f"91:{100 + i}", f"a {c} square", None, "text") for i, c in enumerate(names)]
     queries = []
     for i, c in enumerate(names):
         nxt = (i + 1) % len(names)
-        queries.append(MBeirQuery(f"91:{200 + i}", f"a photo of a {c} square", None, "text", [f"91:{i}"], [f"91:{nxt}"],
-                                  task_id=0, dataset="colours_task0", split="train"))  # fmt: skip
-        queries.append(MBeirQuery(f"91:{300 + i}", None, f"mbeir_images/colours/{c}.png", "image", [f"91:{100 + i}"],
-                                  [f"91:{100 + nxt}"], task_id=3, dataset="colours_task3", split="train"))  # fmt: skip
+        queries.append(
+            MBeirQuery(
+                f"91:{200 + i}",
+                f"a photo of a {c} square",
+                None,
+                "text",
+                [f"91:{i}"],
+                [f"91:{nxt}"],
+                task_id=0,
+                dataset="colours_task0",
+                split="train",
+            )
+        )
+        queries.append(
+            MBeirQuery(
+                f"91:{300 + i}",
+                None,
+                f"mbeir_images/colours/{c}.png",
+                "image",
+                [f"91:{100 + i}"],
+                [f"91:{100 + nxt}"],
+                task_id=3,
+                dataset="colours_task3",
+                split="train",
+            )
+        )
     pools = {"colours_task0": image_cands, "colours_task3": text_cands}
     write_dataset(root, queries, pools, None, [], images)
 
@@ -59,7 +91,6 @@ def colour_world_dir(tmp_path_factory):
     return root
 
 
-
 @pytest.fixture(scope="session")
 def colour_caption_index_dir(colour_world_dir, tiny_clip_dir, tmp_path_factory):
     """An index (the tiny random CLIP) of the colour world's caption pool (91:100-107, ids = dids), as `retrv bench`
@@ -72,5 +103,9 @@ def colour_caption_index_dir(colour_world_dir, tiny_clip_dir, tmp_path_factory):
     encoder = load_encoder(f"clip:{tiny_clip_dir}", device="cpu")
     root = tmp_path_factory.mktemp("colour-index") / "index"
     store = Store.create(root, encoder_spec=encoder.spec, dim=encoder.dim)
-    add_items(store, encoder, [c.to_item() for c in MBeirDataset.open(colour_world_dir, "train").candidates(dataset="colours_task3")])
+    add_items(
+        store,
+        encoder,
+        [c.to_item() for c in MBeirDataset.open(colour_world_dir, "train").candidates(dataset="colours_task3")],
+    )
     return root

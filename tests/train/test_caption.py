@@ -21,8 +21,9 @@ def trained(synth_world, tmp_path_factory):
     from retrv.train.caption import CaptionTrainConfig, train_caption
 
     out = tmp_path_factory.mktemp("caption-out")
-    config = CaptionTrainConfig(out=str(out), data=str(synth_world), max_steps=30, batch_size=8, lr=3e-3,
-                                warmup_steps=2, save_every=0, **TINY)  # fmt: skip
+    config = CaptionTrainConfig(
+        out=str(out), data=str(synth_world), max_steps=30, batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, **TINY
+    )
     return config, train_caption(config)
 
 
@@ -46,7 +47,8 @@ def test_examples_cover_captions_positives_and_every_hard_negative(synth_world):
     assert [e.caption for e in texts] == [json.loads(line)["cot"] for line in cots]
     by_qid = {q.qid: q for q in queries}
     assert [(e.query.text, e.query.image_path) for e in texts] == [
-        (by_qid[json.loads(line)["qid"]].text, by_qid[json.loads(line)["qid"]].image_path) for line in cots]  # each after its query
+        (by_qid[json.loads(line)["qid"]].text, by_qid[json.loads(line)["qid"]].image_path) for line in cots
+    ]  # each after its query
     captions = [e for e in examples if e.kind == "caption"]
     assert len({e.query.image_path for e in captions}) == len(captions)  # every image once
     cand = next(c for c in ds.candidates(dataset="synth_task0") if c.image_path)
@@ -94,7 +96,7 @@ def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
     pool = {c.did: c for c in ds.candidates(dataset="synth_task7")}
     dids = [q.pos[0], *q.neg]
     instruction = ds.instruction("synth_task7", q.modality, "image")
-    p_yes, conf, tokens = scorer.score(q.to_query(instruction), [Candidate(pool[d].to_item(), 0.0) for d in dids])
+    p_yes, _conf, tokens = scorer.score(q.to_query(instruction), [Candidate(pool[d].to_item(), 0.0) for d in dids])
     assert tokens > 0 and all(0.0 <= p <= 1.0 for p in p_yes)
 
     examples = [e for e in load_examples(config.data) if e.kind == "pair" and e.source.endswith(f"query {q.qid}")]
@@ -103,7 +105,10 @@ def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
         batch = collate([e])
         answer_at = int((batch["labels"][0] != -100).nonzero()[0]) - 1
         with torch.no_grad():
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")}
+            inputs = {
+                k: batch[k]
+                for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+            }
             logits = loaded.model(**inputs).logits[0, answer_at, batch["answer_ids"]]
         assert float(torch.softmax(logits, -1)[0]) == pytest.approx(expected, abs=1e-5)
 
@@ -127,8 +132,9 @@ def test_a_text_is_written_after_its_query(synth_world, trained):
     labels = batch["labels"][0]
     written = loaded.tokenizer.decode(labels[labels != -100].tolist())
     assert written.startswith(text_query.caption)  # the loss is on the reasoning only, not on the query
-    skills = load_examples(synth_world, captions=False, pairs=False, texts=True,
-                           texts_file=synth_world / "cot" / "train_skills.jsonl")
+    skills = load_examples(
+        synth_world, captions=False, pairs=False, texts=True, texts_file=synth_world / "cot" / "train_skills.jsonl"
+    )
     check = next(e for e in skills if e.context and e.query.text)
     prompt, images = collator.prompt(check)
     assert f"Query: {check.query.text}" in prompt and prompt.endswith("assistant\n" + check.context) and images == []
@@ -149,14 +155,19 @@ def test_a_text_sees_each_candidate_it_inspects(synth_world, trained):
     loaded = load_reasoner(trained[0].out, device="cpu")
     tok = loaded.tokenizer
     texts = load_examples(synth_world, captions=False, pairs=False, texts=True)
-    cots = {json.loads(line)["cot"]: json.loads(line) for line in (synth_world / "cot" / "train_cot.jsonl").read_text().splitlines()}
+    cots = {
+        json.loads(line)["cot"]: json.loads(line)
+        for line in (synth_world / "cot" / "train_cot.jsonl").read_text().splitlines()
+    }
     collator = CaptionCollator(tok, loaded.processor, DataIssues())
     # an edit query (its own image first) whose CoT inspects image candidates, and a caption query inspecting texts
     edit = next(e for e in texts if e.query.modality == "image,text" and len(e.inspections) > 1)
     captions = next(e for e in texts if e.query.modality == "image" and e.inspections)
     record = cots[edit.caption]
     pool = {c.did: c for c in MBeirDataset.open(synth_world, "train").candidates(dataset=record["dataset"])}
-    assert [s.image_path for s in edit.inspections] == [pool[record["candidates"][i - 1]].image_path for i in record["inspected"]]
+    assert [s.image_path for s in edit.inspections] == [
+        pool[record["candidates"][i - 1]].image_path for i in record["inspected"]
+    ]
     assert all(isinstance(s, Side) and s.text and s.image_path is None for s in captions.inspections)
     batch = collator([edit, captions])
     for row, e in enumerate((edit, captions)):
@@ -168,11 +179,13 @@ def test_a_text_sees_each_candidate_it_inspects(synth_world, trained):
         for piece, seen in zip(after, e.inspections):
             pads = "<|image_pad|>" * (trained[0].image_size // 28) ** 2
             injected = f"<|vision_start|>{pads}<|vision_end|>\n" if seen.image_path else f"{seen.text}\n"
-            assert piece.startswith(injected) and piece[len(injected):].startswith(" ")  # then the reasoning goes on
+            assert piece.startswith(injected) and piece[len(injected) :].startswith(" ")  # then the reasoning goes on
         assert bool(((batch["mm_token_type_ids"][row] == 1) == (ids == collator.image_pad)).all())
     # pixels in the order the model fills image tokens: each row's query image, then what that row inspected
     in_order = [edit.query.image_path, *[s.image_path for s in edit.inspections], captions.query.image_path]
-    expected = loaded.processor.image_processor(images=[Image.open(p).convert("RGB") for p in in_order], return_tensors="pt")
+    expected = loaded.processor.image_processor(
+        images=[Image.open(p).convert("RGB") for p in in_order], return_tensors="pt"
+    )
     torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"])
     assert batch["image_grid_thw"].tolist() == expected["image_grid_thw"].tolist()
     loss, _ = caption_loss(loaded.model, batch)  # the model takes every image token where it stands
@@ -190,15 +203,21 @@ def test_length_buckets_give_the_whole_batchs_loss_and_gradients(synth_world, tr
     loaded = load_reasoner(trained[0].out, device="cpu")
     every = load_examples(synth_world, texts=True)
     texts = [e for e in every if e.kind == "text"]
-    mixed = [next(e for e in every if e.kind == "caption"), next(e for e in every if e.kind == "pair" and not e.answer),
-             next(e for e in every if e.kind == "pair" and e.answer), next(e for e in texts if e.query.modality == "text"),
-             next(e for e in texts if e.query.modality == "image,text" and len(e.inspections) > 1),
-             next(e for e in texts if e.query.modality == "image" and e.inspections)]  # fmt: skip
+    mixed = [
+        next(e for e in every if e.kind == "caption"),
+        next(e for e in every if e.kind == "pair" and not e.answer),
+        next(e for e in every if e.kind == "pair" and e.answer),
+        next(e for e in texts if e.query.modality == "text"),
+        next(e for e in texts if e.query.modality == "image,text" and len(e.inspections) > 1),
+        next(e for e in texts if e.query.modality == "image" and e.inspections),
+    ]
     batch = caption.CaptionCollator(loaded.tokenizer, loaded.processor, DataIssues(), "bare")(mixed)
     lengths = batch["attention_mask"].sum(1)
     image_blocks = (batch["input_ids"] == loaded.tokenizer.convert_tokens_to_ids("<|vision_start|>")).sum(1)
     assert batch["images_per_row"].tolist() == image_blocks.tolist()  # each row's image blocks, counted
-    assert batch["images_per_row"][4] == 1 + len(mixed[4].inspections) and len(set(batch["images_per_row"].tolist())) > 1
+    assert (
+        batch["images_per_row"][4] == 1 + len(mixed[4].inspections) and len(set(batch["images_per_row"].tolist())) > 1
+    )
     assert len(set(lengths.tolist())) > 3  # rows of different widths, images spread over them
     results = []
     for size in (len(mixed), 2, 1):
@@ -206,7 +225,9 @@ def test_length_buckets_give_the_whole_batchs_loss_and_gradients(synth_world, tr
         loaded.model.zero_grad(set_to_none=True)
         loss, metrics = caption.caption_loss(loaded.model, batch)
         loss.backward()
-        results.append((loss.detach(), metrics, [p.grad.clone() for p in loaded.model.parameters() if p.grad is not None]))
+        results.append(
+            (loss.detach(), metrics, [p.grad.clone() for p in loaded.model.parameters() if p.grad is not None])
+        )
     whole, *bucketed = results
     for loss, metrics, grads in bucketed:
         torch.testing.assert_close(loss, whole[0], rtol=1e-5, atol=1e-6)
@@ -233,16 +254,22 @@ def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, tra
 
     loaded = load_reasoner(trained[0].out, device="cpu")
     tok, embed = loaded.tokenizer, loaded.model.get_input_embeddings()
-    edit = next(e for e in load_examples(synth_world, captions=False, pairs=False, texts=True)
-                if e.query.modality == "image,text" and e.inspections)  # fmt: skip
-    skills = load_examples(synth_world, captions=False, pairs=False, texts=True,
-                           texts_file=synth_world / "cot" / "train_skills.jsonl")
+    edit = next(
+        e
+        for e in load_examples(synth_world, captions=False, pairs=False, texts=True)
+        if e.query.modality == "image,text" and e.inspections
+    )
+    skills = load_examples(
+        synth_world, captions=False, pairs=False, texts=True, texts_file=synth_world / "cot" / "train_skills.jsonl"
+    )
     restate = next(e for e in skills if not e.candidates)
     check = next(e for e in skills if e.context and e.query.text)
     collator = CaptionCollator(tok, loaded.processor, DataIssues(), prompt_style=style, num_candidates=3)
     batch = collator([edit, restate, check])
     context = tok.encode(check.context, add_special_tokens=False)
-    for row, (e, k) in enumerate(((edit, 8), (restate, 3), (check, 8))):  # a record's own candidates, else --num-candidates
+    for row, (e, k) in enumerate(
+        ((edit, 8), (restate, 3), (check, 8))
+    ):  # a record's own candidates, else --num-candidates
         query = tokens_of(loaded.model, loaded, [e.query.text], [e.query.image_path])[0]
         icm = embed.weight[tok.convert_tokens_to_ids("<|icm|>")].detach()
         with torch.no_grad():
@@ -255,10 +282,15 @@ def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, tra
         assert bool((labels[:n] == IGNORE).all())
         assert tok.decode(labels[labels != IGNORE].tolist()) == e.caption + "<|im_end|>"  # after its context
         if row == 0:  # the model reads the query image where the reasoner puts it: the same positions, the same states
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")}
+            inputs = {
+                k: batch[k]
+                for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+            }
             with torch.no_grad():
                 theirs = loaded.model(**inputs, output_hidden_states=True).hidden_states[-1][0, :n]
-                ours = lm_hidden(loaded.model, prompt.embeds[None], prompt.position_ids[:, None], torch.ones(1, n, dtype=torch.long))[0]
+                ours = lm_hidden(
+                    loaded.model, prompt.embeds[None], prompt.position_ids[:, None], torch.ones(1, n, dtype=torch.long)
+                )[0]
             torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
@@ -283,20 +315,32 @@ def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path
     [e] = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=tmp_path / "by-qid.jsonl")
     assert (e.query.text, e.query.image_path) == (by_qid[qid].text, by_qid[qid].image_path)
     broken = tmp_path / "texts.jsonl"
-    broken.write_text(json.dumps(records[0]) + "\n{not json\n" + json.dumps({"qid": "90:1"}) + "\n"
-                      + json.dumps({"qid": "99:99", "cot": "Step 1"}) + "\n"
-                      + json.dumps({"qid": qid, "cot": "Step 1", "candidates": ["99:99"]}) + "\n"
-                      + json.dumps({"cot": "Step 1", "candidates": [qid]}) + "\n")
+    broken.write_text(
+        json.dumps(records[0])
+        + "\n{not json\n"
+        + json.dumps({"qid": "90:1"})
+        + "\n"
+        + json.dumps({"qid": "99:99", "cot": "Step 1"})
+        + "\n"
+        + json.dumps({"qid": qid, "cot": "Step 1", "candidates": ["99:99"]})
+        + "\n"
+        + json.dumps({"cot": "Step 1", "candidates": [qid]})
+        + "\n"
+    )
     issues = DataIssues()
     texts = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=broken, issues=issues)
     assert [e.caption for e in texts] == [records[0]["cot"]]
     assert sorted((i.source, i.reason.split(" (")[0]) for i in issues.items) == [
-        (f"{broken}:2", "not JSON"), (f"{broken}:3", 'expected an object with a non-empty "cot" string'),
+        (f"{broken}:2", "not JSON"),
+        (f"{broken}:3", 'expected an object with a non-empty "cot" string'),
         (f"{broken}:4", "qid 99:99 is not a train query"),
         (f"{broken}:5", f"candidate 99:99 is not in the local pool of {by_qid[qid].dataset}"),
-        (f"{broken}:6", '"candidates" must be a list of dids of the pool of the record\'s "qid"')]
-    with pytest.raises(TrainConfigError, match="--texts-file .*missing.jsonl: no such file"):
-        CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), texts=True, texts_file=str(tmp_path / "missing.jsonl")).validate()
+        (f"{broken}:6", '"candidates" must be a list of dids of the pool of the record\'s "qid"'),
+    ]
+    with pytest.raises(TrainConfigError, match=r"--texts-file .*missing.jsonl: no such file"):
+        CaptionTrainConfig(
+            out=str(tmp_path), data=str(synth_world), texts=True, texts_file=str(tmp_path / "missing.jsonl")
+        ).validate()
 
 
 def test_rope_sections_default_to_the_width_axis_and_are_checked(synth_world, trained, tmp_path):

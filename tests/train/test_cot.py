@@ -28,7 +28,11 @@ def test_a_cot_has_four_steps_inspects_the_hard_candidates_and_answers(world):
     record = write_cot(sample, _oracle(sample), hard_candidates=3)
     cot = record["cot"]
     assert [line.split(":")[0] for line in cot.splitlines()] == [
-        "Step 1 (ideal result)", "Step 2 (quick elimination)", "Step 3 (detailed check)", "Step 4 (answer)"]  # fmt: skip
+        "Step 1 (ideal result)",
+        "Step 2 (quick elimination)",
+        "Step 3 (detailed check)",
+        "Step 4 (answer)",
+    ]
     assert has_valid_format(cot, 6) and record["answer"] == sample.answer + 1
     hard = sorted({sample.answer, (sample.answer + 1) % 6, (sample.answer + 2) % 6})
     easy = [i for i in range(6) if i not in hard]
@@ -56,13 +60,22 @@ def test_only_right_answers_are_written_and_sft_reads_them(world, tmp_path):
     assert [r["qid"] for r in records] == [s.qid for s in samples if s.qid not in wrong]
     back = load_cot_samples(world, out)
     assert [(s.qid, [c.id for c in s.candidates], s.answer) for s in back] == [
-        (s.qid, [c.id for c in s.candidates], s.answer) for s in samples if s.qid not in wrong]  # fmt: skip
+        (s.qid, [c.id for c in s.candidates], s.answer) for s in samples if s.qid not in wrong
+    ]
 
 
 def test_train_cot_with_a_tiny_teacher_in_score_mode(world, tmp_path, tiny_reasoner_dir):
     out = tmp_path / "teacher.jsonl"
-    summary = train_cot(CotConfig(data=str(world), teacher=str(tiny_reasoner_dir), out=str(out), num_candidates=2,
-                                  hard_candidates=1, device="cpu"))  # fmt: skip
+    summary = train_cot(
+        CotConfig(
+            data=str(world),
+            teacher=str(tiny_reasoner_dir),
+            out=str(out),
+            num_candidates=2,
+            hard_candidates=1,
+            device="cpu",
+        )
+    )
     assert summary.queries == 12 and summary.written + summary.wrong == 12 and summary.written > 0
     samples = {s.qid: s for s in load_reasoning_samples(world, num_candidates=2)}
     for line in out.read_text().splitlines():

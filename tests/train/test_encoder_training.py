@@ -11,15 +11,33 @@ import torch
 
 from retrv.errors import DataError
 from retrv.train.config import EncoderTrainConfig
-from retrv.train.encoder import ContrastiveCollator, contrastive_loss, load_base, load_pairs, set_trainable, train_encoder
+from retrv.train.encoder import (
+    ContrastiveCollator,
+    contrastive_loss,
+    load_base,
+    load_pairs,
+    set_trainable,
+    train_encoder,
+)
 from retrv.train.loop import DataIssues, latest_checkpoint
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 
 
 def _config(tmp_path, data, base, name="out", **kw):
-    args = dict(out=str(tmp_path / name), data=str(data), base=str(base), max_steps=20, batch_size=8, lr=5e-3,
-                weight_decay=0.0, warmup_steps=0, lr_schedule="constant", save_every=0, device="cpu")  # fmt: skip
+    args = dict(
+        out=str(tmp_path / name),
+        data=str(data),
+        base=str(base),
+        max_steps=20,
+        batch_size=8,
+        lr=5e-3,
+        weight_decay=0.0,
+        warmup_steps=0,
+        lr_schedule="constant",
+        save_every=0,
+        device="cpu",
+    )
     args.update(kw)
     return EncoderTrainConfig(**args)
 
@@ -101,7 +119,10 @@ def test_resume_from_a_mid_run_checkpoint_gives_the_same_weights(tmp_path, tiny_
     full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=1e-6)
-    losses = [[json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("full", "cut")]
+    losses = [
+        [json.loads(x)["loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("full", "cut")
+    ]
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
@@ -139,10 +160,16 @@ def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path, tiny_cl
     shutil.copytree(colour_world_dir, world)
     qfile = world / "query/train/mbeir_colours_task0_train.jsonl"
     good = qfile.read_text().splitlines()
-    missing = json.loads(good[0]) | {"qid": "91:900", "query_txt": None, "query_img_path": "mbeir_images/colours/nope.png",
-                                     "query_modality": "image"}  # fmt: skip
+    missing = json.loads(good[0]) | {
+        "qid": "91:900",
+        "query_txt": None,
+        "query_img_path": "mbeir_images/colours/nope.png",
+        "query_modality": "image",
+    }
     not_in_pool = json.loads(good[1]) | {"qid": "91:901", "pos_cand_list": ["91:77"]}
-    qfile.write_text("\n".join([*good, '{"qid": "91:902", "query_txt": ', json.dumps(missing), json.dumps(not_in_pool)]) + "\n")
+    qfile.write_text(
+        "\n".join([*good, '{"qid": "91:902", "query_txt": ', json.dumps(missing), json.dumps(not_in_pool)]) + "\n"
+    )
     (world / "mbeir_images/colours/white.png").write_bytes(b"not a png")  # undecodable at batch time
     events = []
     summary = train_encoder(_config(tmp_path, world, tiny_clip_dir, max_steps=3), progress=events.append)

@@ -89,21 +89,51 @@ class Forced:
         return out
 
 
-PAIRS = [("a red circle", "a blue square"), ("a green triangle", "a yellow circle"),
-         ("a small cat", "a cup of coffee"), ("a rocket", "a temple")]  # fmt: skip
+PAIRS = [
+    ("a red circle", "a blue square"),
+    ("a green triangle", "a yellow circle"),
+    ("a small cat", "a cup of coffee"),
+    ("a rocket", "a temple"),
+]
 
 
 def _samples():
-    return [GrpoSample(f"q{i}", Query(text=pos), [Candidate(Item(f"n{i}", "n", "text", text=neg), 0.9),
-                                                  Candidate(Item(f"p{i}", "p", "text", text=pos), 0.5)], 1)
-            for i, (pos, neg) in enumerate(PAIRS)]  # fmt: skip
+    return [
+        GrpoSample(
+            f"q{i}",
+            Query(text=pos),
+            [
+                Candidate(Item(f"n{i}", "n", "text", text=neg), 0.9),
+                Candidate(Item(f"p{i}", "p", "text", text=pos), 0.5),
+            ],
+            1,
+        )
+        for i, (pos, neg) in enumerate(PAIRS)
+    ]
 
 
 def _config(tmp_path, name, init_dir, **kw):
-    base = dict(out=str(tmp_path / name), init=str(init_dir), data="(samples given)", max_steps=4, batch_size=2,
-                group_size=4, lr=5e-2, weight_decay=0.0, lr_schedule="constant", save_every=0, device="cpu",
-                num_candidates=2, max_new_tokens=6, max_inspections=1, lora_rank=8, lora_alpha=16.0, beta=0.0,
-                fixed_lambda=0.0, keep_checkpoints=0)  # fmt: skip
+    base = dict(
+        out=str(tmp_path / name),
+        init=str(init_dir),
+        data="(samples given)",
+        max_steps=4,
+        batch_size=2,
+        group_size=4,
+        lr=5e-2,
+        weight_decay=0.0,
+        lr_schedule="constant",
+        save_every=0,
+        device="cpu",
+        num_candidates=2,
+        max_new_tokens=6,
+        max_inspections=1,
+        lora_rank=8,
+        lora_alpha=16.0,
+        beta=0.0,
+        fixed_lambda=0.0,
+        keep_checkpoints=0,
+    )
     base.update(kw)
     return GrpoTrainConfig(**base)
 
@@ -119,8 +149,11 @@ def test_reward_improves_lora_moves_and_nothing_else_does(init_dir, tmp_path):
     icm_before = {n: p.detach().clone() for n, p in loaded.icm.named_parameters()}
     # the LoRA init train_grpo draws (seeded), reproduced on a second copy
     set_seed(cfg.seed)
-    lora_init = {n: p.detach().clone() for n, p in add_lora(_load(init_dir).model, cfg).get_base_model().named_parameters()
-                 if "lora_" in n}  # fmt: skip
+    lora_init = {
+        n: p.detach().clone()
+        for n, p in add_lora(_load(init_dir).model, cfg).get_base_model().named_parameters()
+        if "lora_" in n
+    }
 
     summary = train_grpo(cfg, samples=_samples(), logits_hook=GrammarHook(loaded.tokenizer), loaded=loaded)
 
@@ -151,8 +184,12 @@ def test_reward_improves_lora_moves_and_nothing_else_does(init_dir, tmp_path):
     assert record["prompts"] == 4 and record["skipped_easy"] == 0
     ids = torch.tensor([[5, 17, 33, 60, 101]])
     with torch.no_grad():
-        torch.testing.assert_close(back.model(input_ids=ids).logits, loaded.model(input_ids=ids).logits, rtol=0, atol=1e-5)
-    result = Reasoner.from_loaded(back, ReasonerOptions(max_new_tokens=6)).rerank(Query(text="a rocket"), _samples()[3].candidates)
+        torch.testing.assert_close(
+            back.model(input_ids=ids).logits, loaded.model(input_ids=ids).logits, rtol=0, atol=1e-5
+        )
+    result = Reasoner.from_loaded(back, ReasonerOptions(max_new_tokens=6)).rerank(
+        Query(text="a rocket"), _samples()[3].candidates
+    )
     assert sorted(result.order) == [0, 1]
 
 
@@ -173,9 +210,13 @@ def test_resume_reproduces_an_uninterrupted_run(init_dir, tmp_path):
         train_grpo(part, samples=_samples(), logits_hook=hook, progress=stop_after_first_checkpoint)
     summary = train_grpo(dataclasses.replace(part, resume=True), samples=_samples(), logits_hook=hook)
     assert summary.start_step == 2 and summary.steps == 4
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(tmp_path / "part")] == \
-           [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(tmp_path / "full")]  # fmt: skip
-    a, b = load_file(str(tmp_path / "full" / "adapter_model.safetensors")), load_file(str(tmp_path / "part" / "adapter_model.safetensors"))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in _rows(tmp_path / "part")] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in _rows(tmp_path / "full")
+    ]
+    a, b = (
+        load_file(str(tmp_path / "full" / "adapter_model.safetensors")),
+        load_file(str(tmp_path / "part" / "adapter_model.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["lambda"] for r in _rows(tmp_path / "full")] == [0.0, 0.25, 0.5, 0.75]  # the curriculum, step / total
 
@@ -186,15 +227,31 @@ def test_inspections_cost_reward_when_lambda_is_positive(init_dir):
     loaded = _load(init_dir)
     reasoner = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=12, max_inspections=2, temperature=1.0))
     sample = _samples()[0]
-    scripts = {"direct": f"{A}2{Z}", "one": f"{S}2{E}{A}2{Z}", "two": f"{S}1{E}{S}2{E}{A}2{Z}", "wrong": f"{S}1{E}{A}1{Z}"}
+    scripts = {
+        "direct": f"{A}2{Z}",
+        "one": f"{S}2{E}{A}2{Z}",
+        "two": f"{S}1{E}{S}2{E}{A}2{Z}",
+        "wrong": f"{S}1{E}{A}1{Z}",
+    }
     got = {}
     for name, text in scripts.items():
         (rollout,) = rollout_group(reasoner, sample, 1, lam=0.5, logits_hook=Forced(loaded.tokenizer, text))
         assert rollout.trace.text == text
         got[name] = rollout
     assert got["one"].trace.inspected == [1] and got["two"].trace.inspected == [0, 1]
-    assert [s.kind for s in got["two"].trace.segments] == ["generated", "inspection", "generated", "inspection", "generated"]
-    assert {k: r.reward for k, r in got.items()} == {"direct": 2.0, "one": 2.0 - 0.5 * 1 / 2, "two": 2.0 - 0.5 * 2 / 2, "wrong": 1.0}
+    assert [s.kind for s in got["two"].trace.segments] == [
+        "generated",
+        "inspection",
+        "generated",
+        "inspection",
+        "generated",
+    ]
+    assert {k: r.reward for k, r in got.items()} == {
+        "direct": 2.0,
+        "one": 2.0 - 0.5 * 1 / 2,
+        "two": 2.0 - 0.5 * 2 / 2,
+        "wrong": 1.0,
+    }
     (zero,) = rollout_group(reasoner, sample, 1, lam=0.0, logits_hook=Forced(loaded.tokenizer, scripts["two"]))
     assert zero.reward == 2.0  # λ = 0: inspecting is free
 
@@ -211,8 +268,13 @@ def test_group_advantages_flow_into_the_loss(init_dir, tmp_path):
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)
     hook = GrammarHook(loaded.tokenizer)
-    reasoner = Reasoner(model, loaded.tokenizer, loaded.image_processor, loaded.icm,
-                        ReasonerOptions(max_new_tokens=6, max_inspections=1, temperature=1.0))  # fmt: skip
+    reasoner = Reasoner(
+        model,
+        loaded.tokenizer,
+        loaded.image_processor,
+        loaded.icm,
+        ReasonerOptions(max_new_tokens=6, max_inspections=1, temperature=1.0),
+    )
     step = GrpoStep(reasoner, cfg, hook)
     loss, metrics = step(model, (3, [_samples()[0]]))
     rollouts = step.last_rollouts
@@ -236,8 +298,17 @@ def test_group_advantages_flow_into_the_loss(init_dir, tmp_path):
 
 
 def test_hard_sample_filter_skips_queries_whose_positive_is_coarse_top1(colour_world_dir, init_dir, tmp_path):
-    cfg = _config(tmp_path, "colours", init_dir, data=str(colour_world_dir), num_candidates=3, max_steps=1,
-                  batch_size=2, group_size=2, max_new_tokens=3)  # fmt: skip
+    cfg = _config(
+        tmp_path,
+        "colours",
+        init_dir,
+        data=str(colour_world_dir),
+        num_candidates=3,
+        max_steps=1,
+        batch_size=2,
+        group_size=2,
+        max_new_tokens=3,
+    )
     samples = load_grpo_samples(cfg)
     assert len(samples) == 16  # 8 caption->image + 8 image->caption queries
     for s in samples:
@@ -252,14 +323,15 @@ def test_hard_sample_filter_skips_queries_whose_positive_is_coarse_top1(colour_w
     assert record["skipped_easy"] == len(easy) and record["prompts"] == len(kept) == summary.examples
 
 
-
-def test_with_an_index_prompts_are_its_coarse_top_k_and_the_easy_ones_are_skipped(colour_world_dir, colour_caption_index_dir,
-                                                                                 init_dir, tmp_path):  # fmt: skip
+def test_with_an_index_prompts_are_its_coarse_top_k_and_the_easy_ones_are_skipped(
+    colour_world_dir, colour_caption_index_dir, init_dir, tmp_path
+):
     from retrv.index.index import Index
     from retrv.train.loop import DataIssues
 
-    cfg = _config(tmp_path, "indexed", init_dir, data=str(colour_world_dir), index=str(colour_caption_index_dir),
-                  num_candidates=8)  # fmt: skip
+    cfg = _config(
+        tmp_path, "indexed", init_dir, data=str(colour_world_dir), index=str(colour_caption_index_dir), num_candidates=8
+    )
     issues = DataIssues()
     samples = load_grpo_samples(cfg, issues)
     assert len(samples) == len(issues) == 8  # the text -> image queries find no image among the captions
@@ -289,4 +361,6 @@ def test_init_from_a_merged_lora_checkpoint_saves_full_weights(init_dir, tmp_pat
     assert (back.config.stage, back.config.weights) == ("grpo", "full")
     ids = torch.tensor([[5, 17, 33, 60, 101]])
     with torch.no_grad():
-        torch.testing.assert_close(back.model(input_ids=ids).logits, loaded.model(input_ids=ids).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            back.model(input_ids=ids).logits, loaded.model(input_ids=ids).logits, rtol=0, atol=1e-5
+        )

@@ -22,9 +22,21 @@ def world(tmp_path_factory):
 
 
 def _config(tmp_path, world, reasoner, name="out", **kw):
-    args = dict(out=str(tmp_path / name), data=str(world), reasoner=str(reasoner), max_steps=30, batch_size=8, lr=3e-3,
-                lr_schedule="constant", weight_decay=0.0, save_every=0, device="cpu", candidates_per_query=2,
-                icm_heads=4, icm_memory_tokens=3)  # fmt: skip
+    args = dict(
+        out=str(tmp_path / name),
+        data=str(world),
+        reasoner=str(reasoner),
+        max_steps=30,
+        batch_size=8,
+        lr=3e-3,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        save_every=0,
+        device="cpu",
+        candidates_per_query=2,
+        icm_heads=4,
+        icm_memory_tokens=3,
+    )
     args.update(kw)
     return IcmTrainConfig(**args)
 
@@ -55,7 +67,8 @@ def test_alignment_lowers_the_kl_moves_only_the_icm_and_loads_for_reason_mode(tm
     assert all(torch.equal(frozen[k], v) for k, v in loaded.model.state_dict().items())  # LLM + vision untouched
     sample = load_reasoning_samples(world, num_candidates=3)[0]
     result = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=6)).rerank(
-        sample.query, [Candidate(item, 0.0) for item in sample.candidates])  # fmt: skip
+        sample.query, [Candidate(item, 0.0) for item in sample.candidates]
+    )
     assert sorted(result.order) == [0, 1, 2] and result.generated_tokens == 6
 
 
@@ -64,7 +77,10 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, world, tiny_reasoner_d
     train_icm(_config(tmp_path, world, tiny_reasoner_dir, "split", max_steps=3, save_every=3))
     resumed = train_icm(_config(tmp_path, world, tiny_reasoner_dir, "split", max_steps=6, save_every=3, resume=True))
     assert resumed.start_step == 3 and resumed.steps == 6
-    whole, split = load_file(str(tmp_path / "whole/icm.safetensors")), load_file(str(tmp_path / "split/icm.safetensors"))
+    whole, split = (
+        load_file(str(tmp_path / "whole/icm.safetensors")),
+        load_file(str(tmp_path / "split/icm.safetensors")),
+    )
     assert all(torch.equal(whole[k], split[k]) for k in whole)
     losses = lambda name: [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert losses("whole") == losses("split")
@@ -98,10 +114,16 @@ def test_the_prompt_style_is_recorded_and_search_builds_it(tmp_path, world, tiny
 
     train_icm(_config(tmp_path, world, tiny_reasoner_dir, max_steps=1, prompt_style="bare", tasks="0"))
     loaded = load_reasoner(str(tmp_path / "out"), device="cpu", require_icm=True)
-    assert loaded.config.prompt_style == "bare" and json.loads((tmp_path / "out/metrics.jsonl").read_text())["step"] == 1
+    assert (
+        loaded.config.prompt_style == "bare" and json.loads((tmp_path / "out/metrics.jsonl").read_text())["step"] == 1
+    )
     sample = load_reasoning_samples(world, num_candidates=2)[0]
-    prompt = Reasoner.from_loaded(loaded).prepare(sample.query, [Candidate(item, 0.0) for item in sample.candidates]).prompt
-    assert loaded.tokenizer.decode(prompt.token_ids.tolist()).startswith("<|im_start|>user\nCandidates:\n1<|icm|><|icm|>2")
+    prompt = (
+        Reasoner.from_loaded(loaded).prepare(sample.query, [Candidate(item, 0.0) for item in sample.candidates]).prompt
+    )
+    assert loaded.tokenizer.decode(prompt.token_ids.tolist()).startswith(
+        "<|im_start|>user\nCandidates:\n1<|icm|><|icm|>2"
+    )
     with pytest.raises(Exception, match="prompt-style"):
         _config(tmp_path, world, tiny_reasoner_dir, prompt_style="terse").validate()
     with pytest.raises(Exception, match="--tasks"):

@@ -36,8 +36,18 @@ def _step(model, batch):
 
 
 def _config(tmp_path, name, **kw):
-    base = dict(out=str(tmp_path / name), max_steps=12, batch_size=4, lr=0.05, weight_decay=0.0, save_every=4,
-                device="cpu", lr_schedule="cosine", warmup_steps=2, keep_checkpoints=0)  # fmt: skip
+    base = dict(
+        out=str(tmp_path / name),
+        max_steps=12,
+        batch_size=4,
+        lr=0.05,
+        weight_decay=0.0,
+        save_every=4,
+        device="cpu",
+        lr_schedule="cosine",
+        warmup_steps=2,
+        keep_checkpoints=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -69,7 +79,12 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == [f"step-{s:07d}" for s in (4, 8, 12, 16, 20, 24, 28, 30)]
     last = latest_checkpoint(tmp_path / "run")
-    assert {p.name for p in last.iterdir()} == {"model.safetensors", "training_state.pt", "rng-0.pt", "trainer_state.json"}
+    assert {p.name for p in last.iterdir()} == {
+        "model.safetensors",
+        "training_state.pt",
+        "rng-0.pt",
+        "trainer_state.json",
+    }
 
 
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
@@ -190,10 +205,28 @@ def test_two_processes_under_torchrun_equal_one_process_accumulating_two(tmp_pat
     script = tmp_path / "run.py"
     script.write_text(_TWO_PROCESS_SCRIPT.format(tests=str(Path(__file__).parent)))
     subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "2"], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script),
-                    str(tmp_path / "two"), "1"], check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            str(tmp_path / "two"),
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     one = json.loads((tmp_path / "one" / "weights.json").read_text())
     two = json.loads((tmp_path / "two" / "weights.json").read_text())
     assert one == pytest.approx(two, abs=1e-6)
     assert sorted(p.name for p in latest_checkpoint(tmp_path / "two").iterdir()) == [
-        "model.safetensors", "rng-0.pt", "rng-1.pt", "trainer_state.json", "training_state.pt"]  # fmt: skip
+        "model.safetensors",
+        "rng-0.pt",
+        "rng-1.pt",
+        "trainer_state.json",
+        "training_state.pt",
+    ]

@@ -10,8 +10,8 @@ import torch
 from retrv.train.rewards import (
     format_reward,
     format_reward_func,
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     lambda_schedule,
     make_accuracy_reward_func,
     parse_answer,
@@ -20,7 +20,9 @@ from retrv.train.rewards import (
 )
 
 S, E = "<inspection-index-start>", "<inspection-index-end>"
-GOOD = f"The ideal result is a red circle. {S}2{E} Candidate 2 has a blue circle. {S}4{E} It matches. <answer>4</answer>"
+GOOD = (
+    f"The ideal result is a red circle. {S}2{E} Candidate 2 has a blue circle. {S}4{E} It matches. <answer>4</answer>"
+)
 
 
 def test_parsing():

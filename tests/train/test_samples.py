@@ -49,8 +49,9 @@ def test_tasks_keep_only_their_queries_and_cot_records(world):
     assert cot and {s.task_id for s in cot} == {3} and len(cot) == sum(s.task_id == 3 for s in every)
 
 
-def test_an_index_gives_its_coarse_top_k_in_order_and_a_positive_outside_it_is_reported(colour_world_dir,
-                                                                                          colour_caption_index_dir):  # fmt: skip
+def test_an_index_gives_its_coarse_top_k_in_order_and_a_positive_outside_it_is_reported(
+    colour_world_dir, colour_caption_index_dir
+):
     from retrv.index.index import Index
 
     index = Index.open(colour_caption_index_dir, device="cpu")
@@ -81,7 +82,10 @@ def test_missing_image_and_malformed_query_are_skipped_with_file_and_line(world,
     samples = load_reasoning_samples(copy, num_candidates=4, issues=issues)
     assert len(samples) == 22
     reported = {str(i).split(": ", 1)[0]: str(i) for i in issues.items}
-    assert set(reported) == {"query/train/mbeir_synth_task3_train.jsonl:1", "query/train/mbeir_synth_task3_train.jsonl:2"}
+    assert set(reported) == {
+        "query/train/mbeir_synth_task3_train.jsonl:1",
+        "query/train/mbeir_synth_task3_train.jsonl:2",
+    }
     assert "image not found" in reported["query/train/mbeir_synth_task3_train.jsonl:1"]
     assert "malformed JSON" in reported["query/train/mbeir_synth_task3_train.jsonl:2"]
 
@@ -96,11 +100,24 @@ def test_cot_records_resolve_and_bad_ones_are_reported(world, tmp_path):
         assert list(s.inspected) == [i - 1 for i in r["inspected"]]
 
     bad = tmp_path / "bad.jsonl"
-    out_of_range = dict(records[1], answer=9, cot=records[1]["cot"].replace(f"<answer>{records[1]['answer']}<", "<answer>9<"))
+    out_of_range = dict(
+        records[1], answer=9, cot=records[1]["cot"].replace(f"<answer>{records[1]['answer']}<", "<answer>9<")
+    )
     unknown = dict(records[2], qid="90:99999")
     inspects_nine = dict(records[3], cot="<inspection-index-start>9<inspection-index-end>" + records[3]["cot"])
-    bad.write_text("\n".join([json.dumps(records[0]), json.dumps(out_of_range), json.dumps(unknown), "[1, 2",
-                              json.dumps(inspects_nine), json.dumps(records[4])]) + "\n")  # fmt: skip
+    bad.write_text(
+        "\n".join(
+            [
+                json.dumps(records[0]),
+                json.dumps(out_of_range),
+                json.dumps(unknown),
+                "[1, 2",
+                json.dumps(inspects_nine),
+                json.dumps(records[4]),
+            ]
+        )
+        + "\n"
+    )
     issues = DataIssues()
     kept = load_cot_samples(world, bad, issues=issues)
     assert [s.qid for s in kept] == [records[0]["qid"], records[4]["qid"]]

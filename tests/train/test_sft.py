@@ -40,7 +40,9 @@ def reasoner(icm_checkpoint):
     from retrv.rerank.checkpoint import load_reasoner
     from retrv.rerank.reasoner import Reasoner, ReasonerOptions
 
-    return Reasoner.from_loaded(load_reasoner(str(icm_checkpoint), device="cpu", require_icm=True), ReasonerOptions(max_new_tokens=200))
+    return Reasoner.from_loaded(
+        load_reasoner(str(icm_checkpoint), device="cpu", require_icm=True), ReasonerOptions(max_new_tokens=200)
+    )
 
 
 def _ids(tok, text):
@@ -52,7 +54,9 @@ def _built(reasoner, sample, cot, **kw):
     embed = reasoner.model.get_input_embeddings()
     with torch.no_grad():
         prompt = reasoning_prompt(reasoner.tokenizer, embed, reasoner.icm, tokens)
-    return prompt, build_sft_sequence(reasoner.tokenizer, embed, prompt, cot, tokens.inspect, sample.num_candidates, **kw)
+    return prompt, build_sft_sequence(
+        reasoner.tokenizer, embed, prompt, cot, tokens.inspect, sample.num_candidates, **kw
+    )
 
 
 def test_loss_mask_covers_exactly_the_reasoning_and_answer_tokens(reasoner, world):
@@ -83,7 +87,11 @@ def test_training_sequence_is_bit_equal_to_what_inference_decodes(reasoner, worl
     cot = f"Step 3: {S}3{E} no. {S}1{E} yes.\nStep 4: <answer>1</answer>"
     prompt, built = _built(reasoner, sample, cot)
     tok = reasoner.tokenizer
-    forced = [i for piece in (f"Step 3: {S}3{E}", f" no. {S}1{E}", " yes.\nStep 4: <answer>1</answer>") for i in _ids(tok, piece)]
+    forced = [
+        i
+        for piece in (f"Step 3: {S}3{E}", f" no. {S}1{E}", " yes.\nStep 4: <answer>1</answer>")
+        for i in _ids(tok, piece)
+    ]
 
     def hook(generated, logits):
         out = torch.full_like(logits, float("-inf"))
@@ -92,7 +100,9 @@ def test_training_sequence_is_bit_equal_to_what_inference_decodes(reasoner, worl
 
     candidates = [Candidate(item, 0.0) for item in sample.candidates]
     prepared = reasoner.prepare(sample.query, candidates)
-    trace = generate_with_inspection(reasoner.model, tok, prepared.prompt, prepared.inspect, len(candidates), logits_hook=hook)
+    trace = generate_with_inspection(
+        reasoner.model, tok, prepared.prompt, prepared.inspect, len(candidates), logits_hook=hook
+    )
     assert trace.inspected == built.inspected == [2, 0] and trace.stop_reason == "answer"
     assert [(s.kind, s.candidate) for s in trace.segments] == [(s.kind, s.candidate) for s in built.segments]
     for ours, theirs in zip([prompt, *built.segments], [prepared.prompt, *trace.segments], strict=True):
@@ -101,9 +111,21 @@ def test_training_sequence_is_bit_equal_to_what_inference_decodes(reasoner, worl
 
 
 def _config(tmp_path, world, init, name="out", **kw):
-    args = dict(out=str(tmp_path / name), data=str(world), cot=str(world / "cot/train_cot.jsonl"), init=str(init),
-                max_steps=24, batch_size=1, lr=5e-3, lr_schedule="constant", weight_decay=0.0, save_every=0,
-                device="cpu", lora_r=16, limit=3)  # fmt: skip
+    args = dict(
+        out=str(tmp_path / name),
+        data=str(world),
+        cot=str(world / "cot/train_cot.jsonl"),
+        init=str(init),
+        max_steps=24,
+        batch_size=1,
+        lr=5e-3,
+        lr_schedule="constant",
+        weight_decay=0.0,
+        save_every=0,
+        device="cpu",
+        lora_r=16,
+        limit=3,
+    )
     args.update(kw)
     return SftTrainConfig(**args)
 
@@ -144,7 +166,8 @@ def test_sft_lowers_the_loss_trains_lora_icm_rows_only_and_loads(tmp_path, world
 
     sample = load_cot_samples(world, world / "cot/train_cot.jsonl")[0]
     result = Reasoner.from_loaded(loaded, ReasonerOptions(max_new_tokens=12)).rerank(
-        sample.query, [Candidate(item, 0.0) for item in sample.candidates])  # fmt: skip
+        sample.query, [Candidate(item, 0.0) for item in sample.candidates]
+    )
     assert sorted(result.order) == list(range(sample.num_candidates))
 
 
