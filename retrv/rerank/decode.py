@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.errors import RetrvError
 from retrv.icm.features import CandidateTokens, unwrap_model
-from retrv.rerank.parse import parse_answer, parse_inspection_request
+from retrv.rerank.grammar import parse_answer, parse_inspection_request
 from retrv.rerank.sequence import Segment, SpecialTokens, concat_segments, inspection_segment, text_segment
 
 if TYPE_CHECKING:

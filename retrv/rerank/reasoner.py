@@ -17,7 +17,7 @@ from retrv.errors import RetrvError
 from retrv.icm.features import CandidateTokens, TokenBudget, candidate_tokens_batch, query_tokens, unwrap_model
 from retrv.rerank.base import Candidate, RerankResult
 from retrv.rerank.decode import DecodeOptions, Trace, generate_with_inspection
-from retrv.rerank.parse import parse_answer
+from retrv.rerank.grammar import parse_answer
 from retrv.rerank.sequence import Segment, SpecialTokens, build_prompt
 
 if TYPE_CHECKING:

@@ -170,7 +170,7 @@ def _inspections(text: str, candidates: list[Side]) -> tuple[Side | str, ...]:
     """What each inspection request in `text` injects, in order, as `rerank.decode` serves them: the candidate,
     or a notice."""
     from retrv.rerank.decode import INVALID_NOTICE, LIMIT_NOTICE
-    from retrv.rerank.parse import inspection_requests
+    from retrv.rerank.grammar import inspection_requests
     from retrv.rerank.reasoner import ReasonerOptions
 
     out: list[Side | str] = []

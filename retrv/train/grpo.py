@@ -218,8 +218,7 @@ def rollout_group(
 ) -> list[Rollout]:
     """G completions of one prompt through the inference decode loop, each with its reward."""
     from retrv.rerank.decode import generate_with_inspection
-    from retrv.rerank.parse import parse_answer
-    from retrv.train.rewards import format_reward
+    from retrv.rerank.grammar import is_well_formed, parse_answer
 
     prepared = reasoner.prepare(sample.query, sample.candidates)
     k = prepared.num_candidates
@@ -239,9 +238,9 @@ def rollout_group(
             logits_hook=logits_hook,
         )
         n = len(set(trace.inspected))  # what the engine injected (repeats and refused requests cost nothing)
-        r = reward(trace.text, sample.target + 1, k, lam, n_inspected=n)  # the prompt numbers candidates from 1
+        r = reward(trace.text, sample.target, k, lam, n_inspected=n, special=reasoner.special)
         correct = parse_answer(trace.text, k, reasoner.special).index == sample.target
-        out.append(Rollout(trace, r, correct, format_reward(trace.text, k) == 1.0, n))
+        out.append(Rollout(trace, r, correct, is_well_formed(trace.text, k, reasoner.special), n))
     return out
 
 

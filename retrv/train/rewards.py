@@ -4,14 +4,11 @@ The reward of one completion (Retrv-R1):
 
     r = r_format + 1[answer correct] * (1 - λ * N_inspected / K)
 
-`r_format` is 1 when the completion follows the output grammar (below), 0 otherwise. The efficiency term
-charges for each candidate opened with the Detail Inspection Mechanism; λ rises linearly from 0 to 1 over
-training (curriculum: first learn to be right, then learn to be right cheaply), or stays fixed for ablations.
-
-Grammar of a well-formed completion: free reasoning text, any number of inspections
-`<inspection-index-start>i<inspection-index-end>` (i an integer; in range when K is known), then exactly one
-`<answer>i</answer>` as the last thing written. Indices use whatever numbering the prompt showed; rewards only
-compare them with the target in that same numbering.
+`r_format` is 1 when the completion is well-formed in the reasoner's output grammar (`rerank/grammar.py`, the
+parser search uses), 0 otherwise; the answer is the one search would rank first. The efficiency term charges
+for each candidate opened with the Detail Inspection Mechanism; λ rises linearly from 0 to 1 over training
+(curriculum: first learn to be right, then learn to be right cheaply), or stays fixed for ablations.
+Targets are 0-based candidate positions, as the grammar's parsers return them.
 
 `format_reward_func` / `make_accuracy_reward_func` follow TRL's reward-function convention
 (`f(completions, **dataset_columns) -> list[float]`), so they plug into `trl.GRPOTrainer(reward_funcs=[...])`
@@ -20,54 +17,19 @@ as well as into retrv's own GRPO stage.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from retrv.rerank.grammar import inspection_requests, is_well_formed, parse_answer
+from retrv.rerank.sequence import SpecialTokens
 
 if TYPE_CHECKING:
     import torch
 
-INSPECT_START = "<inspection-index-start>"
-INSPECT_END = "<inspection-index-end>"
-ANSWER_START = "<answer>"
-ANSWER_END = "</answer>"
 
-_INSPECTION = re.compile(re.escape(INSPECT_START) + r"\s*(\d+)\s*" + re.escape(INSPECT_END))
-_ANSWER = re.compile(re.escape(ANSWER_START) + r"\s*(\d+)\s*" + re.escape(ANSWER_END))
-# What may follow the answer: whitespace and end-of-turn markers the tokenizer may leave in decoded text.
-_TRAILER = re.compile(r"(\s|<\|im_end\|>|<\|endoftext\|>)*")
-
-
-def parse_inspections(text: str) -> list[int]:
-    """The candidate indices the completion asked to inspect, in order (repeats kept)."""
-    return [int(m) for m in _INSPECTION.findall(text)]
-
-
-def parse_answer(text: str) -> int | None:
-    """The index inside the last `<answer>i</answer>`, or None when there is none."""
-    found = _ANSWER.findall(text)
-    return int(found[-1]) if found else None
-
-
-def format_reward(text: str, num_candidates: int | None = None) -> float:
-    """1.0 if `text` follows the grammar in the module docstring, else 0.0."""
-    answers = list(_ANSWER.finditer(text))
-    if len(answers) != 1 or text.count(ANSWER_START) != 1 or text.count(ANSWER_END) != 1:
-        return 0.0
-    answer = answers[0]
-    if not _TRAILER.fullmatch(text[answer.end() :]):
-        return 0.0
-    before = text[: answer.start()]
-    inspections = list(_INSPECTION.finditer(before))
-    # Every start/end tag must belong to a well-formed inspection (no dangling or malformed tags),
-    # and none may come after the answer (already excluded by the trailer check).
-    if before.count(INSPECT_START) != len(inspections) or before.count(INSPECT_END) != len(inspections):
-        return 0.0
-    if num_candidates is not None:
-        indices = [int(m.group(1)) for m in inspections] + [int(answer.group(1))]
-        if any(not 1 <= i <= num_candidates for i in indices):
-            return 0.0
-    return 1.0
+def format_reward(text: str, num_candidates: int, special: SpecialTokens = SpecialTokens()) -> float:
+    """1.0 if `text` is a well-formed completion for K candidates, else 0.0."""
+    return 1.0 if is_well_formed(text, num_candidates, special) else 0.0
 
 
 def lambda_schedule(step: int, total: int, fixed: float | None = None) -> float:
@@ -85,19 +47,21 @@ def reward(
     num_candidates: int,
     lam: float,
     n_inspected: int | None = None,
+    special: SpecialTokens = SpecialTokens(),
 ) -> float:
-    """r = r_format + 1[answer == target] * (1 - lam * N_inspected / K).
+    """r = r_format + 1[answer == target] * (1 - lam * N_inspected / K); `target` is 0-based.
 
-    `n_inspected` defaults to the number of distinct candidates the text inspected (an engine that knows
+    `n_inspected` defaults to the number of distinct candidates the text asked to inspect (an engine that knows
     better, e.g. one that refused a repeat, passes its own count); it is capped at K.
     """
     if num_candidates <= 0:
         raise ValueError(f"num_candidates must be positive, got {num_candidates}")
-    r_format = format_reward(text, num_candidates)
-    if parse_answer(text) != target:
+    r_format = format_reward(text, num_candidates, special)
+    if parse_answer(text, num_candidates, special).index != target:
         return r_format
-    n = len(set(parse_inspections(text))) if n_inspected is None else n_inspected
-    n = min(max(n, 0), num_candidates)
+    if n_inspected is None:
+        n_inspected = len({r.index for r in inspection_requests(text, num_candidates, special) if r.index is not None})
+    n = min(max(n_inspected, 0), num_candidates)
     return r_format + (1.0 - lam * n / num_candidates)
 
 
@@ -124,9 +88,7 @@ def _column(values: Any, n: int, name: str) -> list[Any]:
     return values
 
 
-def format_reward_func(
-    completions: Sequence[Any], num_candidates: Sequence[int] | int | None = None, **_: Any
-) -> list[float]:
+def format_reward_func(completions: Sequence[Any], num_candidates: Sequence[int] | int, **_: Any) -> list[float]:
     """TRL-style: the format term for each completion."""
     ks = _column(num_candidates, len(completions), "num_candidates")
     return [format_reward(_completion_text(c), k) for c, k in zip(completions, ks)]

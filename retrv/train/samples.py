@@ -198,7 +198,7 @@ def _cot_record(record: Any, where: str, data: _Split, instructions: bool) -> Re
         raise DataError("no candidates")
     if not 1 <= answer <= len(dids):
         raise DataError(f"answer {answer} is outside 1..{len(dids)} (the record lists {len(dids)} candidates)")
-    from retrv.rerank.parse import inspection_requests, parse_answer
+    from retrv.rerank.grammar import inspection_requests, parse_answer
 
     if parse_answer(record["cot"], len(dids)).index != answer - 1:
         raise DataError(f"the cot does not end in <answer>{answer}</answer>")

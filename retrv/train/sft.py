@@ -139,7 +139,7 @@ def build_sft_sequence(
     import torch
 
     from retrv.rerank.decode import INVALID_NOTICE, LIMIT_NOTICE
-    from retrv.rerank.parse import parse_inspection_request
+    from retrv.rerank.grammar import parse_inspection_request
     from retrv.rerank.sequence import SpecialTokens, concat_segments, inspection_segment, text_segment
 
     special = special or SpecialTokens()

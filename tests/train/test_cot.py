@@ -7,7 +7,7 @@ import json
 import pytest
 
 from retrv.data.synth import SynthConfig, generate
-from retrv.rerank.parse import has_valid_format, inspection_requests
+from retrv.rerank.grammar import is_well_formed, inspection_requests
 from retrv.train.cot import CotConfig, synthesize, train_cot, write_cot
 from retrv.train.samples import load_cot_samples, load_reasoning_samples
 
@@ -33,7 +33,7 @@ def test_a_cot_has_four_steps_inspects_the_hard_candidates_and_answers(world):
         "Step 3 (detailed check)",
         "Step 4 (answer)",
     ]
-    assert has_valid_format(cot, 6) and record["answer"] == sample.answer + 1
+    assert is_well_formed(cot, 6) and record["answer"] == sample.answer + 1
     hard = sorted({sample.answer, (sample.answer + 1) % 6, (sample.answer + 2) % 6})
     easy = [i for i in range(6) if i not in hard]
     assert all(f"{i + 1} (" in cot.splitlines()[1] for i in easy)  # ruled out at a glance, with a gist

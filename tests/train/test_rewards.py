@@ -14,8 +14,6 @@ from retrv.train.rewards import (
     grpo_loss,
     lambda_schedule,
     make_accuracy_reward_func,
-    parse_answer,
-    parse_inspections,
     reward,
 )
 
@@ -23,12 +21,6 @@ S, E = "<inspection-index-start>", "<inspection-index-end>"
 GOOD = (
     f"The ideal result is a red circle. {S}2{E} Candidate 2 has a blue circle. {S}4{E} It matches. <answer>4</answer>"
 )
-
-
-def test_parsing():
-    assert parse_inspections(GOOD) == [2, 4]
-    assert parse_answer(GOOD) == 4
-    assert parse_answer("no answer here") is None
 
 
 @pytest.mark.parametrize(
@@ -46,7 +38,7 @@ def test_parsing():
         (f"{S}x{E}<answer>2</answer>", 5, 0.0),  # malformed inspection
         (f"<answer>2</answer>{S}1{E}", 5, 0.0),  # inspection after the answer
         (f"{S}9{E}<answer>2</answer>", 5, 0.0),  # inspected index out of range
-        (f"{S}9{E}<answer>2</answer>", None, 1.0),  # no range check without K
+        ("<answer>[2]</answer>", 5, 1.0),  # the number as the prompt shows it
     ],
 )
 def test_format_reward(text, k, expected):
@@ -65,19 +57,19 @@ def test_lambda_schedule_linear_clamped_and_fixed():
 
 
 def test_reward_correctness_and_efficiency_term():
-    # GOOD: well-formed (1), correct when target is 4, inspected 2 distinct candidates of K=5.
-    assert reward(GOOD, target=4, num_candidates=5, lam=0.0) == 2.0
-    assert reward(GOOD, target=4, num_candidates=5, lam=0.5) == pytest.approx(1 + (1 - 0.5 * 2 / 5))
-    assert reward(GOOD, target=4, num_candidates=5, lam=1.0) == pytest.approx(1 + 0.6)
+    # GOOD: well-formed (1), correct when the target is candidate 4 (0-based 3), inspected 2 distinct of K=5.
+    assert reward(GOOD, target=3, num_candidates=5, lam=0.0) == 2.0
+    assert reward(GOOD, target=3, num_candidates=5, lam=0.5) == pytest.approx(1 + (1 - 0.5 * 2 / 5))
+    assert reward(GOOD, target=3, num_candidates=5, lam=1.0) == pytest.approx(1 + 0.6)
     # wrong answer: only the format term, whatever λ and inspections
-    assert reward(GOOD, target=2, num_candidates=5, lam=1.0) == 1.0
+    assert reward(GOOD, target=1, num_candidates=5, lam=1.0) == 1.0
     # repeats count once; an explicit count from the engine wins; counts are capped at K
     rep = f"{S}1{E}{S}1{E}<answer>1</answer>"
-    assert reward(rep, 1, 4, lam=1.0) == pytest.approx(1 + (1 - 1 / 4))
-    assert reward(rep, 1, 4, lam=1.0, n_inspected=3) == pytest.approx(1 + (1 - 3 / 4))
-    assert reward(rep, 1, 4, lam=1.0, n_inspected=9) == pytest.approx(1.0)
+    assert reward(rep, 0, 4, lam=1.0) == pytest.approx(1 + (1 - 1 / 4))
+    assert reward(rep, 0, 4, lam=1.0, n_inspected=3) == pytest.approx(1 + (1 - 3 / 4))
+    assert reward(rep, 0, 4, lam=1.0, n_inspected=9) == pytest.approx(1.0)
     # correct but badly formatted: correctness still counts, the format term does not
-    assert reward("<answer>2</answer> trailing", 2, 5, lam=0.0) == 1.0
+    assert reward("<answer>2</answer> trailing", 1, 5, lam=0.0) == 1.0
 
 
 def test_trl_style_reward_functions():
@@ -85,14 +77,14 @@ def test_trl_style_reward_functions():
     assert format_reward_func(completions, num_candidates=[5, 5, 5]) == [1.0, 1.0, 0.0]
     acc = make_accuracy_reward_func(total_steps=10)
     # step 5 of 10 -> λ = 0.5; GOOD inspects 2 of 5
-    assert acc(completions, target=[4, 2, 1], num_candidates=5, step=5) == pytest.approx([1 - 0.5 * 2 / 5, 0.0, 0.0])
+    assert acc(completions, target=[3, 1, 0], num_candidates=5, step=5) == pytest.approx([1 - 0.5 * 2 / 5, 0.0, 0.0])
 
     class State:
         global_step = 10
 
-    assert acc([GOOD], target=[4], num_candidates=[5], trainer_state=State()) == pytest.approx([1 - 2 / 5])
+    assert acc([GOOD], target=[3], num_candidates=[5], trainer_state=State()) == pytest.approx([1 - 2 / 5])
     fixed = make_accuracy_reward_func(total_steps=10, fixed_lambda=0.0)
-    assert fixed([GOOD], target=[4], num_candidates=[5], step=10) == [1.0]
+    assert fixed([GOOD], target=[3], num_candidates=[5], step=10) == [1.0]
 
 
 def test_group_advantages_against_hand_computation():

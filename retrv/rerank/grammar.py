@@ -1,7 +1,14 @@
-"""Reading the reasoner's output: the `<answer>i</answer>` and `<inspection-index-start>i<inspection-index-end>` tags.
+"""The reasoner's output grammar: one parser for search, the decode loop and the GRPO reward.
 
-Candidate numbers in the text are 1-indexed (`[1]`..`[K]` in the prompt); every function here
-returns 0-based positions. A failure never raises: it comes back as a short reason string.
+A well-formed completion is free reasoning text with any number of inspection requests
+`<inspection-index-start>i<inspection-index-end>`, then exactly one `<answer>i</answer>` as the last thing
+written (whitespace and end-of-turn markers may follow). `i` is a candidate number as the prompt shows it,
+1-based: `2`, ` 2 ` or `[2]`. Every function here returns 0-based positions, and a failure never raises: it
+comes back as a short reason string. The tags are the checkpoint's `SpecialTokens`.
+
+Decoding stops at the first `</answer>`, so the first complete answer is the one the model gave: search ranks
+by it and the reward checks it, whatever follows (a second answer makes the completion malformed, not
+differently answered).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 from retrv.rerank.sequence import SpecialTokens
 
 _NUMBER = re.compile(r"^\s*\[?\s*(\d+)\s*\]?\s*$")
+_END_OF_TURN = ("<|im_end|>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -21,11 +29,10 @@ class Parsed:
 
 
 def parse_number(body: str, num_candidates: int, what: str = "answer") -> Parsed:
-    """'2', ' 2 ' or '[2]' -> candidate 1 (0-based); anything else is an error."""
+    """'2', ' 2 ' or '[2]' -> candidate 1 (0-based); anything else, or a number outside 1..K, is an error."""
     match = _NUMBER.match(body)
     if not match:
-        shown = body.strip()[:20]
-        return Parsed(None, f"{what} {shown!r} is not a candidate number")
+        return Parsed(None, f"{what} {body.strip()[:20]!r} is not a candidate number")
     number = int(match.group(1))
     if not 1 <= number <= num_candidates:
         return Parsed(None, f"{what} {number} out of range 1..{num_candidates}")
@@ -61,16 +68,26 @@ def inspection_requests(text: str, num_candidates: int, special: SpecialTokens =
     return [parse_number(m.group(1), num_candidates, "inspection") for m in pattern.finditer(text)]
 
 
-def has_valid_format(text: str, num_candidates: int, special: SpecialTokens = SpecialTokens()) -> bool:
-    """Exactly one well-formed answer, at the end, and every opened inspection tag closed (GRPO's r_format)."""
+def format_error(text: str, num_candidates: int, special: SpecialTokens = SpecialTokens()) -> str | None:
+    """Why `text` is not a well-formed completion (the module docstring), or None when it is."""
     if text.count(special.answer_start) != 1 or text.count(special.answer_end) != 1:
-        return False
-    if parse_answer(text, num_candidates, special).index is None:
-        return False
-    if not text.rstrip().endswith(special.answer_end):
-        return False
-    return (
-        text.count(special.inspect_start)
-        == text.count(special.inspect_end)
-        == len(inspection_requests(text, num_candidates, special))
-    )
+        return f"{text.count(special.answer_start)} answer tags, expected exactly one {special.answer_start}"
+    answer = parse_answer(text, num_candidates, special)
+    if answer.index is None:
+        return answer.error
+    after = text[text.find(special.answer_end) + len(special.answer_end) :]
+    for marker in _END_OF_TURN + (special.im_end,):
+        after = after.replace(marker, "")
+    if after.strip():
+        return "text after the answer"
+    before = text[: text.find(special.answer_start)]
+    requests = inspection_requests(before, num_candidates, special)
+    opened, closed = before.count(special.inspect_start), before.count(special.inspect_end)
+    if not opened == closed == len(requests):
+        return "an inspection tag without its pair"
+    bad = next((r.error for r in requests if r.index is None), None)
+    return bad
+
+
+def is_well_formed(text: str, num_candidates: int, special: SpecialTokens = SpecialTokens()) -> bool:
+    return format_error(text, num_candidates, special) is None
