@@ -7,7 +7,7 @@ import json
 import pytest
 
 from retrv.data.synth import SynthConfig, generate
-from retrv.rerank.grammar import is_well_formed, inspection_requests
+from retrv.rerank.grammar import inspection_requests, is_well_formed
 from retrv.train.cot import CotConfig, synthesize, train_cot, write_cot
 from retrv.train.samples import load_cot_samples, load_reasoning_samples
 
