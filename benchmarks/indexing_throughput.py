@@ -71,7 +71,7 @@ def main() -> None:
 
     from retrv.encoders.registry import load_encoder
     from retrv.index.build import build_index
-    from retrv.index.images import load_image
+    from retrv.images import load_image
     from retrv.index.store import Store
 
     width, height = (int(v) for v in args.size.lower().split("x"))

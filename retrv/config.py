@@ -1,19 +1,36 @@
 """Typed settings. Precedence: command-line flag > RETRV_* environment > config file > default.
 
 The config file is TOML at `$RETRV_CONFIG` or `<user config dir>/retrv/config.toml`; its keys are
-the field names of `Settings` (for example `encoder = "clip:openai/clip-vit-base-patch32"`).
+the field names of `Settings` (for example `encoder = "clip:openai/clip-vit-base-patch32"`). A value of
+the wrong type or out of range is a `ConfigError` naming where it came from (`config.toml:3`,
+`RETRV_BATCH_SIZE`, `--batch-size`); `Settings.origin(name)` says where each value came from.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass, fields, replace
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from retrv.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 APP_NAME = "retrv"
 DEFAULT_INDEX = "default"
+RERANK_MODES = ("none", "score", "reason")
+
+
+def _setting(default: Any, *, minimum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    return field(default=default, metadata={"minimum": minimum, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -21,17 +38,25 @@ class Settings:
     index: str = DEFAULT_INDEX
     encoder: str = "auto"
     device: str = "auto"
-    batch_size: int = 32
-    loader_threads: int = 2
-    max_megapixels: float = 64.0
-    max_text_bytes: int = 8_000_000
+    batch_size: int = _setting(32, minimum=1)
+    loader_threads: int = _setting(2, minimum=1)
+    max_megapixels: float = _setting(64.0, minimum=1e-6)
+    max_text_bytes: int = _setting(8_000_000, minimum=1)
     reasoner: str | None = None
-    rerank: str | None = None  # None: "score" when a reasoner is configured, else "none"
-    rerank_k: int = 50
+    rerank: str | None = _setting(None, choices=RERANK_MODES)  # None: "score" with a reasoner, else "none"
+    rerank_k: int = _setting(50, minimum=1)
     fusion_weight: float = 1.0
-    max_inspections: int = 5
-    max_new_tokens: int = 512
-    exact_search_max: int = 50_000
+    max_inspections: int = _setting(5, minimum=0)
+    max_new_tokens: int = _setting(512, minimum=1)
+    exact_search_max: int = _setting(50_000, minimum=0)
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def origin(self, name: str) -> str:
+        """Where the value of setting `name` came from: a flag, a variable, `FILE:LINE`, or "default"."""
+        return self.origins.get(name, "default")
+
+
+SETTING_NAMES = tuple(f.name for f in fields(Settings) if f.name != "origins")
 
 
 def config_dir() -> Path:
@@ -50,43 +75,81 @@ def config_file() -> Path:
     return Path(os.environ.get("RETRV_CONFIG") or config_dir() / "config.toml")
 
 
-def _coerce(name: str, raw: Any, source: str) -> Any:
-    kind = {f.name: f.type for f in fields(Settings)}[name]
-    try:
-        if "int" in kind and not isinstance(raw, bool):
-            return int(raw)
-        if "float" in kind:
-            return float(raw)
-        return None if raw in ("", None) else str(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{source}: {name} = {raw!r} is not a valid {kind}") from None
+def env_var(name: str) -> str:
+    return f"RETRV_{name.upper()}"
 
 
-def load_settings(overrides: dict[str, Any] | None = None, *, env: dict[str, str] | None = None) -> Settings:
-    """Settings from defaults, the config file, RETRV_* variables and `overrides` (None = not given)."""
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def coerce(name: str, raw: Any, origin: str) -> Any:
+    """`raw` (a TOML value, or a string from the environment or a flag) as setting `name`'s type, checked."""
+    spec = next(f for f in fields(Settings) if f.name == name)
+    kind = str(spec.type)
+    from_text = isinstance(raw, str)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{origin}: {name} = {raw!r}: expected {expected}")
+
+    if raw is None or (from_text and raw == "" and "None" in kind):
+        return None
+    if kind.startswith("int"):
+        if isinstance(raw, bool) or not (isinstance(raw, int) or (from_text and re.fullmatch(r"\s*[+-]?\d+\s*", raw))):
+            raise bad("an integer")
+        value: Any = int(raw)
+    elif kind.startswith("float"):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise bad("a number")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise bad("a number") from None
+        if not math.isfinite(value):
+            raise bad("a finite number")
+    else:
+        if not isinstance(raw, str):
+            raise bad("a string")
+        value = raw
+    minimum, choices = spec.metadata.get("minimum"), spec.metadata.get("choices")
+    if minimum is not None and value < minimum:
+        raise bad(f"at least {minimum:g}" if minimum >= 1 or minimum == 0 else "a positive number")
+    if choices and value not in choices:
+        raise bad("one of " + ", ".join(choices))
+    return value
+
+
+def _file_line(text: str, key: str) -> int | None:
+    match = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.M)
+    return text.count("\n", 0, match.start()) + 1 if match else None
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from defaults, the config file, RETRV_* variables and `overrides` (flag values; None = not given)."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     path = Path(env["RETRV_CONFIG"]) if env.get("RETRV_CONFIG") else config_file()
-    names = {f.name for f in fields(Settings)}
     if path.is_file():
-        import tomllib
-
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid TOML ({e})") from None
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
         for key, raw in data.items():
-            if key not in names:
-                raise ValueError(f"{path}: unknown setting {key!r}; known: {', '.join(sorted(names))}")
-            values[key] = _coerce(key, raw, str(path))
-    for name in names:
-        var = f"RETRV_{name.upper()}"
+            line = _file_line(text, key)
+            where = f"{path}:{line}" if line else str(path)
+            if key not in SETTING_NAMES:
+                raise ConfigError(f"{where}: unknown setting {key!r}; known: {', '.join(sorted(SETTING_NAMES))}")
+            values[key], origins[key] = coerce(key, raw, where), where
+    for name in SETTING_NAMES:
+        var = env_var(name)
         if var in env:
-            values[name] = _coerce(name, env[var], var)
+            values[name], origins[name] = coerce(name, env[var], var), var
     for name, raw in (overrides or {}).items():
         if raw is not None:
-            values[name] = _coerce(name, raw, f"--{name.replace('_', '-')}")
-    return replace(Settings(), **values)
+            values[name], origins[name] = coerce(name, raw, flag(name)), flag(name)
+    return replace(Settings(), **values, origins=origins)
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

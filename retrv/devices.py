@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from retrv.errors import DeviceError
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -21,13 +23,16 @@ class DeviceChoice:
         return getattr(torch, self.dtype_name)
 
 
-def resolve_device(requested: str = "auto", *, half: bool = False) -> DeviceChoice:
-    """Pick a device. `half` asks for bf16 on CUDA (fp16 on MPS); the CPU always runs float32."""
+def resolve_device(requested: str = "auto", *, half: bool = False, origin: str = "--device") -> DeviceChoice:
+    """Pick a device. `half` asks for bf16 on CUDA (fp16 on MPS); the CPU always runs float32.
+
+    `origin` names where the request came from (a flag, `RETRV_DEVICE`, a config file line) in errors.
+    """
     import torch
 
     requested = (requested or "auto").lower()
     if requested not in DEVICE_CHOICES and not requested.startswith("cuda:"):
-        raise ValueError(f"unknown device {requested!r}; expected one of {', '.join(DEVICE_CHOICES)}")
+        raise DeviceError(f"{origin}: unknown device {requested!r}; expected one of {', '.join(DEVICE_CHOICES)}")
     if requested == "auto":
         if torch.cuda.is_available():
             device, reason = "cuda", f"auto: CUDA available ({torch.cuda.get_device_name(0)})"
@@ -36,11 +41,11 @@ def resolve_device(requested: str = "auto", *, half: bool = False) -> DeviceChoi
         else:
             device, reason = "cpu", "auto: no GPU found"
     else:
-        device, reason = requested, "requested"
+        device, reason = requested, f"requested by {origin}"
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda was requested but torch sees no CUDA device")
+            raise DeviceError(f"{origin}: {requested} was requested but torch sees no CUDA device")
         if device == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("--device mps was requested but MPS is not available")
+            raise DeviceError(f"{origin}: mps was requested but MPS is not available")
     dtype = "float32"
     if half and device.startswith("cuda"):
         dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"

@@ -1,21 +1,70 @@
-"""Errors a user can cause and fix. The CLI prints their message as one line and exits non-zero."""
+"""Errors a user can cause and fix: every one retrv raises for bad input, in one place.
+
+The CLI prints the message of a `RetrvError` as one line (`retrv: error: ...`) and exits 1; any other
+exception is a bug and keeps its traceback. Errors about a bad argument are also `ValueError`s, so library
+callers that catch those keep working.
+"""
 
 
 class RetrvError(Exception):
     """Base class: the message is complete and meant for a person."""
 
 
+class UsageError(RetrvError, ValueError):
+    """A bad argument, flag or setting value; the message names it."""
+
+
+class ConfigError(UsageError):
+    """A bad value in the config file or a RETRV_* variable; the message names the file or variable."""
+
+
+class TrainConfigError(UsageError):
+    """A training config value that cannot work; the message names the flag."""
+
+
+class DeviceError(UsageError):
+    """A device that does not exist or is not available here."""
+
+
 class IndexNotFoundError(RetrvError):
     pass
+
+
+class IndexSchemaError(RetrvError):
+    """An index this retrv cannot read (a newer schema, a damaged `retrv.json` or table)."""
 
 
 class EncoderMismatchError(RetrvError):
     pass
 
 
+class ScanError(RetrvError):
+    """A path given to scan does not exist."""
+
+
 class ModelLoadError(RetrvError):
     pass
 
 
+class ModelNotCachedError(ModelLoadError):
+    """A Hugging Face id that is not in the cache and cannot be downloaded now; `why` says which."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
 class DataError(RetrvError):
     """Bad dataset content: the message names the file and line."""
+
+
+class FeatureError(RetrvError):
+    """A candidate or query could not be turned into reasoner tokens (e.g. an unreadable image)."""
+
+
+class ScoreError(RetrvError):
+    """Score mode cannot judge this query (e.g. an image query for a reasoner without an image processor)."""
+
+
+class CompressError(RetrvError):
+    """`retrv compress` cannot run with this reasoner."""

@@ -1,12 +1,15 @@
-"""Where a model's files come from: a local directory, the Hugging Face cache, or the hub.
+"""The one front door for model specs: a local directory or a Hugging Face id, and where its files are.
 
-The decision is made up front and fast, so that a machine without network fails (or falls back)
-in seconds instead of spending half a minute in download retries:
+`parse_model_ref` reads `DIR`, `org/name` or `org/name@revision` for every model retrv loads (encoders after
+their `clip:` / `text:` prefix, reasoners as they are); `model_dir` turns it into a local directory, deciding
+up front and fast, so that a machine without network fails (or falls back) in seconds instead of spending
+half a minute in download retries:
 
-1. a local directory is used as is;
-2. an HF id whose `config.json` is in the cache loads with `local_files_only=True` (no network);
+1. a local directory is used as is (it must hold a `config.json`);
+2. an HF id whose snapshot is in the cache is used from there, with no network;
 3. under `HF_HUB_OFFLINE` nothing else is tried;
-4. otherwise a 2-second TCP probe of the hub decides whether a download is worth attempting.
+4. otherwise a 2-second TCP probe of the hub decides whether a download is worth attempting, and only the
+   files a safetensors model needs are fetched.
 
 Environment variables are read at call time (not at import time, as huggingface_hub does), so
 `--offline` and test monkeypatching take effect even after the hub library was imported.
@@ -24,18 +27,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from retrv.errors import ModelLoadError
+from retrv.errors import ModelLoadError, ModelNotCachedError, UsageError
 
 HF_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 _TRUE = {"1", "on", "yes", "true"}
 
 
-class ModelNotCachedError(ModelLoadError):
-    """An HF id that is not in the cache and cannot be downloaded now; `why` says which."""
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as a person names it: an absolute directory, or a hub id with an optional revision."""
 
-    def __init__(self, message: str, why: str) -> None:
-        super().__init__(message)
-        self.why = why
+    target: str
+    revision: str | None = None
+    local: bool = False
+
+    def __str__(self) -> str:
+        return self.target + (f"@{self.revision}" if self.revision else "")
+
+
+def looks_like_path(target: str) -> bool:
+    """True for things a person types as a path rather than as an HF id (`org/name`)."""
+    return (
+        target.startswith(("/", "./", "../", "~", "\\"))
+        or target in (".", "..")
+        or bool(re.match(r"^[A-Za-z]:[\\/]", target))
+        or target.count("/") > 1
+        or Path(target).expanduser().exists()
+    )
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """`DIR`, `org/name` or `org/name@rev` as a ModelRef; UsageError (one line, saying why) otherwise."""
+    text = (text or "").strip()
+    if not text:
+        raise UsageError("empty model name")
+    if looks_like_path(text):
+        return ModelRef(str(Path(text).expanduser().resolve()), local=True)
+    target, at, revision = text.partition("@")
+    if not HF_ID_PATTERN.match(target):
+        raise UsageError(f"{target!r} is neither an existing directory nor a Hugging Face id (org/name)")
+    if at and not revision.strip():
+        raise UsageError(f"nothing after '@' in {text!r} (a revision is a branch, tag or commit)")
+    return ModelRef(target, revision.strip() or None)
 
 
 def hub_offline() -> bool:
@@ -51,24 +85,6 @@ def hub_cache_dir() -> Path:
     xdg_cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     hf_home = os.environ.get("HF_HOME") or os.path.join(xdg_cache, "huggingface")
     return Path(hf_home).expanduser() / "hub"
-
-
-def looks_like_path(target: str) -> bool:
-    """True for things a person types as a path rather than as an HF id (`org/name`)."""
-    return (
-        target.startswith(("/", "./", "../", "~", "\\"))
-        or target in (".", "..")
-        or bool(re.match(r"^[A-Za-z]:[\\/]", target))
-        or target.count("/") > 1
-        or Path(target).expanduser().exists()
-    )
-
-
-def is_cached(repo_id: str, revision: str | None = None, filename: str = "config.json") -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir(), revision=revision)
-    return isinstance(found, str)
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -91,49 +107,50 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     return bool(result and result[0])
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Arguments for `from_pretrained`: where the files are and whether the network may be used."""
+def _cached_snapshot(ref: ModelRef, cache: Path) -> Path | None:
+    from huggingface_hub import snapshot_download
 
-    location: str  # a directory or an HF id
-    revision: str | None
-    cache_dir: str | None
-    local_files_only: bool
-
-    def kwargs(self) -> dict:
-        kw: dict = {"local_files_only": self.local_files_only}
-        if self.revision:
-            kw["revision"] = self.revision
-        if self.cache_dir:
-            kw["cache_dir"] = self.cache_dir
-        return kw
+    try:
+        path = Path(snapshot_download(ref.target, revision=ref.revision, cache_dir=cache, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError and friends)
+        return None
+    return path if (path / "config.json").is_file() else None
 
 
-def resolve_source(target: str, revision: str | None = None, *, kind: str = "clip") -> ModelSource:
-    """Decide where `target` loads from, or raise ModelLoadError at once with what to do instead."""
-    if looks_like_path(target):
-        path = Path(target).expanduser().resolve()
+def model_dir(
+    ref: ModelRef, *, instead: str = "a local directory", markers: tuple[str, ...] = ("config.json",)
+) -> Path:
+    """The directory holding `ref`'s files (see the module doc); ModelLoadError at once when it cannot be had.
+
+    `instead` completes "run once with network, or pass ..." in the error for a model that is not cached;
+    a local directory must hold one of `markers`.
+    """
+    if ref.local:
+        path = Path(ref.target)
         if not path.is_dir():
             raise ModelLoadError(f"model directory not found: {path}")
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
-        return ModelSource(str(path), None, None, local_files_only=True)
-    if not HF_ID_PATTERN.match(target):
-        raise ModelLoadError(f"{target!r} is neither an existing directory nor a Hugging Face model id (org/name)")
-    cache = str(hub_cache_dir())
-    if is_cached(target, revision):
-        return ModelSource(target, revision, cache, local_files_only=True)
-    where = f"{target}" + (f"@{revision}" if revision else "")
+        if not any((path / marker).is_file() for marker in markers):
+            raise ModelLoadError(f"{path} is not a Hugging Face model directory (no {' or '.join(markers)})")
+        return path
+    cache = hub_cache_dir()
+    cached = _cached_snapshot(ref, cache)
+    if cached is not None:
+        return cached
     why = "HF_HUB_OFFLINE is set" if hub_offline() else None
     if why is None and not hub_reachable():
         why = "the hub is unreachable"
     if why is not None:
         raise ModelNotCachedError(
-            f"{where} is not in the Hugging Face cache ({cache}) and {why}; "
-            f"run once with network, or pass --encoder {kind}:/path/to/model",
+            f"{ref} is not in the Hugging Face cache ({cache}) and {why}; run once with network, or pass {instead}",
             why,
         )
-    return ModelSource(target, revision, cache, local_files_only=False)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(ref.target, revision=ref.revision, cache_dir=cache, allow_patterns=HUB_FILES))
+    except Exception as exc:  # RepositoryNotFound, RevisionNotFound, HTTP errors: all one-line user errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{ref}: cannot fetch from the Hugging Face hub ({first})") from None
 
 
 @contextlib.contextmanager
@@ -153,8 +170,8 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_failure(source: ModelSource, exc: Exception) -> ModelLoadError:
+def load_failure(where: Path | str, exc: Exception) -> ModelLoadError:
     """Turn a from_pretrained exception into one line a person can act on."""
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     hint = " (retrv loads safetensors weights only)" if "safetensors" in first_line else ""
-    return ModelLoadError(f"could not load {source.location}: {type(exc).__name__}: {first_line}{hint}")
+    return ModelLoadError(f"could not load {where}: {type(exc).__name__}: {first_line}{hint}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Literal
 
-from retrv.errors import RetrvError
+from retrv.errors import ScanError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 TEXT_SUFFIXES = frozenset({".txt", ".md"})
@@ -47,10 +47,6 @@ ENCODER_NO_IMAGES = "the encoder cannot embed images"
 ENCODER_NO_TEXT = "the encoder cannot embed text"
 
 Kind = Literal["image", "text"]
-
-
-class ScanError(RetrvError):
-    """A path given to scan does not exist."""
 
 
 @dataclass(frozen=True)

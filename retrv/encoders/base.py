@@ -66,11 +66,7 @@ def encoder_device(requested: str = "auto", *, half: bool = True) -> tuple[str, 
     On MPS and the CPU encoders run float32; vectors come back as float32 everywhere.
     """
     from retrv.devices import resolve_device
-    from retrv.errors import RetrvError
 
-    try:
-        choice = resolve_device(requested, half=half)
-    except ValueError as exc:
-        raise RetrvError(str(exc)) from None
+    choice = resolve_device(requested, half=half)
     dtype = choice.dtype_name if choice.device.startswith("cuda") else "float32"
     return choice.device, dtype

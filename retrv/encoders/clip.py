@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.encoders.base import encoder_device, l2_normalize
 from retrv.errors import ModelLoadError
-from retrv.hub import load_failure, quiet_transformers, resolve_source
+from retrv.hub import ModelRef, load_failure, model_dir, quiet_transformers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -115,42 +115,30 @@ def _image_processor_kwargs() -> dict:
 
 
 def load_clip_encoder(
-    target: str = DEFAULT_CLIP_MODEL,
-    revision: str | None = None,
-    *,
-    spec: str | None = None,
-    device: str = "auto",
-    half: bool = True,
+    ref: ModelRef, *, spec: str | None = None, device: str = "auto", half: bool = True
 ) -> ClipEncoder:
     """Load a CLIP or SigLIP model from an HF id or a directory; ModelLoadError if it cannot be."""
-    source = resolve_source(target, revision, kind="clip")  # first: a bad target fails before torch is imported
+    path = model_dir(ref, instead="--encoder clip:/path/to/model")  # first: a bad target fails before torch loads
     import torch
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
     device, dtype_name = encoder_device(device, half=half)
     try:
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(source.location, trust_remote_code=False, **source.kwargs())
+            config = AutoConfig.from_pretrained(path, trust_remote_code=False)
             if config.model_type not in SUPPORTED_MODEL_TYPES:
                 raise ModelLoadError(
-                    f"{source.location} is a {config.model_type!r} model; clip: expects a CLIP or SigLIP model "
+                    f"{path} is a {config.model_type!r} model; clip: expects a CLIP or SigLIP model "
                     f"(model_type {' or '.join(SUPPORTED_MODEL_TYPES)})"
                 )
             model = AutoModel.from_pretrained(
-                source.location,
-                config=config,
-                use_safetensors=True,
-                trust_remote_code=False,
-                dtype=getattr(torch, dtype_name),
-                **source.kwargs(),
+                path, config=config, use_safetensors=True, trust_remote_code=False, dtype=getattr(torch, dtype_name)
             )
-            tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
-            image_processor = AutoImageProcessor.from_pretrained(
-                source.location, **_image_processor_kwargs(), **source.kwargs()
-            )
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            image_processor = AutoImageProcessor.from_pretrained(path, **_image_processor_kwargs())
     except ModelLoadError:
         raise
     except Exception as exc:  # any failure to load is the user's model, not a retrv bug
-        raise load_failure(source, exc) from None
+        raise load_failure(path, exc) from None
     model.to(device).eval()
-    return ClipEncoder(model, tokenizer, image_processor, spec=spec or f"clip:{target}", device=device)
+    return ClipEncoder(model, tokenizer, image_processor, spec=spec or f"clip:{ref}", device=device)

@@ -176,7 +176,7 @@ class LiteEncoder:
 
 def load_lite_encoder(device: str = "auto") -> LiteEncoder:
     device, _ = encoder_device(device, half=False)
-    text_encoder = load_text_encoder(DEFAULT_TEXT_MODEL, spec=f"text:{DEFAULT_TEXT_MODEL}", device=device, half=False)
+    text_encoder = load_text_encoder(spec=f"text:{DEFAULT_TEXT_MODEL}", device=device, half=False)
     net = load_efficientnet_lite0().to(device)
     vectors = class_embeddings(text_encoder, imagenet_class_names())
     return LiteEncoder(net, text_encoder, vectors, device=device)

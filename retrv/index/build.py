@@ -7,7 +7,7 @@
    in the same read.
 3. A hash the store already holds (a renamed, copied or touched file) reuses the stored vector:
    no model call. Files sharing a hash within this build are encoded once.
-4. The rest goes through the model. Images are decoded (`retrv.index.images`) and preprocessed
+4. The rest goes through the model. Images are decoded (`retrv.images`) and preprocessed
    on loader threads (at most two batches ahead) while the model runs on the calling thread; each batch is one
    `store.upsert`, so an interrupted build leaves every finished batch readable and the next
    build picks up where it stopped.
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from retrv.errors import RetrvError
+from retrv.images import load_image, pil_limits
 from retrv.index.documents import TextDocument, chunk_chars_for, embed_documents, parse_document
-from retrv.index.images import load_image, pil_limits
 from retrv.items import Item
 from retrv.progress import ProgressCallback, emit
 from retrv.scan import (

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrv.errors import RetrvError
+from retrv.errors import CompressError
 from retrv.progress import ProgressCallback, emit
 
 if TYPE_CHECKING:
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 ICM_TABLE_PREFIX = "icm_"
 FINGERPRINT_BYTES = 16
 _READ_CHUNK = 1024  # rows per side_get / store.get call while comparing fingerprints
-
-
-class CompressError(RetrvError):
-    pass
 
 
 @dataclass
@@ -184,7 +180,7 @@ def _compute_batch(
     loaded: LoadedReasoner, batch: list[Item], report: CompressReport
 ) -> tuple[list[Item], dict[str, np.ndarray]]:
     """The batch's rows; an unreadable item is recorded in `report.failed` and the rest still computed."""
-    from retrv.icm.features import FeatureError
+    from retrv.errors import FeatureError
 
     try:
         return batch, compute_icm_rows(loaded, batch)

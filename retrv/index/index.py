@@ -212,7 +212,7 @@ def looks_like_image_path(text: str) -> bool:
 
 def load_query_image(path: str | os.PathLike[str]) -> Any:
     """Open a query image as RGB (the same safe decoding as indexing), or raise a one-line RetrvError."""
-    from retrv.index.images import load_image
+    from retrv.images import load_image
     from retrv.scan import SkipFile
 
     p = Path(path).expanduser()

@@ -83,7 +83,7 @@ def add_items(
 
 def _prepare(encoder: Encoder, batch: list[Item]) -> list[Any]:
     """Decode and preprocess each item's image on a loader thread (None for text-only or failures)."""
-    from retrv.index.images import load_image
+    from retrv.images import load_image
     from retrv.scan import SkipFile
 
     prepared: list[Any] = []

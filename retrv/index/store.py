@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrv.errors import IndexNotFoundError, RetrvError
+from retrv.errors import IndexNotFoundError, IndexSchemaError, RetrvError
 from retrv.items import Item
 
 if TYPE_CHECKING:
@@ -38,10 +38,6 @@ ITEM_COLUMNS = ("id", "source", "modality", "text", "image_path", "mtime", "size
 _IN_CHUNK = 2000  # values per `col IN (...)` filter
 _SIDE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SHAPE_KEY = b"retrv.shape"
-
-
-class IndexSchemaError(RetrvError):
-    pass
 
 
 @dataclass(frozen=True)

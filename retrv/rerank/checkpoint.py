@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrv.errors import ModelLoadError
-from retrv.hub import hub_offline, hub_reachable, quiet_transformers
+from retrv.errors import ModelLoadError, ModelNotCachedError, UsageError
+from retrv.hub import model_dir, parse_model_ref, quiet_transformers
 from retrv.rerank.processor import (  # noqa: F401  (constants re-exported as part of this module's API)
     DEFAULT_MAX_IMAGE_TOKENS,
     PIXELS_PER_IMAGE_TOKEN,
@@ -57,8 +57,6 @@ DEFAULT_SPECIAL_TOKENS = {
     "answer_start": "<answer>",
     "answer_end": "</answer>",
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
 
 @dataclass
@@ -119,54 +117,24 @@ class LoadedReasoner:
 # ---------------------------------------------------------------- resolving a spec to a directory
 
 
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """`owner/name@rev` -> ("owner/name", "rev")."""
-    name, _, revision = spec.partition("@")
-    return name, (revision or None)
-
-
 def resolve_spec(spec: str) -> Path:
-    """A local directory for `spec`: the directory itself, or the hub snapshot (downloaded unless offline)."""
+    """A local directory for `spec` (a directory, or a hub id whose snapshot is cached or downloaded)."""
     spec = (spec or DEFAULT_REASONER).strip()
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        return local.resolve()
-    if spec.startswith(("/", ".", "~")) or "\\" in spec or local.exists():
-        raise ModelLoadError(f"reasoner {spec!r}: no such directory")
-    repo, revision = split_spec(spec)
-    if not _HUB_ID.match(repo):
-        raise ModelLoadError(
-            f"reasoner {spec!r}: expected a directory or a Hugging Face id like {DEFAULT_REASONER}[@revision]"
-        )
-    from huggingface_hub import snapshot_download
-
-    offline = hub_offline()
-    if not offline and not hub_reachable():
-        raise ModelLoadError(
-            f"reasoner {spec!r} is not in the local Hugging Face cache and the hub is unreachable; "
-            "download it once online or pass a local directory"
-        )
     try:
-        path = snapshot_download(repo, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
-    except Exception as exc:  # LocalEntryNotFound, RepositoryNotFound, HTTP errors: all one-line user errors
-        if offline:
-            raise ModelLoadError(
-                f"reasoner {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                "download it once online or pass a local directory"
-            ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"reasoner {spec!r}: cannot fetch from the Hugging Face hub ({first})") from None
-    return Path(path)
+        return model_dir(parse_model_ref(spec), markers=(REASONER_CONFIG, "config.json"))
+    except UsageError as e:
+        raise ModelLoadError(f"reasoner {spec!r}: {e}") from None
+    except ModelLoadError as e:
+        raise type(e)(f"reasoner {spec!r}: {e}", *([e.why] if isinstance(e, ModelNotCachedError) else [])) from None
 
 
 def _pinned_spec(spec: str, directory: Path) -> str:
     """The spec to record as `base_model`: absolute for directories, `id@commit` for hub snapshots."""
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        return str(local.resolve())
-    repo, _ = split_spec(spec)
+    ref = parse_model_ref(spec)
+    if ref.local:
+        return ref.target
     commit = directory.name
-    return f"{repo}@{commit}" if re.fullmatch(r"[0-9a-f]{40}", commit) else spec
+    return f"{ref.target}@{commit}" if re.fullmatch(r"[0-9a-f]{40}", commit) else spec
 
 
 # ---------------------------------------------------------------- content hash
@@ -256,10 +224,10 @@ def load_reasoner(
             f"reasoner {spec!r} has no ICM weights ({'stage ' + config.stage if is_checkpoint else 'a bare base model'}); "
             "reason mode needs a checkpoint from `retrv train`. Use --rerank score for training-free reranking with any VLM"
         )
-    model_dir = root if (not is_checkpoint or config.weights == "full") else resolve_spec(config.base_model)
-    if not _has_safetensors(model_dir):
+    llm_dir = root if (not is_checkpoint or config.weights == "full") else resolve_spec(config.base_model)
+    if not _has_safetensors(llm_dir):
         raise ModelLoadError(
-            f"reasoner {spec!r}: no model*.safetensors in {model_dir} (retrv loads safetensors weights only)"
+            f"reasoner {spec!r}: no model*.safetensors in {llm_dir} (retrv loads safetensors weights only)"
         )
     try:
         choice = resolve_device(device, half=True)
@@ -278,7 +246,7 @@ def load_reasoner(
             except (OSError, ValueError):
                 image_processor = None
             model = AutoModelForImageTextToText.from_pretrained(
-                str(model_dir),
+                str(llm_dir),
                 dtype=choice.dtype,
                 attn_implementation="sdpa",
                 trust_remote_code=trust_remote_code,
@@ -286,11 +254,11 @@ def load_reasoner(
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(f"reasoner {spec!r}: cannot load from {model_dir} ({first})") from None
+            raise ModelLoadError(f"reasoner {spec!r}: cannot load from {llm_dir} ({first})") from None
 
         ensure_special_tokens(model, tokenizer, config.special_tokens)
         if not getattr(tokenizer, "chat_template", None):
-            tokenizer.chat_template = read_chat_template(root) or read_chat_template(model_dir)
+            tokenizer.chat_template = read_chat_template(root) or read_chat_template(llm_dir)
         if is_checkpoint and config.weights != "full" and (root / TOKEN_EMBEDDINGS).is_file():
             restore_role_token_rows(model, root / TOKEN_EMBEDDINGS)
         if is_checkpoint and config.weights == "lora":
@@ -307,7 +275,7 @@ def load_reasoner(
     if config.icm is not None and (root / ICM_WEIGHTS).is_file():
         icm = load_icm(root / ICM_WEIGHTS, config.icm, device=choice.device, dtype=choice.dtype)
 
-    checkpoint_id = reasoner_id(root, base_dir=model_dir, extra=image_pixel_budget(image_processor))
+    checkpoint_id = reasoner_id(root, base_dir=llm_dir, extra=image_pixel_budget(image_processor))
     return LoadedReasoner(
         model=model,
         tokenizer=tokenizer,

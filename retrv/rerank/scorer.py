@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrv.errors import RetrvError
+from retrv.errors import ScoreError
+from retrv.images import load_image
 from retrv.rerank.base import Candidate, RerankResult
 from retrv.rerank.prompts import SCORE_SYSTEM, render, score_segments
+from retrv.scan import SkipFile
 
 if TYPE_CHECKING:
     from retrv.items import Query
@@ -37,10 +39,6 @@ DEFAULT_FUSION_WEIGHT = 1.0
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_TEXT_TOKENS = 256
 ANSWER_PAIRS = (("Yes", "No"), ("True", "False"))
-
-
-class ScoreError(RetrvError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -73,13 +71,6 @@ def pick_answer_tokens(tokenizer: Any, prefix: str) -> AnswerTokens:
     raise ScoreError(
         "the reasoner's tokenizer has no single token for Yes/No or True/False; score mode cannot read an answer"
     )
-
-
-def _open_image(path: str) -> Any:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def normalised_confidence(p_yes: np.ndarray) -> np.ndarray:
@@ -157,16 +148,16 @@ class Scorer:
         query_images = []
         if query.image is not None:
             try:
-                query_images = [_open_image(str(query.image))]
-            except OSError as exc:
+                query_images = [load_image(str(query.image))]
+            except SkipFile as exc:
                 raise ScoreError(f"{query.image}: cannot read the query image ({exc})") from None
         rows: list[tuple[int, str, list[Any]]] = []
         for index, cand in enumerate(candidates):
             images = list(query_images)
             if cand.item.image_path is not None:
                 try:
-                    images.append(_open_image(cand.item.image_path))
-                except OSError:
+                    images.append(load_image(cand.item.image_path))
+                except SkipFile:
                     if not cand.item.text:
                         continue  # nothing left to judge: no score
                     rows.append((index, self.prompt(query, cand, with_image=False), images))

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrv.errors import TrainConfigError
 from retrv.progress import ProgressCallback, emit
 from retrv.rerank.sequence import PROMPT_STYLES
 from retrv.train.caption_examples import (
@@ -47,7 +48,7 @@ from retrv.train.caption_examples import (
     load_examples,
     world_corpus,
 )
-from retrv.train.config import TrainConfig, TrainConfigError, _help
+from retrv.train.config import TrainConfig, _help
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
 
 if TYPE_CHECKING:
@@ -346,7 +347,9 @@ class CaptionCollator:
 
     def __call__(self, examples: list[CaptionExample]) -> dict[str, Any] | None:
         import torch
-        from PIL import Image
+
+        from retrv.images import load_image
+        from retrv.scan import SkipFile
 
         kept, prompts, images, looks = [], [], [], []
         for e in examples:
@@ -355,11 +358,8 @@ class CaptionCollator:
             if self.laid_out(e) and e.query.image_path:  # its query image comes first, in the prompt
                 inspected.insert(0, e.query.image_path)
             try:
-                opened = []
-                for p in paths + inspected:
-                    with Image.open(p) as im:
-                        opened.append(im.convert("RGB"))
-            except (OSError, ValueError) as exc:
+                opened = [load_image(p) for p in paths + inspected]
+            except SkipFile as exc:
                 self.issues.report(e.source, f"cannot read image: {exc}")
                 continue
             kept.append(e)

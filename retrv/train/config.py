@@ -10,14 +10,10 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from retrv.errors import RetrvError
+from retrv.errors import TrainConfigError
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 ENCODER_LOSSES = ("infonce", "sigmoid")
-
-
-class TrainConfigError(RetrvError):
-    """A config value that cannot work; the message names the flag."""
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:

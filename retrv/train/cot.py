@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retrv.errors import DataError, RetrvError
+from retrv.errors import DataError, RetrvError, TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TrainConfigError, _help
+from retrv.train.config import _help
 from retrv.train.loop import DataIssue, DataIssues
 
 if TYPE_CHECKING:

@@ -129,13 +129,14 @@ class ContrastiveCollator:
         self.encoder, self.issues = encoder, issues
 
     def _pixels(self, side: Side) -> Any:
-        from PIL import Image
+        from retrv.images import load_image
+        from retrv.scan import SkipFile
 
+        assert side.image_path is not None
         try:
-            with Image.open(side.image_path) as image:  # type: ignore[arg-type]
-                return self.encoder.preprocess(image)
-        except Exception as e:  # unreadable or corrupt image: bad data, not a bug
-            self.issues.report(side.source, f"cannot read image {side.image_path}: {type(e).__name__}: {e}")
+            return self.encoder.preprocess(load_image(side.image_path))
+        except SkipFile as e:
+            self.issues.report(side.source, f"cannot read image {side.image_path}: {e}")
             return None
 
     def __call__(self, pairs: list[ContrastivePair]) -> dict[str, Any] | None:
@@ -247,7 +248,7 @@ def load_base(config: EncoderTrainConfig) -> ClipEncoder:
 
     base = str(config.base)
     spec = parse_encoder_spec(base if base.startswith("clip:") else f"clip:{base}")
-    return load_clip_encoder(spec.target or base, spec.revision, device="cpu", half=False)
+    return load_clip_encoder(spec.ref, spec=str(spec), device="cpu", half=False)
 
 
 def set_trainable(model: Any, config: EncoderTrainConfig) -> None:

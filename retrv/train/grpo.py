@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrv.errors import DataError
+from retrv.errors import DataError, TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TASKS_HELP, TrainConfig, TrainConfigError, _help, parse_tasks
+from retrv.train.config import TASKS_HELP, TrainConfig, _help, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, train
 from retrv.train.rewards import group_advantages, grpo_loss, lambda_schedule, reward
 

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrv.errors import TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TASKS_HELP, TrainConfig, TrainConfigError, _help, parse_tasks
+from retrv.train.config import TASKS_HELP, TrainConfig, _help, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, set_seed, train
 
 if TYPE_CHECKING:

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrv.errors import RetrvError
+from retrv.errors import RetrvError, TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TrainConfigError, _help, parse_tasks
+from retrv.train.config import _help, parse_tasks
 from retrv.train.icm import ReasonerDataConfig, load_stage_reasoner, save_stage, token_budget, training_record
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, set_seed, train
 

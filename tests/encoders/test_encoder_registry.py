@@ -10,8 +10,7 @@ import pytest
 
 from retrv.encoders.base import combine
 from retrv.encoders.registry import ACCEPTED_FORMS, EncoderSpec, canonical_spec, load_encoder, parse_encoder_spec
-from retrv.errors import ModelLoadError, RetrvError
-from retrv.hub import ModelNotCachedError
+from retrv.errors import ModelLoadError, ModelNotCachedError, RetrvError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from retrv.errors import FeatureError
 from retrv.icm.features import (
-    FeatureError,
     TokenBudget,
     candidate_tokens,
     candidate_tokens_batch,

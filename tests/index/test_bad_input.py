@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from retrv import scan as reasons
+from retrv.images import load_image, pil_limits
 from retrv.index.build import build_index, item_id
-from retrv.index.images import load_image, pil_limits
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
+from retrv.images import load_image
 from retrv.index.build import build_index, item_id
 from retrv.index.documents import PREVIEW_CHARS, chunk_text
-from retrv.index.images import load_image
 
 
 def _vectors(store, ids):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrv.index.compress import CompressError, compress_index, icm_table_name, item_fingerprint
+from retrv.errors import CompressError
+from retrv.index.compress import compress_index, icm_table_name, item_fingerprint
 from retrv.index.store import Store
 from retrv.items import Item
 from retrv.rerank.checkpoint import load_reasoner, save_reasoner

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from retrv.errors import IndexNotFoundError, RetrvError
-from retrv.index.store import SCHEMA_VERSION, FileState, IndexSchemaError, Store, key_for_id
+from retrv.errors import IndexNotFoundError, IndexSchemaError, RetrvError
+from retrv.index.store import SCHEMA_VERSION, FileState, Store, key_for_id
 from retrv.items import Item
 
 DIM = 8

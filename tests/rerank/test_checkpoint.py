@@ -163,11 +163,11 @@ def test_bad_specs_fail_fast_with_one_line(tmp_path, monkeypatch):
     broken.mkdir()
     (broken / REASONER_CONFIG).write_text("{not json")
     cases = {
-        str(tmp_path / "missing"): "no such directory",
-        "./nowhere/model": "no such directory",
+        str(tmp_path / "missing"): "model directory not found",
+        "./nowhere/model": "model directory not found",
         "not a valid id!": "Hugging Face id",
         "Qwen/Qwen2.5-VL-3B-Instruct@main": "HF_HUB_OFFLINE",
-        str(tmp_path / "empty"): "safetensors",
+        str(tmp_path / "empty"): "no retrv-reasoner.json or config.json",
         str(broken): "not a valid reasoner config",
     }
     for spec, needle in cases.items():

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from retrv.errors import ScoreError
 from retrv.items import Item, Query
 from retrv.rerank.base import Candidate, Reranker
 from retrv.rerank.checkpoint import load_reasoner
 from retrv.rerank.prompts import pair_question
-from retrv.rerank.scorer import ScoreError, Scorer, fusion_order, pick_answer_tokens
+from retrv.rerank.scorer import Scorer, fusion_order, pick_answer_tokens
 
 
 @pytest.fixture(scope="module")

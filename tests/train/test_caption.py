@@ -296,9 +296,9 @@ def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, tra
 
 def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path):
     from retrv.data.mbeir import MBeirDataset
+    from retrv.errors import TrainConfigError
     from retrv.train.caption import CaptionTrainConfig
     from retrv.train.caption_examples import load_examples
-    from retrv.train.config import TrainConfigError
     from retrv.train.loop import DataIssues
 
     skills = synth_world / "cot" / "train_skills.jsonl"
@@ -344,8 +344,8 @@ def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path
 
 
 def test_rope_sections_default_to_the_width_axis_and_are_checked(synth_world, trained, tmp_path):
+    from retrv.errors import TrainConfigError
     from retrv.train.caption import CaptionTrainConfig
-    from retrv.train.config import TrainConfigError
 
     rope = json.loads((trained[1].out_dir / "config.json").read_text())["text_config"]["rope_parameters"]
     assert rope["mrope_section"] == [1, 1, 2] and rope["rope_theta"] == 1000.0  # head size 8 in the tiny test model
@@ -356,8 +356,8 @@ def test_rope_sections_default_to_the_width_axis_and_are_checked(synth_world, tr
 
 
 def test_bad_config_is_one_clear_message(synth_world, tmp_path):
+    from retrv.errors import TrainConfigError
     from retrv.train.caption import CaptionTrainConfig
-    from retrv.train.config import TrainConfigError
 
     with pytest.raises(TrainConfigError, match="--hidden 30 must split into --heads 4"):
         CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), hidden=30).validate()

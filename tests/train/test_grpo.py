@@ -143,7 +143,7 @@ def _rows(out):
 
 
 def test_reward_improves_lora_moves_and_nothing_else_does(init_dir, tmp_path):
-    cfg = _config(tmp_path, "run", init_dir, max_steps=20, group_size=6, beta=0.02)
+    cfg = _config(tmp_path, "run", init_dir, max_steps=24, group_size=6, beta=0.02)
     loaded = _load(init_dir)
     frozen = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     icm_before = {n: p.detach().clone() for n, p in loaded.icm.named_parameters()}
@@ -158,7 +158,7 @@ def test_reward_improves_lora_moves_and_nothing_else_does(init_dir, tmp_path):
     summary = train_grpo(cfg, samples=_samples(), logits_hook=GrammarHook(loaded.tokenizer), loaded=loaded)
 
     rows = _rows(summary.out_dir)
-    assert [r["step"] for r in rows] == list(range(1, 21))
+    assert [r["step"] for r in rows] == list(range(1, 25))
     assert set(rows[0]) >= {"reward", "accuracy", "format", "inspections", "generated_tokens", "kl", "lambda", "loss"}
     first = sum(r["reward"] for r in rows[:4]) / 4
     last = sum(r["reward"] for r in rows[-8:]) / 8
