@@ -70,8 +70,8 @@ def main() -> None:
     import torch
 
     from retrv.encoders.registry import load_encoder
-    from retrv.index.build import build_index
     from retrv.images import load_image
+    from retrv.index.build import build_index
     from retrv.index.store import Store
 
     width, height = (int(v) for v in args.size.lower().split("x"))

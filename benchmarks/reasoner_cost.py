@@ -9,7 +9,7 @@ What one resolve is (the timed region, identical for both arms):
   encode the query (text) -> build the prompt -> prefill -> decode `--decode-tokens` tokens, forced
   (the same token ids in both arms, so both decode exactly as many steps; no inspections).
   * ICM arm: each candidate's content token and memory tokens come precomputed, as `retrv compress`
-    stores them (Candidate.extras["icm"]); the relation token (memory x query cross-attention) is
+    stores them (Candidate.precomputed); the relation token (memory x query cross-attention) is
     computed inside the timed region, by `Reasoner.prepare` itself. Prompt: 2 soft tokens per candidate.
   * full arm (the paper's "w/o ICM"): every candidate's full image tokens are in the prompt, built by
     `sequence.build_prompt(full=...)` exactly as `Reasoner.prepare` does with `use_icm=False`.
@@ -230,7 +230,7 @@ def child_resolve(args: argparse.Namespace) -> dict:
             for start in range(0, len(full), 8):
                 tokens, mask = pad_tokens([f.embeds for f in full[start : start + 8]])
                 for j, (c, m) in enumerate(zip(icm.content(tokens, mask), icm.memory(tokens, mask), strict=True)):
-                    candidates[start + j].extras["icm"] = {"content": c.clone(), "memory": m.clone()}
+                    candidates[start + j].precomputed = {"content": c.clone(), "memory": m.clone()}
         full = []  # the ICM arm keeps only the stored rows, as after `retrv compress`
 
     forced = loaded.tokenizer(FORCED_TEXT, add_special_tokens=False)["input_ids"]

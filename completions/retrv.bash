@@ -11,7 +11,7 @@ _retrv_options() {
     case "$1" in
         "") echo "--offline --version --help -h" ;;
         "bench") echo "--help -h" ;;
-        "bench mbeir") echo "--tasks --split --pool --k -k --rerank --encoder --reasoner --rerank-k --max-inspections --max-new-tokens --no-icm --force-answer --no-force-answer --instructions --no-instructions --limit --json --run --plot --index-dir --device --quiet -q --help -h" ;;
+        "bench mbeir") echo "--tasks --split --pool --k -k --rerank --encoder --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --no-icm --force-answer --instructions --no-instructions --limit --json --run --plot --index-dir --device --quiet -q --help -h" ;;
         "build-index") echo "--index -i --encoder --batch-size --device --exclude --include-hidden --max-megapixels --quiet -q --verbose -v --json --help -h" ;;
         "completions") echo "--help -h" ;;
         "compress") echo "--reasoner --index -i --batch-size --drop-stale --device --trust-remote-code --quiet -q --json --help -h" ;;
@@ -19,7 +19,7 @@ _retrv_options() {
         "data check") echo "--json --quiet -q --help -h" ;;
         "data synth") echo "--out -o --seed --size --cot-variants --force --json --quiet -q --help -h" ;;
         "info") echo "--index -i --json --help -h" ;;
-        "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --no-force-answer --min-score --show-reasoning --encoder --device --trust-remote-code --paths-only -f --json --quiet -q --help -h" ;;
+        "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --min-score --show-reasoning --encoder --device --trust-remote-code --paths-only -f --json --quiet -q --help -h" ;;
         "train") echo "--help -h" ;;
         "train caption") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --prompt-style --num-candidates --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
         "train cot") echo "--data --teacher --out --split --pool --num-candidates --hard-candidates --instructions --no-instructions --limit --batch-size --seed --device --json --quiet -q --help -h" ;;
@@ -39,10 +39,10 @@ _retrv_value() {
         "bench mbeir:--encoder") echo "value" ;;
         "bench mbeir:--reasoner") echo "value" ;;
         "bench mbeir:--rerank-k") echo "value" ;;
+        "bench mbeir:--fusion-weight") echo "value" ;;
         "bench mbeir:--max-inspections") echo "value" ;;
         "bench mbeir:--max-new-tokens") echo "value" ;;
         "bench mbeir:--limit") echo "value" ;;
-        "bench mbeir:--json") echo "file" ;;
         "bench mbeir:--run") echo "file" ;;
         "bench mbeir:--plot") echo "file" ;;
         "bench mbeir:--index-dir") echo "file" ;;

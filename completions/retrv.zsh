@@ -4,7 +4,7 @@
 _retrv() {
     local curcontext=$curcontext state line
     _arguments -s -C \
-        '--offline[Never touch the network (sets HF_HUB_OFFLINE=1)]' \
+        '--offline[Never touch the network (sets HF_HUB_OFFLINE=1); may also follow a command]' \
         '--version[Print the version]' \
         '(--help -h)'{--help,-h}'[Show help and exit]' \
         '1:command:->command' \
@@ -35,21 +35,22 @@ _retrv_bench_mbeir() {
         '--pool[Candidate pool local (per dataset) or global (union)]:value: ' \
         '(--k -k)'{--k,-k}'[Depth of each ranking]:value: ' \
         '--rerank[Stage 2 none, score or reason]:value:(none score reason)' \
-        '--encoder[Encoder spec (auto, clip..., text..., lite)]:value: ' \
-        '--reasoner[Reasoner spec for --rerank score|reason]:value: ' \
+        '--encoder[Encoder auto, lite, clipID|DIR, textID|DIR]:value: ' \
+        '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
         '--rerank-k[Candidates the reranker sees]:value: ' \
+        '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--no-icm[reason mode every candidates full tokens instead of 2 ICM tokens (ablation)]' \
-        '(--force-answer --no-force-answer)'{--force-answer,--no-force-answer}'[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
+        '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Prefix queries with UniIRs task instructions]' \
         '--limit[At most this many queries per dataset]:value: ' \
-        '--json[Write the full result as JSON to this file]:file:_files' \
+        '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
         '--run[TREC run file; an interrupted bench resumes from it]:file:_files' \
         '--plot[Draw per-task recall and cost to this PNG]:file:_files' \
         '--index-dir[Where pool indices are kept (default user data dir)]:file:_files' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
-        '(--quiet -q)'{--quiet,-q}'[No progress bar or notices]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]' \
         '*:file:_files'
 }
@@ -58,15 +59,15 @@ _retrv_build_index() {
     local curcontext=$curcontext state line
     _arguments -s -C \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:value: ' \
-        '--encoder[Encoder spec auto, clipID|DIR, textID|DIR, lite]:value: ' \
+        '--encoder[Encoder auto, lite, clipID|DIR, textID|DIR]:value: ' \
         '--batch-size[Items per model batch]:value: ' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
-        '--exclude[Glob of paths to skip (repeatable), e.g. */thumbnails/*]:value: ' \
+        '--exclude[Paths to skip (repeatable), e.g. */thumbnails/*]:value: ' \
         '--include-hidden[Also index hidden files and folders]' \
         '--max-megapixels[Skip images larger than this (decompression-bomb guard)]:value: ' \
-        '(--quiet -q)'{--quiet,-q}'[No progress bar or notices]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--verbose -v)'{--verbose,-v}'[List every skipped file with its reason]' \
-        '--json[Print the build report as JSON (schema in docs/cli.md)]' \
+        '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
         '(--help -h)'{--help,-h}'[Show help and exit]' \
         '*:file:_files'
 }
@@ -80,14 +81,14 @@ _retrv_completions() {
 _retrv_compress() {
     local curcontext=$curcontext state line
     _arguments -s -C \
-        '--reasoner[Reasoner checkpoint (a directory with retrv-reasoner.json and icm.safetensors)]:value: ' \
+        '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:value: ' \
         '--batch-size[Items per batch (one table write each)]:value: ' \
-        '--drop-stale[Delete ICM tables of other checkpoints]' \
+        '--drop-stale[Delete the ICM tables of other checkpoints]' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
-        '--trust-remote-code[Allow model code from the hub]' \
-        '(--quiet -q)'{--quiet,-q}'[No progress bar or notices]' \
-        '--json[Print the report as JSON (schema retrv.compress/1)]' \
+        '--trust-remote-code[Allow model code from the hub (off by default)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
+        '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 
@@ -129,7 +130,7 @@ _retrv_info() {
     local curcontext=$curcontext state line
     _arguments -s -C \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:value: ' \
-        '--json[Print JSON (schema retrv.info/1, docs/cli.md)]' \
+        '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 
@@ -139,24 +140,24 @@ _retrv_search() {
         '--image[Query image (with QUERY a composed image+text query)]:file:_files' \
         '(--k -k)'{--k,-k}'[Number of results]:value: ' \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:value: ' \
-        '--add[Add a text or image path to the query vector (repeatable)]:value: ' \
-        '--subtract[Subtract a text or image path from the query vector (repeatable)]:value: ' \
+        '--add[Add words or an image to the query vector (repeatable)]:value: ' \
+        '--subtract[Subtract words or an image from the query vector (repeatable)]:value: ' \
         '--rerank[Stage 2 none, score (training-free) or reason (Retrv-R1)]:value:(none score reason)' \
         '--no-rerank[Same as --rerank none]' \
-        '--reasoner[Reasoner Hugging Face id or local dir (a retrv checkpoint for reason mode)]:value: ' \
+        '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
         '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
-        '--fusion-weight[score mode final = coarse + w * P(yes)]:value: ' \
+        '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
-        '(--force-answer --no-force-answer)'{--force-answer,--no-force-answer}'[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
-        '--min-score[Drop results below this score (reranker probability, else cosine); says no match when none is left]:value: ' \
+        '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
+        '--min-score[Drop results below S P(yes) in score mode, the coarse cosine otherwise (reason modes pick is not a]:value: ' \
         '--show-reasoning[Print the reasoners reasoning (inspected candidates marked)]' \
         '--encoder[Refuse to search unless the index was built with this encoder]:value: ' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
         '--trust-remote-code[Allow model code from the hub (off by default)]' \
         '(--paths-only -f)'{--paths-only,-f}'[Print only paths, one per line (for xargs)]' \
-        '--json[Print JSON (schema retrv.search/1, docs/cli.md)]' \
-        '(--quiet -q)'{--quiet,-q}'[No notices on stderr]' \
+        '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 

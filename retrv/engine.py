@@ -3,22 +3,54 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from retrv.items import Hit, Query, Ranking
+from retrv.items import Hit, Item, Query, Ranking
 
 if TYPE_CHECKING:
+    from retrv.config import Settings
     from retrv.index.index import Index
-    from retrv.rerank.base import Reranker, RerankResult
+    from retrv.rerank.base import Reranker
+
+
+def reranker_from_settings(
+    settings: Settings,
+    *,
+    force_answer: bool = False,
+    use_icm: bool = True,
+    trust_remote_code: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> Reranker | None:
+    """The reranker `settings` ask for: `rerank` (default: score with a reasoner, else none) over `reasoner`."""
+    from retrv.devices import resolve_device
+    from retrv.rerank.factory import make_reranker
+
+    mode = settings.rerank or ("score" if settings.reasoner else "none")
+    if mode == "none":
+        return None
+    resolve_device(settings.device, origin=settings.origin("device"))  # fail early, naming where it came from
+    return make_reranker(
+        mode,
+        settings.reasoner,
+        device=settings.device,
+        fusion_weight=settings.fusion_weight,
+        max_inspections=settings.max_inspections,
+        max_new_tokens=settings.max_new_tokens,
+        use_icm=use_icm,
+        force_answer=force_answer,
+        trust_remote_code=trust_remote_code,
+        notify=notify,
+    )
 
 
 class Engine:
     """`Engine(index, reranker).search(query, k)` -> Ranking.
 
     The reranker sees the coarse top-`rerank_k` (at least `k`); candidates beyond it keep coarse order
-    below the reranked ones. `min_score` filters the final list on the reranker's score (its
-    probability in `score` mode) or, without one, on the coarse cosine; when nothing reaches it the
-    ranking is empty and `no_match` is set.
+    below the reranked ones. `min_score` filters the final list: on the reranker's score where that is a
+    calibrated probability (`score` mode: P(yes)), else on the coarse cosine (no reranker, or `reason` mode,
+    whose choice is not a score); when nothing reaches it the ranking is empty and `no_match` is set.
     """
 
     def __init__(
@@ -29,23 +61,62 @@ class Engine:
         self.rerank_k = rerank_k
         self.min_score = min_score
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        encoder: str | None = None,
+        min_score: float | None = None,
+        force_answer: bool = False,
+        use_icm: bool = True,
+        trust_remote_code: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ) -> Engine:
+        """The engine `settings` describe: their index (refused unless built with `encoder`, when given) and
+        reranker. Says through `notify` when reason mode will compute per query what `retrv compress` stores."""
+        from retrv.devices import resolve_device
+        from retrv.index.index import Index
+
+        resolve_device(settings.device, origin=settings.origin("device"))
+        index = Index.open(
+            settings.index,
+            encoder=encoder or "auto",
+            device=settings.device,
+            exact_max=settings.exact_search_max,
+            notify=notify,
+        )
+        reranker = reranker_from_settings(
+            settings, force_answer=force_answer, use_icm=use_icm, trust_remote_code=trust_remote_code, notify=notify
+        )
+        table = getattr(reranker, "precomputed_table", None)
+        if table and notify is not None and table not in index.store.side_tables():
+            notify(
+                f"no precomputed tokens for this reasoner in {index.root}; computing them per query "
+                f"(run `retrv compress --index {index.root} --reasoner {settings.reasoner}` once to make search faster)"
+            )
+        return cls(index, reranker, rerank_k=settings.rerank_k, min_score=min_score)
+
     def search(self, query: Query | str, k: int = 10) -> Ranking:
+        from retrv.errors import UsageError
+
         query = Query(text=query) if isinstance(query, str) else query
         if k < 1:
-            raise ValueError("k must be at least 1")
+            raise UsageError(f"k must be at least 1, got {k}")
         started = time.perf_counter()
         depth = max(k, self.rerank_k) if self.reranker is not None else k
         items, scores = self.index.coarse(query, depth)
         latency = {"coarse": (time.perf_counter() - started) * 1000}
         ranking = Ranking(query=query, hits=[], rerank="none", latency_ms=latency)
         if self.reranker is None or not items:
-            hits = [_hit(item, score, score) for item, score in zip(items, scores)]
+            hits = [Hit.from_item(item, score) for item, score in zip(items, scores, strict=True)]
         else:
             rerank_started = time.perf_counter()
             hits = self._rerank(query, items, scores, ranking)
             latency["rerank"] = (time.perf_counter() - rerank_started) * 1000
         if self.min_score is not None:
-            hits = [h for h in hits if _threshold_score(h) >= self.min_score]
+            calibrated = getattr(self.reranker, "calibrated", False) and ranking.fallback is None
+            hits = [h for h in hits if _threshold_score(h, calibrated) >= self.min_score]
             ranking.no_match = not hits
         ranking.hits = hits[:k]
         for rank, hit in enumerate(ranking.hits, 1):
@@ -53,25 +124,15 @@ class Engine:
         latency["total"] = (time.perf_counter() - started) * 1000
         return ranking
 
-    def _rerank(self, query: Query, items: list, scores: list[float], ranking: Ranking) -> list[Hit]:
+    def _rerank(self, query: Query, items: list[Item], scores: list[float], ranking: Ranking) -> list[Hit]:
+        from retrv.precomputed import attach_rows
         from retrv.rerank.base import Candidate
 
         assert self.reranker is not None
         head = min(len(items), self.rerank_k)
-        candidates = [Candidate(item, score) for item, score in zip(items[:head], scores[:head])]
-        side_table = getattr(self.reranker, "side_table", None)
-        if side_table and side_table in self.index.store.side_tables():
-            import numpy as np
-
-            from retrv.index.compress import item_fingerprint
-
-            rows = self.index.store.side_get(side_table, [c.item.id for c in candidates])
-            for c in candidates:
-                row = rows.get(c.item.id)
-                # a row written before the item changed is stale: the reranker recomputes it instead
-                if row is not None and np.array_equal(row.get("fingerprint"), item_fingerprint(c.item)):
-                    c.extras["icm"] = row
-        result: RerankResult = self.reranker.rerank(query, candidates)
+        candidates = [Candidate(item, score) for item, score in zip(items[:head], scores[:head], strict=True)]
+        attach_rows(self.index.store, self.reranker, candidates)
+        result = self.reranker.rerank(query, candidates)
         ranking.rerank = self.reranker.mode
         ranking.reasoning = result.reasoning
         ranking.inspected = list(result.inspected)
@@ -84,27 +145,19 @@ class Engine:
         for position in result.order:
             c = candidates[position]
             hits.append(
-                _hit(
+                Hit.from_item(
                     c.item,
-                    result.scores[position],
                     c.coarse_score,
+                    score=result.scores[position],
                     rerank_score=result.rerank_scores[position],
                     confidence=result.confidences[position],
                     chosen=position == result.chosen,
                     inspected=position in result.inspected,
                 )
             )
-        hits += [_hit(item, score, score) for item, score in zip(items[head:], scores[head:])]
+        hits += [Hit.from_item(item, score) for item, score in zip(items[head:], scores[head:], strict=True)]
         return hits
 
 
-def _hit(item, score: float, coarse: float, **extra) -> Hit:
-    from retrv.index.index import hit_from_item
-
-    hit = hit_from_item(0, item, coarse, **extra)
-    hit.score = score
-    return hit
-
-
-def _threshold_score(hit: Hit) -> float:
-    return hit.rerank_score if hit.rerank_score is not None else hit.coarse_score
+def _threshold_score(hit: Hit, calibrated: bool) -> float:
+    return hit.rerank_score if calibrated and hit.rerank_score is not None else hit.coarse_score

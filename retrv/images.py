@@ -105,3 +105,18 @@ def to_rgb(im: Image.Image) -> Image.Image:
         return im.convert("RGB")
     except ValueError as e:
         raise SkipFile(CORRUPT_IMAGE, f"cannot convert colour mode {im.mode} to RGB ({e})") from None
+
+
+def load_query_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open a query image as RGB (the same safe decoding as indexing), or raise a one-line RetrvError."""
+    from pathlib import Path
+
+    from retrv.errors import RetrvError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise RetrvError(f"query image not found: {p}")
+    try:
+        return load_image(p)
+    except SkipFile as e:
+        raise RetrvError(f"cannot read query image {p}: {e}") from None

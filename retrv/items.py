@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,12 +22,19 @@ def modality_of(has_text: bool, has_image: bool) -> Modality:
     raise ValueError("an item or query needs text, an image, or both")
 
 
+def file_item_id(path: str) -> str:
+    """The stable id of a file's item: blake2b-128 of its absolute path, in hex."""
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+
+
 @dataclass(frozen=True)
 class Item:
     """One retrievable thing: a file on disk or a candidate of a dataset pool.
 
-    `id` is stable (a hash of the absolute path, or the dataset's did); `source` is what a
+    `id` is stable (`file_item_id` of the absolute path, or the dataset's did); `source` is what a
     person recognises (the path, or the did); `image_path` is where the pixels are, if any.
+    `content_hash` is blake2b-128 of the item's bytes (the file's, the text's, or both; `index/build.py`):
+    equal hashes mean equal content, whatever the path.
     """
 
     id: str
@@ -68,6 +77,47 @@ class Query:
         return desc
 
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def parse_query(
+    text: str | None,
+    image: str | Path | None = None,
+    *,
+    add: list[str] = (),  # type: ignore[assignment]
+    subtract: list[str] = (),  # type: ignore[assignment]
+    warn: Callable[[str], None] | None = None,
+) -> Query:
+    """A query as a person types it: words, or the path of an image, plus an optional `image` and
+    `add`/`subtract` terms (each an image path or words). Something that looks like an image path but is no
+    file is searched as words, and `warn` says so."""
+    from retrv.errors import RetrvError, UsageError
+
+    if not text and image is None:
+        raise UsageError("give a QUERY (words or an image path) or --image PATH")
+    if image is not None and not Path(image).expanduser().is_file():
+        raise RetrvError(f"query image not found: {image}")
+
+    def term(value: str) -> Query:
+        if _is_image_path(value):
+            return Query(image=str(Path(value).expanduser()))
+        if _looks_like_image_path(value) and warn is not None:
+            warn(f"{value!r} looks like an image path, but there is no such file; searching it as words")
+        return Query(text=value)
+
+    main = term(text) if text and image is None else Query(text=text or None, image=image)
+    main.add, main.subtract = [term(v) for v in add], [term(v) for v in subtract]
+    return main
+
+
+def _looks_like_image_path(text: str) -> bool:
+    return Path(text.strip()).suffix.lower() in IMAGE_SUFFIXES and len(text.split()) == 1
+
+
+def _is_image_path(text: str) -> bool:
+    return _looks_like_image_path(text) and Path(text).expanduser().is_file()
+
+
 @dataclass
 class Hit:
     """One ranked result. `score` orders the ranking; the stage scores say where it came from."""
@@ -84,6 +134,23 @@ class Hit:
     image_path: str | None = None
     chosen: bool = False
     inspected: bool = False
+
+    @classmethod
+    def from_item(
+        cls, item: Item, coarse_score: float, *, rank: int = 0, score: float | None = None, **extra: Any
+    ) -> Hit:
+        """A hit for a stored item; `score` (what the order follows) defaults to the coarse score."""
+        return cls(
+            rank=rank,
+            id=item.id,
+            source=item.source,
+            modality=item.modality,
+            score=coarse_score if score is None else score,
+            coarse_score=coarse_score,
+            text=item.text,
+            image_path=item.image_path,
+            **extra,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -26,8 +26,8 @@ from fnmatch import fnmatch
 from typing import Literal
 
 from retrv.errors import ScanError
+from retrv.items import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 TEXT_SUFFIXES = frozenset({".txt", ".md"})
 
 # Skip reasons: short and fixed, so that a report can count them; the details go in `Skip.detail`.

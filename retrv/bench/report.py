@@ -49,8 +49,19 @@ def cost_rows(result: BenchResult) -> list[tuple[str, str]]:
     return rows
 
 
+def require_matplotlib() -> None:
+    """UsageError unless matplotlib can be imported (`--plot` checks this before a long run)."""
+    import importlib.util
+
+    from retrv.errors import UsageError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 'retrv[plot]'")
+
+
 def plot(result: BenchResult, path: str | Path) -> Path:
     """Per-task headline recall (left) and p50/p95 latency per stage (right), as a PNG."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

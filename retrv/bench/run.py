@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrv.errors import UsageError
 from retrv.progress import ProgressCallback, emit
 
 if TYPE_CHECKING:
     from retrv.bench.metrics import MetricsReport
+    from retrv.config import Settings
     from retrv.data.mbeir import MBeirDataset, MBeirQuery
     from retrv.encoders.base import Encoder
     from retrv.index.index import Index
@@ -29,24 +31,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class BenchConfig:
+    """What `retrv bench mbeir` runs. The encoder, device, reranker and their limits come from `Settings`."""
+
     data: Path
     split: str = "test"
     datasets: list[str] | None = None  # dataset names ("synth_task0") or task ids as strings ("0"); None = all
     pool: str = "local"
     k: int = 50
-    rerank: str = "none"
-    encoder: str = "auto"
-    reasoner: str | None = None
     instructions: bool = True
     limit: int | None = None  # queries per dataset
     run_file: Path | None = None
     index_dir: Path | None = None
-    device: str = "auto"
-    batch_size: int = 32
-    rerank_k: int = 50
-    fusion_weight: float = 1.0
-    max_inspections: int = 5
-    max_new_tokens: int = 512
     use_icm: bool = True
     force_answer: bool = False
 
@@ -87,49 +82,51 @@ def _selected(ds: MBeirDataset, wanted: list[str] | None) -> list[str]:
     for w in wanted:
         match = [n for n in ds.datasets if n == w or n.endswith(f"_task{w}")]
         if not match:
-            raise ValueError(f"no dataset or task {w!r} in {ds.root} (have: {', '.join(ds.datasets)})")
+            raise UsageError(f"no dataset or task {w!r} in {ds.root} (have: {', '.join(ds.datasets)})")
         names += [n for n in match if n not in names]
     return names
 
 
 def run_mbeir(
     config: BenchConfig,
+    settings: Settings | None = None,
     *,
     progress: ProgressCallback | None = None,
     notify: Callable[[str], None] | None = None,
     reranker: Reranker | None = None,
     encoder: Encoder | None = None,
 ) -> BenchResult:
+    """The engine `settings` describe (its encoder, reranker and their limits) over every query of the dataset;
+    `reranker` and `encoder`, when given, are used instead of loading the ones the settings name."""
     from retrv.bench.metrics import RunWriter, evaluate, filter_positives, read_run, run_rankings
+    from retrv.config import load_settings
     from retrv.data.mbeir import MBeirDataset
     from retrv.encoders.registry import load_encoder
-    from retrv.engine import Engine
+    from retrv.engine import Engine, reranker_from_settings
 
+    settings = settings or load_settings()
+    if config.pool not in ("local", "global"):
+        raise UsageError(f"pool is local or global, got {config.pool!r}")
     ds = MBeirDataset.open(config.data, config.split)
     names = _selected(ds, config.datasets)
-    encoder = encoder or load_encoder(config.encoder, device=config.device, notify=notify)
-    if reranker is None and config.rerank != "none":
-        from retrv.rerank.factory import make_reranker
-
-        reranker = make_reranker(
-            config.rerank,
-            config.reasoner,
-            device=config.device,
-            fusion_weight=config.fusion_weight,
-            max_inspections=config.max_inspections,
-            max_new_tokens=config.max_new_tokens,
-            use_icm=config.use_icm,
-            force_answer=config.force_answer,
-            notify=notify,
+    encoder = encoder or load_encoder(settings.encoder, device=settings.device, notify=notify)
+    if reranker is None:
+        reranker = reranker_from_settings(
+            settings, force_answer=config.force_answer, use_icm=config.use_icm, notify=notify
         )
+    mode = reranker.mode if reranker is not None else "none"
     done: dict[str, list[str]] = {}
     if config.run_file is not None and config.run_file.exists():
         done = run_rankings(read_run(config.run_file, repair=True))
-    writer = RunWriter(config.run_file, run_name=f"retrv-{config.rerank}") if config.run_file else None
+    writer = RunWriter(config.run_file, run_name=f"retrv-{mode}") if config.run_file else None
     rankings: dict[str, list[str]] = dict(done)
     all_queries: list[MBeirQuery] = []
     latencies: dict[str, list[float]] = {}
-    prompt_tokens, generated_tokens, inspections, fallbacks, forced, run = [], [], [], Counter(), 0, 0
+    prompt_tokens: list[int] = []
+    generated_tokens: list[int] = []
+    inspections: list[int] = []
+    fallbacks: Counter[str] = Counter()
+    forced = run = 0
     try:
         for name in names:
             queries = list(ds.queries(dataset=name))[: config.limit]
@@ -138,8 +135,8 @@ def run_mbeir(
             if not todo:
                 continue
             pool_name = "global" if config.pool == "global" else name
-            index = _pool_index(ds, config, encoder, name, pool_name, progress)
-            engine = Engine(index, reranker, rerank_k=config.rerank_k)
+            index = _pool_index(ds, config, settings, encoder, name, pool_name, progress)
+            engine = Engine(index, reranker, rerank_k=settings.rerank_k)
             modality_of = _candidate_modalities(ds, config.pool, name)
             for n, q in enumerate(todo):
                 positives = filter_positives(q.qid, q.pos)
@@ -167,44 +164,44 @@ def run_mbeir(
             writer.close()
     metrics = evaluate(rankings, all_queries)
     cost = _cost(latencies, prompt_tokens, generated_tokens, inspections, fallbacks, forced, run)
-    return BenchResult(
-        metrics,
-        cost,
-        config.run_file,
-        run,
-        len([q for q in all_queries if q.qid in done]),
-        config={
-            "data": str(config.data),
-            "split": config.split,
-            "pool": config.pool,
-            "k": config.k,
-            "rerank": config.rerank,
-            "encoder": encoder.spec,
-            "reasoner": config.reasoner,
-            "instructions": config.instructions,
-            "limit": config.limit,
-        },
-    )
+    described = {
+        "data": str(config.data),
+        "split": config.split,
+        "pool": config.pool,
+        "k": config.k,
+        "rerank": mode,
+        "encoder": encoder.spec,
+        "reasoner": settings.reasoner if reranker is not None else None,
+        "instructions": config.instructions,
+        "limit": config.limit,
+    }
+    resumed = len([q for q in all_queries if q.qid in done])
+    return BenchResult(metrics, cost, config.run_file, run, resumed, config=described)
 
 
 def _pool_index(
     ds: MBeirDataset,
     config: BenchConfig,
+    settings: Settings,
     encoder: Encoder,
     name: str,
     pool_name: str,
     progress: ProgressCallback | None,
 ) -> Index:
     from retrv.index.index import Index
-    from retrv.index.pool import add_items
-    from retrv.index.store import Store
 
     root = pool_index_dir(config, encoder.spec, pool_name)
-    store = Store.open(root) if Store.exists(root) else Store.create(root, encoder_spec=encoder.spec, dim=encoder.dim)
-    index = Index(store, device=config.device, encoder=encoder)
+    index = Index.open(root, create=True, encoder=encoder, device=settings.device, exact_max=settings.exact_search_max)
     dataset = None if config.pool == "global" else name
     items = [c.to_item() for c in ds.candidates(pool=config.pool, dataset=dataset)]
-    add_items(store, encoder, items, batch_size=config.batch_size, progress=_prefixed(progress, f"index {pool_name}"))
+    index.add_items(
+        items,
+        batch_size=settings.batch_size,
+        loader_threads=settings.loader_threads,
+        max_megapixels=settings.max_megapixels,
+        max_text_bytes=settings.max_text_bytes,
+        progress=_prefixed(progress, f"index {pool_name}"),
+    )
     return index
 
 

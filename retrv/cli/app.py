@@ -37,7 +37,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     offline: Annotated[
-        bool, typer.Option("--offline", help="Never touch the network (sets HF_HUB_OFFLINE=1).")
+        bool,
+        typer.Option("--offline", help="Never touch the network (sets HF_HUB_OFFLINE=1); may also follow a command."),
     ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
@@ -56,8 +57,21 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(train_app, name="train")
 
 
+GLOBAL_FLAGS = ("--offline",)
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Global flags may also come after the command (`retrv search x --offline`): move them in front of it.
+    Nothing after a `--` is touched."""
+    end = args.index("--") if "--" in args else len(args)
+    found = [a for a in args[:end] if a in GLOBAL_FLAGS]
+    return found + [a for a in args[:end] if a not in GLOBAL_FLAGS] + args[end:]
+
+
 def main() -> None:
-    app()
+    import sys
+
+    app(args=hoist_global_flags(sys.argv[1:]), prog_name="retrv")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,21 @@ from typing import Annotated
 
 import typer
 
-from retrv.cli.common import DEVICE_HELP, FORCE_ANSWER_HELP, handle_errors, notice, progress_bar, stdout_console
+from retrv.cli.common import (
+    FORCE_ANSWER_HELP,
+    DeviceOption,
+    EncoderOption,
+    JsonOption,
+    QuietOption,
+    ReasonerOption,
+    handle_errors,
+    notice,
+    print_json,
+    progress_bar,
+    settings_from_flags,
+    silence_library,
+    stdout_console,
+)
 from retrv.cli.search import RerankMode
 
 app = typer.Typer(help="Benchmarks: recall and cost of the engine on a dataset.", no_args_is_help=True)
@@ -17,86 +31,119 @@ app = typer.Typer(help="Benchmarks: recall and cost of the engine on a dataset."
 @handle_errors
 def mbeir(
     data: Annotated[
-        Path, typer.Argument(help="Dataset root in UniIR's M-BEIR layout (or one from `retrv data synth`).")
+        Path,
+        typer.Argument(metavar="DIR", help="Dataset root in UniIR's M-BEIR layout (or one from `retrv data synth`)."),
     ],
-    tasks: Annotated[str | None, typer.Option(help="Comma-separated task ids or dataset names (default: all).")] = None,
-    split: Annotated[str, typer.Option(help="Query split.")] = "test",
-    pool: Annotated[str, typer.Option(help="Candidate pool: local (per dataset) or global (union).")] = "local",
+    tasks: Annotated[
+        str | None, typer.Option(metavar="IDS", help="Comma-separated task ids or dataset names (default: all).")
+    ] = None,
+    split: Annotated[str, typer.Option(metavar="SPLIT", help="Query split.")] = "test",
+    pool: Annotated[
+        str, typer.Option(metavar="POOL", help="Candidate pool: local (per dataset) or global (union).")
+    ] = "local",
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Depth of each ranking.")] = 50,
-    rerank: Annotated[RerankMode, typer.Option(help="Stage 2: none, score or reason.")] = RerankMode.none,
-    encoder: Annotated[str, typer.Option(help="Encoder spec (auto, clip:..., text:..., lite).")] = "auto",
-    reasoner: Annotated[str | None, typer.Option(help="Reasoner spec for --rerank score|reason.")] = None,
-    rerank_k: Annotated[int, typer.Option(help="Candidates the reranker sees.")] = 50,
-    max_inspections: Annotated[int, typer.Option(help="reason mode: cap on detail inspections.")] = 5,
-    max_new_tokens: Annotated[
-        int,
+    rerank: Annotated[
+        RerankMode | None,
         typer.Option(
-            min=1, help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer)."
+            envvar="RETRV_RERANK", help="Stage 2: none, score or reason. Default: score with a reasoner, else none."
         ),
-    ] = 512,
+    ] = None,
+    encoder: EncoderOption = None,
+    reasoner: ReasonerOption = None,
+    rerank_k: Annotated[
+        int | None, typer.Option(metavar="N", envvar="RETRV_RERANK_K", help="Candidates the reranker sees.")
+    ] = None,
+    fusion_weight: Annotated[
+        float | None,
+        typer.Option(metavar="W", envvar="RETRV_FUSION_WEIGHT", help="score mode: final = coarse + W * P(yes)."),
+    ] = None,
+    max_inspections: Annotated[
+        int | None,
+        typer.Option(metavar="N", envvar="RETRV_MAX_INSPECTIONS", help="reason mode: cap on detail inspections."),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            envvar="RETRV_MAX_NEW_TOKENS",
+            help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer).",
+        ),
+    ] = None,
     no_icm: Annotated[
         bool,
         typer.Option("--no-icm", help="reason mode: every candidate's full tokens instead of 2 ICM tokens (ablation)."),
     ] = False,
-    force_answer: Annotated[bool, typer.Option("--force-answer/--no-force-answer", help=FORCE_ANSWER_HELP)] = False,
+    force_answer: Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)] = False,
     instructions: Annotated[
         bool, typer.Option("--instructions/--no-instructions", help="Prefix queries with UniIR's task instructions.")
     ] = True,
-    limit: Annotated[int | None, typer.Option(help="At most this many queries per dataset.")] = None,
-    json_file: Annotated[
-        Path | None, typer.Option("--json", help="Write the full result as JSON to this file.")
+    limit: Annotated[
+        int | None, typer.Option(metavar="N", min=1, help="At most this many queries per dataset.")
     ] = None,
+    json_out: JsonOption = False,
     run: Annotated[
-        Path | None, typer.Option("--run", help="TREC run file; an interrupted bench resumes from it.")
+        Path | None,
+        typer.Option("--run", metavar="FILE", help="TREC run file; an interrupted bench resumes from it."),
     ] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Draw per-task recall and cost to this PNG.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", metavar="PNG", help="Draw per-task recall and cost to this PNG.")
+    ] = None,
     index_dir: Annotated[
-        Path | None, typer.Option(help="Where pool indices are kept (default: user data dir).")
+        Path | None, typer.Option(metavar="DIR", help="Where pool indices are kept (default: user data dir).")
     ] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notices.")] = False,
+    device: DeviceOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Run the engine over every query and report Recall@1/5/10 per task (R@5 headline; R@10 for
     Fashion200K and FashionIQ), the average, and the cost per query."""
-    import json
-
     from retrv.bench.report import cost_rows, table_rows
     from retrv.bench.run import BenchConfig, run_mbeir
+    from retrv.errors import UsageError
 
+    silence_library(quiet)
+    if plot is not None:
+        from retrv.bench.report import require_matplotlib
+
+        require_matplotlib()  # before the run, not after it
     if pool not in ("local", "global"):
-        raise ValueError("--pool is local or global")
+        raise UsageError(f"--pool is local or global, got {pool!r}")
+    settings = settings_from_flags(
+        encoder=encoder,
+        device=device,
+        reasoner=reasoner,
+        rerank=rerank,
+        rerank_k=rerank_k,
+        fusion_weight=fusion_weight,
+        max_inspections=max_inspections,
+        max_new_tokens=max_new_tokens,
+    )
     config = BenchConfig(
         data=data,
         split=split,
         datasets=[t.strip() for t in tasks.split(",")] if tasks else None,
         pool=pool,
         k=k,
-        rerank=rerank.value,
-        encoder=encoder,
-        reasoner=reasoner,
         instructions=instructions,
         limit=limit,
         run_file=run,
         index_dir=index_dir,
-        device=device,
-        rerank_k=rerank_k,
-        max_inspections=max_inspections,
-        max_new_tokens=max_new_tokens,
         use_icm=not no_icm,
         force_answer=force_answer,
     )
     with progress_bar(quiet) as progress:
-        result = run_mbeir(config, progress=progress, notify=notice(quiet))
-    if json_file is not None:
-        json_file.write_text(json.dumps({"schema": "retrv.bench/1", **result.to_dict()}, indent=2) + "\n")
+        result = run_mbeir(config, settings, progress=progress, notify=notice(quiet))
     if plot is not None:
         from retrv.bench.report import plot as draw
 
         draw(result, plot)
+    if json_out:
+        print_json({"schema": "retrv.bench/1", **result.to_dict()})
+        return
     from rich.table import Table
 
     header, rows = table_rows(result)
-    table = Table(*header, title=f"M-BEIR {split} · pool {pool} · rerank {rerank.value}", header_style="bold")
+    mode = result.config["rerank"]
+    table = Table(*header, title=f"M-BEIR {split} · pool {pool} · rerank {mode}", header_style="bold")
     for row in rows:
         table.add_row(*row)
     console = stdout_console()

@@ -1,30 +1,71 @@
-"""What every command shares: consoles, progress on stderr, one-line errors, shared options."""
+"""What every command shares: the error contract, settings from flags, consoles, progress, shared options.
+
+The error contract: a `RetrvError` (every error a user can cause, `retrv/errors.py`) is printed as one line,
+`retrv: error: ...`, with exit status 1; Ctrl-C exits 130; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from retrv.config import Settings
     from retrv.progress import ProgressEvent
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-INDEX_HELP = "Index name (under the user data dir) or directory (e.g. ./photos-index). [env: RETRV_INDEX]"
-DEVICE_HELP = "Where models run: auto (cuda > mps > cpu), cpu, cuda or mps. [env: RETRV_DEVICE]"
 FORCE_ANSWER_HELP = (
-    "reason mode: when the reasoner stops without a usable answer (token cap, end of turn, no "
-    "candidate named), inject <answer> and take the candidate number it finds likeliest, instead of "
-    "keeping the coarse order (measured on the tiny world: worse; docs/training.md)."
+    "reason mode: when the reasoner stops without a usable answer (token cap, end of turn, no candidate named), "
+    "inject <answer> and take the candidate number it finds likeliest, instead of keeping the coarse order."
 )
+
+# Options shared by several commands. Those backed by a setting read their RETRV_* variable (shown in --help);
+# `settings_from_flags` tells a value typed on the command line from one read from the environment.
+IndexOption = Annotated[
+    str | None,
+    typer.Option(
+        "--index",
+        "-i",
+        metavar="NAME|DIR",
+        envvar="RETRV_INDEX",
+        help="Index name (under the user data dir) or directory (e.g. ./photos-index).",
+    ),
+]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DEVICE", envvar="RETRV_DEVICE", help="Where models run: auto (cuda > mps > cpu), cpu, cuda or mps."
+    ),
+]
+EncoderOption = Annotated[
+    str | None,
+    typer.Option(metavar="SPEC", envvar="RETRV_ENCODER", help="Encoder: auto, lite, clip[:ID|DIR], text[:ID|DIR]."),
+]
+ReasonerOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ID|DIR",
+        envvar="RETRV_REASONER",
+        help="Reasoner: a Hugging Face id or a local directory (a retrv checkpoint for reason mode).",
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, notices or library warnings on stderr.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (schemas in docs/cli.md).")]
+TrustRemoteCodeOption = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (off by default).")
+]
 
 
 def stderr_console() -> Console:
@@ -47,7 +88,7 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def handle_errors(func: F) -> F:
-    """User-caused errors become one line on stderr and exit 1; Ctrl-C exits 130."""
+    """The error contract (module doc): RetrvError -> one line and exit 1; Ctrl-C -> exit 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,13 +96,41 @@ def handle_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
-        except (RetrvError, ValueError, FileNotFoundError) as e:
+        except RetrvError as e:
             fail(str(e))
         except KeyboardInterrupt:
             print("retrv: interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def settings_from_flags(**flags: Any) -> Settings:
+    """Settings with these flag values over the environment, the config file and the defaults.
+
+    A value Typer read from the option's RETRV_* variable is left to `load_settings`, which reads the same
+    variable, so that `Settings.origin` names the variable, not a flag.
+    """
+    import click
+    from click.core import ParameterSource
+
+    from retrv.config import load_settings
+
+    ctx = click.get_current_context(silent=True)
+    given = {}
+    for name, value in flags.items():
+        if ctx is not None and ctx.get_parameter_source(name) == ParameterSource.ENVIRONMENT:
+            continue
+        given[name] = value.value if hasattr(value, "value") else value
+    return load_settings(given)
+
+
+def silence_library(quiet: bool) -> None:
+    """With --quiet, Python warnings and library logging (transformers, PIL, ...) say nothing either."""
+    if quiet:
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def apply_offline(offline: bool) -> None:
@@ -76,9 +145,43 @@ def notice(quiet: bool) -> Callable[[str], None]:
 
     def show(message: str) -> None:
         if not quiet:
-            stderr_console().print(f"[yellow]note:[/yellow] {message}")
+            stderr_console().print(f"[yellow]note:[/yellow] {escape(message)}")
 
     return show
+
+
+def warn(message: str) -> None:
+    """A warning on stderr that --quiet does not hide: something the user must know about the results."""
+    stderr_console().print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+@contextmanager
+def stop_on_interrupt() -> Iterator[Callable[[], bool]]:
+    """Yield `should_stop` for long library work: the first Ctrl-C asks the work to stop at its next batch
+    (what is written stays, and the command still reports), a second one interrupts at once."""
+    asked: list[bool] = []
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(True)
+        print("retrv: stopping after the current batch (Ctrl-C again to stop now)", file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+    except ValueError:  # not the main thread: no signal handling, nothing asks to stop
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(asked)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -90,20 +193,20 @@ def progress_bar(quiet: bool) -> Iterator[Callable[[ProgressEvent], None] | None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     tasks: dict[str, Any] = {}
-    with Progress(
+    columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[note]}"),
-        console=stderr_console(),
-        transient=False,
-    ) as bar:
+    )
+    with Progress(*columns, console=stderr_console(), transient=False) as bar:
 
         def update(event: ProgressEvent) -> None:
             if event.stage not in tasks:
                 tasks[event.stage] = bar.add_task(event.stage, total=event.total, note="")
-            bar.update(tasks[event.stage], completed=event.done, total=event.total, note=event.message or "")
+            note = escape(event.message or "")
+            bar.update(tasks[event.stage], completed=event.done, total=event.total, note=note)
 
         yield update
 

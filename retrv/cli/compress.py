@@ -6,47 +6,65 @@ from typing import Annotated
 
 import typer
 
-from retrv.cli.common import DEVICE_HELP, INDEX_HELP, handle_errors, notice, print_json, progress_bar
+from retrv.cli.common import (
+    DeviceOption,
+    IndexOption,
+    JsonOption,
+    QuietOption,
+    ReasonerOption,
+    TrustRemoteCodeOption,
+    handle_errors,
+    notice,
+    print_json,
+    progress_bar,
+    settings_from_flags,
+    silence_library,
+    stop_on_interrupt,
+)
 
 
 @handle_errors
 def compress(
-    reasoner: Annotated[
-        str, typer.Option(help="Reasoner checkpoint (a directory with retrv-reasoner.json and icm.safetensors).")
-    ],
-    index: Annotated[str | None, typer.Option("--index", "-i", help=INDEX_HELP)] = None,
-    batch_size: Annotated[int, typer.Option(help="Items per batch (one table write each).")] = 8,
-    drop_stale: Annotated[bool, typer.Option("--drop-stale", help="Delete ICM tables of other checkpoints.")] = False,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Allow model code from the hub.")
+    reasoner: ReasonerOption = None,
+    index: IndexOption = None,
+    batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Items per batch (one table write each).")] = 8,
+    drop_stale: Annotated[
+        bool, typer.Option("--drop-stale", help="Delete the ICM tables of other checkpoints.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notices.")] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the report as JSON (schema retrv.compress/1).")
-    ] = False,
+    device: DeviceOption = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    quiet: QuietOption = False,
+    json_out: JsonOption = False,
 ) -> None:
-    """Precompute the reasoner's compressed tokens for every item (incremental; Ctrl-C keeps finished batches)."""
+    """Precompute the reasoner's compressed tokens for every item (incremental; Ctrl-C keeps finished batches).
+    The reasoner is a retrv checkpoint with ICM weights (retrv train icm or later)."""
     from dataclasses import asdict
 
-    from retrv.config import load_settings
-    from retrv.index.compress import compress_index
+    from retrv.devices import resolve_device
+    from retrv.errors import UsageError
     from retrv.index.index import Index
-    from retrv.rerank.checkpoint import load_reasoner
+    from retrv.precomputed import compress_index
+    from retrv.rerank.reasoner import Reasoner
 
-    settings = load_settings(dict(index=index, device=device))
+    silence_library(quiet)
+    settings = settings_from_flags(index=index, device=device, reasoner=reasoner)
+    if not settings.reasoner:
+        raise UsageError("--reasoner is required: the checkpoint whose tokens to precompute")
+    resolve_device(settings.device, origin=settings.origin("device"))
     idx = Index.open(settings.index)
-    loaded = load_reasoner(reasoner, device=settings.device, trust_remote_code=trust_remote_code, require_icm=True)
-    notice(quiet)(f"reasoner {reasoner} on {loaded.device} ({loaded.device_reason})")
-    with progress_bar(quiet) as progress:
-        report = compress_index(idx.store, loaded, batch_size=batch_size, progress=progress, drop_stale=drop_stale)
+    model = Reasoner.load(settings.reasoner, device=settings.device, trust_remote_code=trust_remote_code)
+    notice(quiet)(f"reasoner {settings.reasoner} on {model.device}")
+    with stop_on_interrupt() as should_stop, progress_bar(quiet) as progress:
+        report = compress_index(idx.store, model, batch_size=batch_size, progress=progress, should_stop=should_stop,
+                                drop_stale=drop_stale)  # fmt: skip
     if json_out:
-        data = {k: v for k, v in asdict(report).items()}
-        print_json({"schema": "retrv.compress/1", "index": str(idx.root), **data})
-        return
-    print(
-        f"{report.table}: computed {report.computed}, unchanged {report.unchanged}, removed {report.removed}, "
-        f"failed {len(report.failed)}"
-    )
-    for item_id, why in report.failed:
-        print(f"  failed {item_id}: {why}")
+        print_json({"schema": "retrv.compress/1", "index": str(idx.root), **asdict(report)})
+    else:
+        print(
+            f"{report.table}: computed {report.computed}, unchanged {report.unchanged}, removed {report.removed}, "
+            f"failed {len(report.failed)}"
+        )
+        for item_id, why in report.failed:
+            print(f"  failed {item_id}: {why}")
+    if report.interrupted:
+        raise typer.Exit(130)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from retrv.cli.common import INDEX_HELP, handle_errors, print_json, stdout_console
+from retrv.cli.common import IndexOption, JsonOption, handle_errors, print_json, settings_from_flags, stdout_console
 
 
 def _size(n: int) -> str:
@@ -27,15 +23,11 @@ def _describe_ann(ann: dict | None) -> str:
 
 
 @handle_errors
-def info(
-    index: Annotated[str | None, typer.Option("--index", "-i", help=INDEX_HELP)] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (schema retrv.info/1, docs/cli.md).")] = False,
-) -> None:
+def info(index: IndexOption = None, json_out: JsonOption = False) -> None:
     """Show an index's encoder, dimension, counts per modality, size on disk, version and ANN state."""
-    from retrv.config import load_settings
     from retrv.index.index import Index
 
-    settings = load_settings(dict(index=index))
+    settings = settings_from_flags(index=index)
     data = Index.open(settings.index).info()
     if json_out:
         print_json({"schema": "retrv.info/1", **data})

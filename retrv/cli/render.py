@@ -1,34 +1,54 @@
-"""Rendering of results on stdout: a rich table on a TTY, plain tab-separated lines otherwise."""
+"""Rendering of results: a rich table on a terminal, tab-separated lines otherwise, paths only with -f.
+
+What a person must know about a ranking (no match, a reranker whose output was not used, a forced answer)
+goes to stderr in every output mode, so that stdout stays the results alone.
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import TYPE_CHECKING
 
-from retrv.cli.common import stdout_console
+from retrv.cli.common import escape, stderr_console, stdout_console
 
 if TYPE_CHECKING:
     from retrv.items import Ranking
 
 
-def render_ranking(ranking: Ranking, *, paths_only: bool = False, show_reasoning: bool = False) -> None:
+def report_on_stderr(ranking: Ranking) -> None:
+    console = stderr_console()
+    if ranking.no_match:
+        console.print("[yellow]no match:[/yellow] no candidate reached --min-score")
+    if ranking.fallback:
+        console.print(
+            f"[yellow]warning:[/yellow] the {ranking.rerank} reranker's output was unusable "
+            f"({escape(ranking.fallback)}); the coarse order and scores are shown"
+        )
+    elif ranking.forced_answer:
+        console.print("[yellow]note:[/yellow] the reasoner stopped without an answer; it was made to name one")
+
+
+def render_ranking(
+    ranking: Ranking, *, paths_only: bool = False, show_reasoning: bool = False, quiet: bool = False
+) -> None:
     if paths_only:
+        if show_reasoning and ranking.reasoning and not quiet:
+            stderr_console().print(ranking.reasoning, markup=False)
         for hit in ranking.hits:
             sys.stdout.write(hit.source + "\n")
         return
     tty = sys.stdout.isatty()
     if show_reasoning:
         render_reasoning(ranking, tty)
-    if ranking.no_match:
-        sys.stdout.write("no match: no candidate reached --min-score\n")
-        return
     if not tty:
         for hit in ranking.hits:
             sys.stdout.write(f"{hit.rank}\t{hit.score:.4f}\t{hit.modality}\t{hit.source}\n")
         return
+    if ranking.no_match:
+        return
     from rich.table import Table
 
-    reranked = ranking.rerank != "none"
+    reranked = ranking.rerank != "none" and not ranking.fallback
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
@@ -39,12 +59,8 @@ def render_ranking(ranking: Ranking, *, paths_only: bool = False, show_reasoning
     for hit in ranking.hits:
         mark = " ★" if hit.chosen else (" 🔍" if hit.inspected else "")
         row = [str(hit.rank), f"{hit.score:.3f}"] + ([f"{hit.coarse_score:.3f}"] if reranked else [])
-        table.add_row(*row, hit.modality, hit.source + mark)
+        table.add_row(*row, hit.modality, escape(hit.source) + mark)
     stdout_console().print(table)
-    if ranking.fallback:
-        stdout_console().print(f"[yellow]reranker output unusable ({ranking.fallback}); coarse order kept[/yellow]")
-    elif ranking.forced_answer:
-        stdout_console().print("[yellow]the reasoner stopped without an answer; it was made to name one[/yellow]")
 
 
 def render_reasoning(ranking: Ranking, tty: bool) -> None:

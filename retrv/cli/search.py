@@ -9,13 +9,19 @@ from typing import Annotated
 import typer
 
 from retrv.cli.common import (
-    DEVICE_HELP,
     FORCE_ANSWER_HELP,
-    INDEX_HELP,
+    DeviceOption,
+    IndexOption,
+    JsonOption,
+    QuietOption,
+    ReasonerOption,
+    TrustRemoteCodeOption,
     handle_errors,
     notice,
     print_json,
-    stderr_console,
+    settings_from_flags,
+    silence_library,
+    warn,
 )
 
 
@@ -28,132 +34,117 @@ class RerankMode(str, Enum):
 @handle_errors
 def search(
     query: Annotated[
-        str | None, typer.Argument(help="Words to search for, or the path of an image.", show_default=False)
+        str | None,
+        typer.Argument(metavar="QUERY", help="Words to search for, or the path of an image.", show_default=False),
     ] = None,
     image: Annotated[
-        Path | None, typer.Option("--image", help="Query image (with QUERY: a composed image+text query).")
+        Path | None,
+        typer.Option("--image", metavar="PATH", help="Query image (with QUERY: a composed image+text query)."),
     ] = None,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Number of results.")] = 10,
-    index: Annotated[str | None, typer.Option("--index", "-i", help=INDEX_HELP)] = None,
+    index: IndexOption = None,
     add: Annotated[
-        list[str] | None, typer.Option("--add", help="Add a text or image path to the query vector (repeatable).")
+        list[str] | None,
+        typer.Option("--add", metavar="TEXT|IMAGE", help="Add words or an image to the query vector (repeatable)."),
     ] = None,
     subtract: Annotated[
         list[str] | None,
-        typer.Option("--subtract", help="Subtract a text or image path from the query vector (repeatable)."),
+        typer.Option(
+            "--subtract", metavar="TEXT|IMAGE", help="Subtract words or an image from the query vector (repeatable)."
+        ),
     ] = None,
     rerank: Annotated[
         RerankMode | None,
         typer.Option(
-            help="Stage 2: none, score (training-free) or reason (Retrv-R1). Default: score with a reasoner, else none. [env: RETRV_RERANK]"
+            envvar="RETRV_RERANK",
+            help="Stage 2: none, score (training-free) or reason (Retrv-R1). Default: score with a reasoner, else none.",
         ),
     ] = None,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Same as --rerank none.")] = False,
-    reasoner: Annotated[
-        str | None,
-        typer.Option(
-            help="Reasoner: Hugging Face id or local dir (a retrv checkpoint for reason mode). [env: RETRV_REASONER]"
-        ),
-    ] = None,
+    reasoner: ReasonerOption = None,
     rerank_k: Annotated[
-        int | None, typer.Option(help="How many coarse candidates the reranker sees. [env: RETRV_RERANK_K]")
+        int | None,
+        typer.Option(metavar="N", envvar="RETRV_RERANK_K", help="How many coarse candidates the reranker sees."),
     ] = None,
     fusion_weight: Annotated[
-        float | None, typer.Option(help="score mode: final = coarse + w * P(yes). [env: RETRV_FUSION_WEIGHT]")
+        float | None,
+        typer.Option(metavar="W", envvar="RETRV_FUSION_WEIGHT", help="score mode: final = coarse + W * P(yes)."),
     ] = None,
     max_inspections: Annotated[
-        int | None, typer.Option(help="reason mode: cap on detail inspections. [env: RETRV_MAX_INSPECTIONS]")
+        int | None,
+        typer.Option(metavar="N", envvar="RETRV_MAX_INSPECTIONS", help="reason mode: cap on detail inspections."),
     ] = None,
     max_new_tokens: Annotated[
         int | None,
         typer.Option(
-            help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer). [env: RETRV_MAX_NEW_TOKENS]"
+            metavar="N",
+            envvar="RETRV_MAX_NEW_TOKENS",
+            help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer).",
         ),
     ] = None,
-    force_answer: Annotated[bool, typer.Option("--force-answer/--no-force-answer", help=FORCE_ANSWER_HELP)] = False,
+    force_answer: Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)] = False,
     min_score: Annotated[
         float | None,
         typer.Option(
-            help="Drop results below this score (reranker probability, else cosine); says 'no match' when none is left."
+            metavar="S",
+            help="Drop results below S: P(yes) in score mode, the coarse cosine otherwise (reason mode's pick is not "
+            "a score); says 'no match' when none is left.",
         ),
     ] = None,
     show_reasoning: Annotated[
         bool, typer.Option("--show-reasoning", help="Print the reasoner's reasoning (inspected candidates marked).")
     ] = False,
     encoder: Annotated[
-        str | None, typer.Option(help="Refuse to search unless the index was built with this encoder.")
+        str | None,
+        typer.Option(metavar="SPEC", help="Refuse to search unless the index was built with this encoder."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
-    trust_remote_code: Annotated[
-        bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (off by default).")
-    ] = False,
+    device: DeviceOption = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
     paths_only: Annotated[
         bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line (for xargs).")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (schema retrv.search/1, docs/cli.md).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notices on stderr.")] = False,
+    json_out: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Search an index with words, an image, or both."""
-    from retrv.config import load_settings
+    import dataclasses
+
+    from retrv.cli.render import render_ranking, report_on_stderr
     from retrv.engine import Engine
-    from retrv.index.index import Index, looks_like_image_path, split_modalities
-    from retrv.items import Query
+    from retrv.items import parse_query
 
-    settings = load_settings(
-        dict(
-            index=index,
-            device=device,
-            reasoner=reasoner,
-            rerank_k=rerank_k,
-            fusion_weight=fusion_weight,
-            max_inspections=max_inspections,
-            max_new_tokens=max_new_tokens,
-            rerank=(rerank.value if rerank else None),
-        )
+    silence_library(quiet)
+    settings = settings_from_flags(
+        index=index,
+        device=device,
+        reasoner=reasoner,
+        rerank_k=rerank_k,
+        fusion_weight=fusion_weight,
+        max_inspections=max_inspections,
+        max_new_tokens=max_new_tokens,
+        rerank=rerank,
     )
-    if query is None and image is None:
-        raise ValueError("give a QUERY (words or an image path) or --image PATH")
-    if image is not None and not image.is_file():
-        raise FileNotFoundError(f"query image not found: {image}")
-    if query is not None and image is None and looks_like_image_path(query):
-        q = Query(image=query)
-    else:
-        q = Query(text=query or None, image=image)
-    q.add, q.subtract = split_modalities(add or []), split_modalities(subtract or [])
-
-    mode = "none" if no_rerank else (settings.rerank or ("score" if settings.reasoner else "none"))
-    idx = Index.open(
-        settings.index,
-        encoder=encoder or "auto",
-        device=settings.device,
-        exact_max=settings.exact_search_max,
+    if no_rerank:
+        settings = dataclasses.replace(settings, rerank="none")
+    q = parse_query(query, image, add=add or [], subtract=subtract or [], warn=warn)
+    engine = Engine.from_settings(
+        settings,
+        encoder=encoder,
+        min_score=min_score,
+        force_answer=force_answer,
+        trust_remote_code=trust_remote_code,
         notify=notice(quiet),
     )
-    reranker = None
-    if mode != "none":
-        from retrv.rerank.factory import make_reranker
-
-        reranker = make_reranker(
-            mode,
-            settings.reasoner,
-            index=idx,
-            device=settings.device,
-            fusion_weight=settings.fusion_weight,
-            max_inspections=settings.max_inspections,
-            max_new_tokens=settings.max_new_tokens,
-            force_answer=force_answer,
-            trust_remote_code=trust_remote_code,
-            notify=notice(quiet),
-        )
-    engine = Engine(idx, reranker, rerank_k=settings.rerank_k, min_score=min_score)
     ranking = engine.search(q, k=k)
+    report_on_stderr(ranking)
     if json_out:
         print_json(
-            {"schema": "retrv.search/1", "index": str(idx.root), "encoder": idx.store.meta.encoder, **ranking.to_dict()}
+            {
+                "schema": "retrv.search/1",
+                "index": str(engine.index.root),
+                "encoder": engine.index.encoder_spec,
+                **ranking.to_dict(),
+            }
         )
         return
-    from retrv.cli.render import render_ranking
-
-    if show_reasoning and paths_only and ranking.reasoning and not quiet:
-        stderr_console().print(ranking.reasoning, markup=False)
-    render_ranking(ranking, paths_only=paths_only, show_reasoning=show_reasoning and not paths_only)
+    render_ranking(ranking, paths_only=paths_only, show_reasoning=show_reasoning, quiet=quiet)

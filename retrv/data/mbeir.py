@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from retrv.errors import DataError
+from retrv.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     from retrv.items import Item, Query
@@ -370,7 +370,7 @@ class MBeirDataset:
             path = local / f"mbeir_{dataset}_{self.split}_cand_pool.jsonl"
             path = path if path.is_file() else local / f"mbeir_{dataset}_cand_pool.jsonl"
         else:
-            raise ValueError("pool is 'local' (with a dataset) or 'global'")
+            raise UsageError("pool is 'local' (with a dataset) or 'global'")
         if not path.is_file():
             raise DataError(f"no {pool} candidate pool {path.relative_to(self.root)}")
         return path
@@ -380,7 +380,7 @@ class MBeirDataset:
         global pool (UniIR searches the whole union pool for every dataset, so `dataset` must be None)."""
         if pool == "global":
             if dataset is not None:
-                raise ValueError("the global pool is shared by all datasets; leave dataset out")
+                raise UsageError("the global pool is shared by all datasets; leave dataset out")
             path = self.pool_file(pool="global")
             for where, line in numbered_lines(path, self.root):
                 yield parse_candidate(line, where, self.root, "union")

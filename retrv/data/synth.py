@@ -74,7 +74,7 @@ from itertools import product
 from pathlib import Path
 
 from retrv.data.mbeir import Instruction, MBeirCandidate, MBeirQuery, write_dataset
-from retrv.errors import DataError
+from retrv.errors import DataError, UsageError
 from retrv.progress import ProgressCallback, emit
 
 SYNTH_DATASET, SYNTH_DATASET_ID, SYNTH_TASKS = "Synth", 90, (0, 3, 7)
@@ -318,9 +318,9 @@ def generate(
     """Write the synthetic world to `out`; the same config always writes the same bytes."""
     config = config or SynthConfig()
     if not 1 <= config.size <= MAX_SIZE:
-        raise ValueError(f"synth size must be between 1 and {MAX_SIZE}, got {config.size}")
+        raise UsageError(f"synth size must be between 1 and {MAX_SIZE}, got {config.size}")
     if config.cot_variants < 1:
-        raise ValueError(f"synth cot_variants must be at least 1, got {config.cot_variants}")
+        raise UsageError(f"synth cot_variants must be at least 1, got {config.cot_variants}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:

@@ -1,21 +1,25 @@
-"""The incremental index build: folders in, one Lance version per written batch out.
+"""The one index builder: files of folders and items of datasets in, one Lance version per written batch out.
 
-1. Scan the paths (`retrv.scan`). A file whose (mtime, size) equals its stored row is unchanged
-   and never opened.
-2. Hash every new or changed file (blake2b-128 of its bytes, personalised with its kind so an
-   image and a text never share a vector), on the loader threads; text documents are parsed
-   in the same read.
-3. A hash the store already holds (a renamed, copied or touched file) reuses the stored vector:
-   no model call. Files sharing a hash within this build are encoded once.
-4. The rest goes through the model. Images are decoded (`retrv.images`) and preprocessed
-   on loader threads (at most two batches ahead) while the model runs on the calling thread; each batch is one
-   `store.upsert`, so an interrupted build leaves every finished batch readable and the next
-   build picks up where it stopped.
-5. Rows under the given roots whose file is gone (or can no longer be read) are deleted; rows
-   elsewhere in the index (another folder, a dataset) are left alone. A stopped build deletes nothing.
+Everything to index is first a `Source`: an id, what a person recognises it by, and where its content is (an
+image file, a text document, inline text, or an image with text). `build_index` makes them from folders,
+`add_items` from a dataset's candidates; `ingest` brings the store up to date with them:
 
-Bad input never stops a build: each file that cannot be used becomes a `Skip` with a reason.
-Text documents follow the chunking rule of `retrv.index.documents` (one vector per document).
+1. A source whose stored row has the same (mtime, size) (and, for inline text, the same text) is unchanged and
+   never opened.
+2. Every new or changed source is read and hashed on the loader threads: its `content_hash` is blake2b-128 of
+   its bytes (the file's for a file, the UTF-8 text's for inline text, both for an image with text),
+   personalised with its kind so that an image and a text never share a vector. Documents are parsed in the
+   same read.
+3. A hash the store already holds (a renamed, copied or touched file) reuses the stored vector: no model call.
+   Sources sharing a hash within this build are encoded once.
+4. The rest goes through the model in batches. Images are decoded (`retrv.images`) and preprocessed on loader
+   threads, ahead of the model; texts are embedded as documents (`retrv.index.documents`: one vector per
+   text); an image with text gets `encoders.base.combine` of the two. Each batch is one `store.upsert`, so an
+   interrupted build leaves every finished batch readable and the next build picks up where it stopped.
+5. Stored rows in the build's scope whose source is gone (or can no longer be read) are deleted: for folders,
+   rows under the given roots; for a dataset, every row not among its items. A stopped build deletes nothing.
+
+Bad input never stops a build: each source that cannot be used becomes a `Skip` with a reason.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from retrv.errors import RetrvError
+from retrv.errors import UsageError
 from retrv.images import load_image, pil_limits
 from retrv.index.documents import TextDocument, chunk_chars_for, embed_documents, parse_document
-from retrv.items import Item
+from retrv.items import Item, file_item_id, modality_of
 from retrv.progress import ProgressCallback, emit
 from retrv.scan import (
     EMPTY_FILE,
@@ -41,7 +45,6 @@ from retrv.scan import (
     PERMISSION_DENIED,
     UNREADABLE,
     VANISHED,
-    FileEntry,
     Skip,
     SkipFile,
     is_under,
@@ -53,15 +56,31 @@ if TYPE_CHECKING:
     import numpy as np
 
     from retrv.encoders.base import Encoder
-    from retrv.index.store import Store
+    from retrv.index.store import FileState, Store
 
 HASH_BLOCK = 1 << 20
 REUSE_BATCH = 1024  # rows per upsert when no model runs
 
 
-def item_id(path: str) -> str:
-    """The stable id of a file's item: blake2b-128 of its absolute path, in hex."""
-    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+@dataclass(frozen=True)
+class Source:
+    """One thing to index, before its content is read: an image file, a text document, or a dataset item
+    with inline `text` and/or an `image_path`. `mtime` and `size` are the file's (the image's for an item;
+    0 and the text's byte length for a text-only item)."""
+
+    id: str
+    source: str
+    image_path: str | None = None
+    document_path: str | None = None
+    text: str | None = None
+    mtime: float = 0.0
+    size: int = 0
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The encoder modalities this source needs."""
+        has_text = self.document_path is not None or self.text is not None
+        return frozenset({"image"} if self.image_path else set()) | frozenset({"text"} if has_text else set())
 
 
 @dataclass
@@ -98,15 +117,61 @@ class BuildReport:
 
 
 @dataclass
-class _Work:
-    entry: FileEntry
-    existed: bool  # the store had a row for this path
-    content_hash: str = ""
-    document: TextDocument | None = None
+class BuildOptions:
+    batch_size: int = 32
+    loader_threads: int = 2
+    max_megapixels: float = 64.0
+    max_text_bytes: int = 8_000_000
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.loader_threads < 1:
+            raise UsageError(
+                f"batch_size and loader_threads must be at least 1, got {self.batch_size} and {self.loader_threads}"
+            )
+        if not self.max_megapixels > 0 or self.max_text_bytes < 1:
+            raise UsageError(
+                f"max_megapixels and max_text_bytes must be positive, got {self.max_megapixels} "
+                f"and {self.max_text_bytes}"
+            )
 
 
-class _Stopped(Exception):
-    pass
+def folder_sources(
+    paths: Iterable[str | os.PathLike[str]], *, excludes: Iterable[str] = (), include_hidden: bool = False
+) -> tuple[list[str], list[Source], list[Skip]]:
+    """(resolved roots, a Source per image and document under them, what the scan had to skip)."""
+    roots = resolve_roots(paths)  # a missing path fails here, before anything is written
+    sources: list[Source] = []
+    skips: list[Skip] = []
+    for found in scan(roots, excludes=excludes, include_hidden=include_hidden):
+        if isinstance(found, Skip):
+            skips.append(found)
+        elif found.kind == "image":
+            sources.append(
+                Source(file_item_id(found.path), found.path, image_path=found.path, mtime=found.mtime, size=found.size)
+            )
+        else:
+            sources.append(
+                Source(
+                    file_item_id(found.path), found.path, document_path=found.path, mtime=found.mtime, size=found.size
+                )
+            )
+    return roots, sources, skips
+
+
+def item_sources(items: Iterable[Item]) -> list[Source]:
+    """Dataset items (inline text and/or an image path) as Sources; an image that is gone is skipped later."""
+    sources = []
+    for item in items:
+        text = item.text or None
+        mtime, size = 0.0, len(text.encode("utf-8", "surrogateescape")) if text else 0
+        if item.image_path:
+            try:
+                st = os.stat(item.image_path)
+                mtime, size = st.st_mtime, size + st.st_size
+            except OSError:
+                pass  # reading it says why
+        sources.append(Source(item.id, item.source, image_path=item.image_path, text=text, mtime=mtime, size=size))
+    return sources
 
 
 def build_index(
@@ -116,54 +181,130 @@ def build_index(
     *,
     excludes: Iterable[str] = (),
     include_hidden: bool = False,
-    batch_size: int = 32,
-    loader_threads: int = 2,
-    max_megapixels: float = 64.0,
-    max_text_bytes: int = 8_000_000,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **options: Any,
+) -> BuildReport:
+    """Bring the index up to date with `paths` (folders or files); see the module doc."""
+    roots, sources, skips = folder_sources(paths, excludes=excludes, include_hidden=include_hidden)
+    return ingest_files(store, encoder, roots, sources, skips, progress=progress, should_stop=should_stop, **options)
+
+
+def ingest_files(
+    store: Store,
+    encoder: Encoder,
+    roots: list[str],
+    sources: list[Source],
+    skips: list[Skip],
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **options: Any,
+) -> BuildReport:
+    """`ingest` the scanned `sources` of `roots`: stored rows under the roots that were not found are removed."""
+    return ingest(
+        store,
+        encoder,
+        sources,
+        in_scope=lambda src: any(is_under(src, r) for r in roots),
+        options=BuildOptions(**options),
+        report=BuildReport(skipped=list(skips)),
+        progress=progress,
+        should_stop=should_stop,
+    )
+
+
+def add_items(
+    store: Store,
+    encoder: Encoder,
+    items: Iterable[Item],
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **options: Any,
+) -> BuildReport:
+    """Bring the index up to date with a dataset's `items` (ids unique); rows of other ids are removed."""
+    return ingest_items(store, encoder, item_sources(items), progress=progress, should_stop=should_stop, **options)
+
+
+def ingest_items(
+    store: Store,
+    encoder: Encoder,
+    sources: list[Source],
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **options: Any,
+) -> BuildReport:
+    """`ingest` a dataset's item `sources`: every stored row not among them is removed."""
+    return ingest(
+        store,
+        encoder,
+        sources,
+        in_scope=lambda _: True,
+        options=BuildOptions(**options),
+        progress=progress,
+        should_stop=should_stop,
+    )
+
+
+@dataclass
+class _Work:
+    source: Source
+    existed: bool  # the store had a row for this source
+    content_hash: str = ""
+    document: TextDocument | None = None
+
+
+class _Stopped(Exception):
+    pass
+
+
+def ingest(
+    store: Store,
+    encoder: Encoder,
+    sources: list[Source],
+    *,
+    in_scope: Callable[[str], bool],
+    options: BuildOptions | None = None,
+    report: BuildReport | None = None,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> BuildReport:
-    """Bring the index up to date with `paths` (folders or files); see the module doc."""
+    """Bring `store` up to date with `sources`; stored rows whose source is `in_scope` and not among them go."""
     started = time.perf_counter()
-    if batch_size < 1 or loader_threads < 1:
-        raise RetrvError(f"batch_size and loader_threads must be at least 1, got {batch_size} and {loader_threads}")
-    if not max_megapixels > 0 or max_text_bytes < 1:
-        raise RetrvError(
-            f"max_megapixels and max_text_bytes must be positive, got {max_megapixels} and {max_text_bytes}"
-        )
-    report = BuildReport()
-    roots = resolve_roots(paths)  # a missing path fails here, before anything is written
-
-    entries: list[FileEntry] = []
-    for found in scan(roots, excludes=excludes, include_hidden=include_hidden):
-        if isinstance(found, Skip):
-            report.skipped.append(found)
-        elif found.kind not in encoder.modalities:
-            reason = ENCODER_NO_IMAGES if found.kind == "image" else ENCODER_NO_TEXT
-            report.skipped.append(Skip(found.path, reason, encoder.spec))
+    options = options or BuildOptions()
+    options.validate()
+    report = report or BuildReport()
+    usable: list[Source] = []
+    for src in sources:
+        missing = src.needs - encoder.modalities
+        if missing:
+            reason = ENCODER_NO_IMAGES if "image" in missing else ENCODER_NO_TEXT
+            report.skipped.append(Skip(src.source, reason, encoder.spec))
         else:
-            entries.append(found)
-            if len(entries) % 1000 == 0:
-                emit(progress, "scan", len(entries))
+            usable.append(src)
 
     states = store.file_states()
     present: set[str] = set()
     changed: list[_Work] = []
-    for entry in entries:
-        state = states.get(entry.path)
-        if state is not None and state.mtime == entry.mtime and state.size == entry.size:
+    same_file = [s for s in usable if _same_stamp(states.get(s.source), s)]
+    stored_texts = store.texts([s.id for s in same_file if s.text is not None])
+    for src in usable:
+        state = states.get(src.source)
+        if _same_stamp(state, src) and (src.text is None or stored_texts.get(src.id) == src.text):
             report.unchanged += 1
-            present.add(entry.path)
+            present.add(src.source)
         else:
-            changed.append(_Work(entry, existed=state is not None))
-    emit(progress, "scan", len(entries), len(entries), f"{len(entries)} files, {len(changed)} new or changed")
+            changed.append(_Work(src, existed=state is not None))
+    emit(progress, "scan", len(usable), len(usable), f"{len(usable)} items, {len(changed)} new or changed")
 
-    with pil_limits(max_megapixels):
-        pool = ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="retrv-loader")
+    with pil_limits(options.max_megapixels):
+        pool = ThreadPoolExecutor(max_workers=options.loader_threads, thread_name_prefix="retrv-loader")
         try:
             writer = _Writer(store, report, present, progress, should_stop)
-            _hash_all(pool, changed, writer, max_text_bytes, chunk_chars_for(encoder))
-            _write_all(pool, writer, encoder, batch_size, max_megapixels)
+            _hash_all(pool, changed, writer, options.max_text_bytes, chunk_chars_for(encoder))
+            _write_all(pool, writer, encoder, options)
         except _Stopped:
             report.stopped = True
         finally:
@@ -171,13 +312,17 @@ def build_index(
             pool.shutdown(wait=True, cancel_futures=True)
 
     if not report.stopped:
-        stale = [s.id for src, s in states.items() if src not in present and any(is_under(src, r) for r in roots)]
+        stale = [s.id for src, s in states.items() if src not in present and in_scope(src)]
         if stale:
             store.delete(stale)
             report.removed = len(stale)
             emit(progress, "remove", len(stale), len(stale))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _same_stamp(state: FileState | None, src: Source) -> bool:
+    return state is not None and state.id == src.id and state.mtime == src.mtime and state.size == src.size
 
 
 class _Writer:
@@ -194,9 +339,8 @@ class _Writer:
         self.store, self.report, self.present = store, report, present
         self.progress, self.should_stop = progress, should_stop
         self.reuse: list[_Work] = []  # vector taken from the store
-        self.copies: dict[str, list[_Work]] = {}  # content hash -> later files sharing it in this build
-        self.images: list[_Work] = []  # one per content hash, to encode
-        self.texts: list[_Work] = []
+        self.copies: dict[str, list[_Work]] = {}  # content hash -> later sources sharing it in this build
+        self.encode: list[_Work] = []  # one per content hash, to run through the model
         self.known: dict[str, np.ndarray] = {}
         self.total = 0
         self.done = 0
@@ -212,11 +356,11 @@ class _Writer:
                 self.copies.setdefault(w.content_hash, []).append(w)
             else:
                 first[w.content_hash] = w
-                (self.images if w.entry.kind == "image" else self.texts).append(w)
+                self.encode.append(w)
 
     def skip(self, work: _Work, e: SkipFile) -> None:
         group = [work, *self.copies.get(work.content_hash, [])]
-        self.report.skipped.extend(Skip(w.entry.path, e.reason, e.detail) for w in group)
+        self.report.skipped.extend(Skip(w.source.source, e.reason, e.detail) for w in group)
         self.total -= len(group)  # so that the last "encode" event still reads done == total
 
     def write(self, works: list[_Work], vectors: np.ndarray, *, encoded: bool) -> None:
@@ -224,12 +368,12 @@ class _Writer:
 
         rows: list[_Work] = []
         row_vectors: list[np.ndarray] = []
-        for w, vector in zip(works, vectors):
+        for w, vector in zip(works, vectors, strict=True):
             group = [w] if not encoded else [w, *self.copies.get(w.content_hash, [])]
             rows.extend(group)
             row_vectors.extend([vector] * len(group))
-        items = [_item(w) for w in rows]
-        self.store.upsert(items, np.stack(row_vectors).astype(np.float32, copy=False))
+        if rows:
+            self.store.upsert([_item(w) for w in rows], np.stack(row_vectors).astype(np.float32, copy=False))
         encoded_now = len(works) if encoded else 0
         self.report.encoded += encoded_now
         self.report.reused += len(rows) - encoded_now
@@ -238,7 +382,7 @@ class _Writer:
                 self.report.updated += 1
             else:
                 self.report.added += 1
-            self.present.add(w.entry.path)
+            self.present.add(w.source.source)
         self.done += len(rows)
         emit(self.progress, "encode", self.done, self.total)
         if self.should_stop is not None and self.should_stop():
@@ -246,24 +390,23 @@ class _Writer:
 
 
 def _item(w: _Work) -> Item:
-    e = w.entry
-    if e.kind == "image":
-        return Item(item_id(e.path), e.path, "image", None, e.path, e.mtime, e.size, w.content_hash)
-    assert w.document is not None
-    return Item(item_id(e.path), e.path, "text", w.document.preview, None, e.mtime, e.size, w.content_hash)
+    s = w.source
+    text = s.text if s.text is not None else (w.document.preview if w.document is not None else None)
+    modality = modality_of(text is not None, s.image_path is not None)
+    return Item(s.id, s.source, modality, text, s.image_path, s.mtime, s.size, w.content_hash)
 
 
 def _hash_all(
     pool: ThreadPoolExecutor, works: list[_Work], writer: _Writer, max_text_bytes: int, chunk_chars: int
 ) -> None:
-    futures = [pool.submit(_read_and_hash, w.entry, max_text_bytes, chunk_chars) for w in works]
+    futures = [pool.submit(_read_and_hash, w.source, max_text_bytes, chunk_chars) for w in works]
     usable: list[_Work] = []
-    for i, (w, future) in enumerate(zip(works, futures), 1):
+    for i, (w, future) in enumerate(zip(works, futures, strict=True), 1):
         try:
             w.content_hash, w.document = future.result()
             usable.append(w)
         except SkipFile as e:
-            writer.report.skipped.append(Skip(w.entry.path, e.reason, e.detail))
+            writer.report.skipped.append(Skip(w.source.source, e.reason, e.detail))
         if i % 256 == 0 or i == len(works):
             emit(writer.progress, "hash", i, len(works))
             if writer.should_stop is not None and writer.should_stop():
@@ -271,17 +414,36 @@ def _hash_all(
     writer.plan(usable)
 
 
-def _read_and_hash(entry: FileEntry, max_text_bytes: int, chunk_chars: int) -> tuple[str, TextDocument | None]:
-    digest = hashlib.blake2b(digest_size=16, person=entry.kind.encode())
-    head = bytearray()  # the first max_text_bytes + 1 bytes of a text document
+def _read_and_hash(src: Source, max_text_bytes: int, chunk_chars: int) -> tuple[str, TextDocument | None]:
+    """(content hash, the parsed text) of a source; SkipFile with the reason when it cannot be used."""
+    if src.document_path is not None:
+        digest = hashlib.blake2b(digest_size=16, person=b"text")
+        head = _read_file(src.document_path, digest, keep=max_text_bytes + 1)
+        truncated = len(head) > max_text_bytes
+        return digest.hexdigest(), parse_document(head[:max_text_bytes], truncated=truncated, chunk_chars=chunk_chars)
+    text = src.text.encode("utf-8", "surrogateescape") if src.text is not None else None
+    kind = b"image,text" if src.image_path and text is not None else b"image" if src.image_path else b"text"
+    digest = hashlib.blake2b(digest_size=16, person=kind)
+    if src.image_path:
+        _read_file(src.image_path, digest)
+    document = None
+    if text is not None:
+        digest.update(text)
+        document = parse_document(text, chunk_chars=chunk_chars)
+    return digest.hexdigest(), document
+
+
+def _read_file(path: str, digest: Any, keep: int = 0) -> bytes:
+    """Feed the file's bytes to `digest`; return its first `keep` bytes. SkipFile when it cannot be read."""
+    head = bytearray()
     total = 0
     try:
-        with open(entry.path, "rb") as f:
+        with open(path, "rb") as f:
             while block := f.read(HASH_BLOCK):
                 digest.update(block)
                 total += len(block)
-                if entry.kind == "text" and len(head) <= max_text_bytes:
-                    head += block[: max_text_bytes + 1 - len(head)]
+                if len(head) < keep:
+                    head += block[: keep - len(head)]
     except FileNotFoundError:
         raise SkipFile(VANISHED, "gone before it could be read") from None
     except PermissionError:
@@ -290,66 +452,69 @@ def _read_and_hash(entry: FileEntry, max_text_bytes: int, chunk_chars: int) -> t
         raise SkipFile(UNREADABLE, e.strerror or str(e)) from None
     if total == 0:
         raise SkipFile(EMPTY_FILE)
-    document = None
-    if entry.kind == "text":
-        truncated = len(head) > max_text_bytes
-        document = parse_document(bytes(head[:max_text_bytes]), truncated=truncated, chunk_chars=chunk_chars)
-    return digest.hexdigest(), document
+    return bytes(head)
 
 
-def _write_all(
-    pool: ThreadPoolExecutor, writer: _Writer, encoder: Encoder, batch_size: int, max_megapixels: float
-) -> None:
+def _write_all(pool: ThreadPoolExecutor, writer: _Writer, encoder: Encoder, options: BuildOptions) -> None:
     for start in range(0, len(writer.reuse), REUSE_BATCH):
         works = writer.reuse[start : start + REUSE_BATCH]
         writer.write(works, [writer.known[w.content_hash] for w in works], encoded=False)
 
-    group: list[_Work] = []
-    chunks = 0
-    for w in writer.texts:  # documents grouped so that one model call sees about batch_size chunks
-        assert w.document is not None
-        if group and chunks + len(w.document.chunks) > batch_size:
-            writer.write(group, embed_documents(encoder, [g.document for g in group]), encoded=True)
-            group, chunks = [], 0
-        group.append(w)
-        chunks += len(w.document.chunks)
-    if group:
-        writer.write(group, embed_documents(encoder, [g.document for g in group]), encoded=True)
-
     image_size = getattr(encoder, "image_size", None)
     draft = 2 * int(image_size) if image_size else None
-    batch: list[_Work] = []
-    pixels: list[Any] = []
-    for w, outcome in _prefetched(pool, writer.images, 2 * batch_size, encoder, max_megapixels, draft):
-        if isinstance(outcome, SkipFile):
-            writer.skip(w, outcome)
+    batch: list[tuple[_Work, Any]] = []
+    cost = 0  # images and text chunks in the batch: one model call sees about batch_size of them
+    for w, pixels in _prefetched(pool, writer.encode, 2 * options.batch_size, encoder, options.max_megapixels, draft):
+        if isinstance(pixels, SkipFile):
+            writer.skip(w, pixels)
             continue
-        batch.append(w)
-        pixels.append(outcome)
-        if len(batch) == batch_size:
-            writer.write(batch, encoder.encode_pixels(pixels), encoded=True)
-            batch, pixels = [], []
+        size = (pixels is not None) + (len(w.document.chunks) if w.document is not None else 0)
+        if batch and cost + size > options.batch_size:
+            writer.write([b for b, _ in batch], _embed(encoder, batch), encoded=True)
+            batch, cost = [], 0
+        batch.append((w, pixels))
+        cost += size
     if batch:
-        writer.write(batch, encoder.encode_pixels(pixels), encoded=True)
+        writer.write([b for b, _ in batch], _embed(encoder, batch), encoded=True)
+
+
+def _embed(encoder: Encoder, batch: list[tuple[_Work, Any]]) -> np.ndarray:
+    """One vector per work: its image's, its text's, or `combine` of both (one model call per modality)."""
+    import numpy as np
+
+    from retrv.encoders.base import combine
+
+    out = np.zeros((len(batch), encoder.dim), dtype=np.float32)
+    with_image = [i for i, (_, pixels) in enumerate(batch) if pixels is not None]
+    with_text = [i for i, (w, _) in enumerate(batch) if w.document is not None]
+    if with_image:
+        out[with_image] = encoder.encode_pixels([batch[i][1] for i in with_image])
+    if with_text:
+        documents = [batch[i][0].document for i in with_text]
+        text_vectors = embed_documents(encoder, documents)  # type: ignore[arg-type]
+        for i, vector in zip(with_text, text_vectors, strict=True):
+            out[i] = combine(out[i], vector) if batch[i][1] is not None else vector
+    return out
 
 
 def _prefetched(
     pool: ThreadPoolExecutor, works: list[_Work], ahead: int, encoder: Encoder, max_megapixels: float, draft: int | None
 ) -> Iterator[tuple[_Work, Any]]:
-    """Yield (work, preprocessed pixels or SkipFile) in order, keeping `ahead` loads in flight."""
+    """Yield (work, preprocessed pixels, None without an image, or SkipFile) in order, `ahead` loads in flight."""
     queue: deque = deque()
     todo = iter(works)
 
     def top_up() -> None:
         while len(queue) < ahead and (w := next(todo, None)) is not None:
-            queue.append((w, pool.submit(_load_pixels, encoder, w.entry.path, max_megapixels, draft)))
+            path = w.source.image_path
+            queue.append((w, pool.submit(_load_pixels, encoder, path, max_megapixels, draft) if path else None))
 
     top_up()
     while queue:
         w, future = queue.popleft()
         top_up()
         try:
-            yield w, future.result()
+            yield w, future.result() if future is not None else None
         except SkipFile as e:
             yield w, e
 

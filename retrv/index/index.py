@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrv.config import resolve_index_path
-from retrv.errors import EncoderMismatchError, IndexNotFoundError, RetrvError
+from retrv.errors import EncoderMismatchError, IndexNotFoundError, RetrvError, UsageError
 from retrv.items import Hit, Item, Query
 
 if TYPE_CHECKING:
@@ -16,29 +16,36 @@ if TYPE_CHECKING:
 
     from retrv.encoders.base import Encoder
     from retrv.index.ann import AnnIndex
-    from retrv.index.build import BuildReport
+    from retrv.index.build import BuildReport, Source
     from retrv.index.store import Store
     from retrv.progress import ProgressCallback
 
 
 class Index:
-    """An index on disk. Open it, add folders to it, search it.
+    """An index on disk. Open it, add folders (or a dataset's items) to it, search it.
 
     >>> index = Index.open("./photos-index", create=True)
     >>> index.add(["./photos"])
     >>> index.search("a red car next to a bridge", k=5)
+
+    `Index.open(..., create=True)` on a path that holds no index loads the encoder but writes nothing: the
+    index is created by the first `add` that has something the encoder can embed.
     """
 
     def __init__(
         self,
-        store: Store,
+        store: Store | None,
         *,
+        root: Path | None = None,
         device: str = "auto",
         exact_max: int = 50_000,
         encoder: Encoder | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> None:
-        self.store = store
+        if store is None and (root is None or encoder is None):
+            raise ValueError("an index not created yet needs its root and its encoder")
+        self._store = store
+        self.root = store.root if store is not None else Path(root)  # type: ignore[arg-type]
         self.device = device
         self.exact_max = exact_max
         self.notify = notify
@@ -52,39 +59,51 @@ class Index:
         index: str | os.PathLike[str] | None = None,
         *,
         create: bool = False,
-        encoder: str = "auto",
+        encoder: str | Encoder = "auto",
         device: str = "auto",
         exact_max: int = 50_000,
         notify: Callable[[str], None] | None = None,
     ) -> Index:
         """Open the index at `index` (a name under the user data dir, or a directory).
 
-        `encoder` other than "auto" must match the one the index was built with; with `create`,
-        a missing index is created with that encoder ("auto" resolves to CLIP, else `lite`).
+        `encoder` (a spec string, or a loaded encoder) other than "auto" must match the one the index was built
+        with; with `create`, a missing index will be created with that encoder ("auto" resolves to CLIP, else
+        `lite`).
         """
         from retrv.encoders.registry import canonical_spec, load_encoder
         from retrv.index.store import Store
 
         root = resolve_index_path(index)
+        loaded = None if isinstance(encoder, str) else encoder
+        spec = encoder if isinstance(encoder, str) else encoder.spec
         if Store.exists(root):
             store = Store.open(root)
-            if encoder not in (None, "", "auto") and canonical_spec(encoder) != store.meta.encoder:
+            if spec not in (None, "", "auto") and canonical_spec(spec) != store.meta.encoder:
                 raise EncoderMismatchError(
-                    f"index {root} was built with encoder {store.meta.encoder!r}, not {canonical_spec(encoder)!r}; "
+                    f"index {root} was built with encoder {store.meta.encoder!r}, not {canonical_spec(spec)!r}; "
                     "drop --encoder to use the index's own, or build a new index with --index OTHER"
                 )
-            return cls(store, device=device, exact_max=exact_max, notify=notify)
+            return cls(store, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
         if not create:
             raise IndexNotFoundError(
                 f"no index at {root}; build one with: retrv build-index FOLDER --index {index or root}"
             )
-        loaded = load_encoder(encoder or "auto", device=device, notify=notify)
-        store = Store.create(root, encoder_spec=loaded.spec, dim=loaded.dim)
-        return cls(store, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
+        loaded = loaded or load_encoder(spec or "auto", device=device, notify=notify)
+        return cls(None, root=root, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
 
     @property
-    def root(self) -> Path:
-        return self.store.root
+    def created(self) -> bool:
+        return self._store is not None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise IndexNotFoundError(f"no index at {self.root} yet; add files to it with: retrv build-index FOLDER")
+        return self._store
+
+    @property
+    def encoder_spec(self) -> str:
+        return self._store.meta.encoder if self._store is not None else self.encoder.spec
 
     @property
     def encoder(self) -> Encoder:
@@ -99,20 +118,60 @@ class Index:
                 )
         return self._encoder
 
+    def _create_for(self, sources: list[Source]) -> None:
+        """Create the store on the first write, unless the encoder can embed none of what is being added."""
+        from retrv.index.store import Store
+        from retrv.scan import ENCODER_NO_IMAGES, ENCODER_NO_TEXT
+
+        if self._store is not None:
+            return
+        usable = [s for s in sources if not (s.needs - self.encoder.modalities)]
+        refused = len(sources) - len(usable)
+        if not usable and refused:
+            kind = ENCODER_NO_IMAGES if any("image" in s.needs for s in sources) else ENCODER_NO_TEXT
+            raise UsageError(
+                f"{kind} ({self.encoder.spec}), and none of the {refused} file(s) given is something it can; "
+                f"no index was created at {self.root}. Choose an encoder for them, e.g. --encoder clip or --encoder lite"
+            )
+        self._store = Store.create(self.root, encoder_spec=self.encoder.spec, dim=self.encoder.dim)
+
     def add(
         self,
         paths: Iterable[str | os.PathLike[str]],
+        *,
+        excludes: Iterable[str] = (),
+        include_hidden: bool = False,
+        progress: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        **options: Any,
+    ) -> BuildReport:
+        """Index files and folders incrementally (`retrv.index.build`); `options` are `BuildOptions` fields."""
+        from retrv.index.build import folder_sources, ingest_files
+
+        roots, sources, skips = folder_sources(paths, excludes=excludes, include_hidden=include_hidden)
+        self._create_for(sources)
+        report = ingest_files(
+            self.store, self.encoder, roots, sources, skips, progress=progress, should_stop=should_stop, **options
+        )
+        return self._after_write(report, progress)
+
+    def add_items(
+        self,
+        items: Iterable[Item],
         *,
         progress: ProgressCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
         **options: Any,
     ) -> BuildReport:
-        """Index files and folders incrementally; see `retrv.index.build.build_index` for `options`."""
-        from retrv.index.build import build_index
+        """Make the index hold exactly `items` (a dataset's candidates; ids unique), incrementally."""
+        from retrv.index.build import ingest_items, item_sources
 
-        report = build_index(
-            self.store, self.encoder, [Path(p) for p in paths], progress=progress, should_stop=should_stop, **options
-        )
+        sources = item_sources(items)
+        self._create_for(sources)
+        report = ingest_items(self.store, self.encoder, sources, progress=progress, should_stop=should_stop, **options)
+        return self._after_write(report, progress)
+
+    def _after_write(self, report: BuildReport, progress: ProgressCallback | None) -> BuildReport:
         self._ann = None
         if not report.stopped and self.store.count():
             self.ann(progress)  # pay for the faiss index (HNSW above exact_max) now, not at the first search
@@ -133,6 +192,7 @@ class Index:
         import numpy as np
 
         from retrv.encoders.base import combine
+        from retrv.images import load_query_image
 
         query = Query(text=query) if isinstance(query, str) else query
 
@@ -161,17 +221,19 @@ class Index:
             )
         vector = self.embed_query(query)
         scores, keys = self.ann().search(vector[None], k)
-        pairs = [(int(key), float(s)) for key, s in zip(keys[0], scores[0]) if key != -1]
+        pairs = [(int(key), float(s)) for key, s in zip(keys[0], scores[0], strict=True) if key != -1]
         items = self.store.items_for_keys([key for key, _ in pairs])
-        found = [(item, s) for item, (_, s) in zip(items, pairs) if item is not None]
+        found = [(item, s) for item, (_, s) in zip(items, pairs, strict=True) if item is not None]
         return [item for item, _ in found], [s for _, s in found]
 
     def search(self, query: Query | str, k: int = 10) -> list[Hit]:
         """Coarse search only (no reranking); `retrv.Engine` adds stage 2."""
         items, scores = self.coarse(query, k)
-        return [hit_from_item(rank, item, score) for rank, (item, score) in enumerate(zip(items, scores), 1)]
+        return [Hit.from_item(item, score, rank=rank) for rank, (item, score) in enumerate(zip(items, scores), 1)]
 
     def info(self) -> dict[str, Any]:
+        from retrv.index.ann import AnnIndex
+
         meta = self.store.meta
         return {
             "path": str(self.root),
@@ -184,46 +246,5 @@ class Index:
             "size_bytes": self.store.size_on_disk(),
             "table_version": self.store.version(),
             "side_tables": self.store.side_tables(),
-            "ann": __import__("retrv.index.ann", fromlist=["AnnIndex"]).AnnIndex.describe_cache(self.store),
+            "ann": AnnIndex.describe_cache(self.store),
         }
-
-
-def hit_from_item(rank: int, item: Item, score: float, **extra: Any) -> Hit:
-    return Hit(
-        rank=rank,
-        id=item.id,
-        source=item.source,
-        modality=item.modality,
-        score=score,
-        coarse_score=score,
-        text=item.text,
-        image_path=item.image_path,
-        **extra,
-    )
-
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-
-
-def looks_like_image_path(text: str) -> bool:
-    path = Path(text).expanduser()
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
-def load_query_image(path: str | os.PathLike[str]) -> Any:
-    """Open a query image as RGB (the same safe decoding as indexing), or raise a one-line RetrvError."""
-    from retrv.images import load_image
-    from retrv.scan import SkipFile
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise RetrvError(f"query image not found: {p}")
-    try:
-        return load_image(p)
-    except SkipFile as e:
-        raise RetrvError(f"cannot read query image {p}: {e}") from None
-
-
-def split_modalities(paths: Sequence[str]) -> list[Query]:
-    """`--add`/`--subtract` values: an existing image path is an image query, anything else text."""
-    return [Query(image=p) if looks_like_image_path(p) else Query(text=p) for p in paths]

@@ -236,6 +236,14 @@ class Store:
         cols = [t.column(c).to_pylist() for c in ("source", "id", "mtime", "size", "content_hash")]
         return {src: FileState(i, m, s, h) for src, i, m, s, h in zip(*cols)}
 
+    def texts(self, ids: Sequence[str]) -> dict[str, str | None]:
+        """id -> stored text, for the ids that have a row."""
+        found: dict[str, str | None] = {}
+        for where in _in_filters("id", list(dict.fromkeys(ids))):
+            t = self._scan(["id", "text"], where)
+            found.update(zip(t.column("id").to_pylist(), t.column("text").to_pylist(), strict=True))
+        return found
+
     def vectors_for_hashes(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """content hash -> a stored vector with that hash (to reuse for renamed or duplicated files)."""
         wanted = sorted({h for h in hashes if h})

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from retrv.items import Item, Query
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
 class Candidate:
-    """One coarse hit handed to a reranker: the stored item, its coarse score, and extras.
+    """One coarse hit handed to a reranker: the stored item, its coarse score, and its precomputed row.
 
-    `extras` carries per-reranker precomputed data fetched by the engine (for `reason` mode the
-    ICM row: content token and memory tokens), keyed by name.
+    `precomputed` is the row the index holds for this reranker (`Reranker.precomputed_table`; for `reason`
+    mode the ICM content and memory tokens), column name -> array, when the engine found a current one.
     """
 
     item: Item
     coarse_score: float
-    extras: dict[str, Any] = field(default_factory=dict)
+    precomputed: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -42,5 +45,16 @@ class RerankResult:
 @runtime_checkable
 class Reranker(Protocol):
     mode: str  # "score" | "reason"
+    calibrated: bool  # rerank scores are probabilities a threshold (--min-score) can be set on
+    precomputed_table: str | None  # the index side table of per-item rows it reads (None: it reads none)
 
     def rerank(self, query: Query, candidates: list[Candidate]) -> RerankResult: ...
+
+
+@runtime_checkable
+class Precomputing(Reranker, Protocol):
+    """A reranker whose per-item rows can be computed ahead of search (`retrv compress`)."""
+
+    def precompute(self, items: list[Item]) -> dict[str, np.ndarray]:
+        """Column name -> (len(items), ...) array: the rows of `items`, in order; FeatureError for a bad item."""
+        ...

@@ -5,20 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from retrv.errors import RetrvError
+from retrv.config import RERANK_MODES
+from retrv.errors import UsageError
 
 if TYPE_CHECKING:
-    from retrv.index.index import Index
     from retrv.rerank.base import Reranker
-
-RERANK_MODES = ("none", "score", "reason")
 
 
 def make_reranker(
     mode: str,
     reasoner: str | None = None,
     *,
-    index: Index | None = None,
     device: str = "auto",
     fusion_weight: float = 1.0,
     max_inspections: int = 5,
@@ -30,14 +27,12 @@ def make_reranker(
 ) -> Reranker | None:
     """`score`: any instruct VLM, training-free. `reason`: a retrv reasoner checkpoint (ICM + DIM).
 
-    In `reason` mode the reranker reads precomputed ICM rows from the index's `icm_<checkpoint>` table
-    when `retrv compress` has written it (the engine passes them on); otherwise tokens are computed
-    at search time and `notify` says how to make that faster.
+    `notify` hears which device the reasoner runs on and why.
     """
     from retrv.rerank.checkpoint import DEFAULT_REASONER, load_reasoner
 
     if mode not in RERANK_MODES:
-        raise RetrvError(f"unknown rerank mode {mode!r}; expected one of {', '.join(RERANK_MODES)}")
+        raise UsageError(f"unknown rerank mode {mode!r}; expected one of {', '.join(RERANK_MODES)}")
     if mode == "none":
         return None
     spec = reasoner or DEFAULT_REASONER
@@ -47,7 +42,6 @@ def make_reranker(
         loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code)
         _say(notify, f"reasoner {spec} on {loaded.device} ({loaded.device_reason})")
         return Scorer(loaded, fusion_weight=fusion_weight)
-    from retrv.index.compress import icm_table_name
     from retrv.rerank.reasoner import Reasoner, ReasonerOptions
 
     options = ReasonerOptions(
@@ -55,15 +49,7 @@ def make_reranker(
     )
     loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code, require_icm=use_icm)
     _say(notify, f"reasoner {spec} on {loaded.device} ({loaded.device_reason})")
-    reranker = Reasoner.from_loaded(loaded, options)
-    reranker.side_table = icm_table_name(loaded.checkpoint_id) if use_icm else None  # type: ignore[attr-defined]
-    if index is not None and use_icm and reranker.side_table not in index.store.side_tables():  # type: ignore[attr-defined]
-        _say(
-            notify,
-            f"no precomputed ICM tokens for this reasoner in {index.root}; computing them per query "
-            f"(run `retrv compress --index {index.root} --reasoner {spec}` once to make search faster)",
-        )
-    return reranker
+    return Reasoner.from_loaded(loaded, options)
 
 
 def _say(notify: Callable[[str], None] | None, message: str) -> None:

@@ -14,17 +14,25 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from retrv.errors import RetrvError
-from retrv.icm.features import CandidateTokens, TokenBudget, candidate_tokens_batch, query_tokens, unwrap_model
+from retrv.icm.features import (
+    CandidateTokens,
+    TokenBudget,
+    candidate_tokens_batch,
+    full_tokens_batch,
+    query_tokens,
+    unwrap_model,
+)
 from retrv.rerank.base import Candidate, RerankResult
 from retrv.rerank.decode import DecodeOptions, Trace, generate_with_inspection
 from retrv.rerank.grammar import parse_answer
 from retrv.rerank.sequence import Segment, SpecialTokens, build_prompt
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from retrv.icm.module import ICM
-    from retrv.items import Query
+    from retrv.items import Item, Query
     from retrv.rerank.checkpoint import LoadedReasoner
 
 
@@ -55,10 +63,18 @@ class PreparedPrompt:
     latency_ms: dict[str, float] = field(default_factory=dict)
 
 
+ICM_TABLE_PREFIX = "icm_"
+
+
 class Reasoner:
-    """The `reason` reranker. Candidates are 1-indexed in the prompt; results use 0-based positions."""
+    """The `reason` reranker. Candidates are 1-indexed in the prompt; results use 0-based positions.
+
+    With ICM, each candidate's content and memory tokens are query-independent: `precompute` makes them and
+    the index keeps them in the side table `precomputed_table` (`icm_<checkpoint id>`), see `retrv.precomputed`.
+    """
 
     mode = "reason"
+    calibrated = False  # its choice is a pick, not a probability: --min-score applies to the coarse score
 
     def __init__(
         self,
@@ -69,10 +85,12 @@ class Reasoner:
         options: ReasonerOptions | None = None,
         special: SpecialTokens = SpecialTokens(),
         prompt_style: str = "chat",
+        checkpoint_id: str | None = None,
     ):
         self.model, self.tokenizer, self.image_processor, self.icm = model, tokenizer, image_processor, icm
         self.options = options or ReasonerOptions()
         self.special, self.prompt_style = special, prompt_style
+        self.checkpoint_id = checkpoint_id
         if self.options.use_icm and icm is None:
             raise RetrvError("reason mode needs a reasoner checkpoint with ICM weights (or use_icm=False)")
         hidden = unwrap_model(model).get_input_embeddings().weight.shape[-1]
@@ -92,6 +110,7 @@ class Reasoner:
             options,
             special,
             loaded.config.prompt_style,
+            loaded.checkpoint_id,
         )
 
     @classmethod
@@ -103,6 +122,40 @@ class Reasoner:
         options = options or ReasonerOptions()
         loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code, require_icm=options.use_icm)
         return cls.from_loaded(loaded, options)
+
+    @property
+    def device(self) -> str:
+        return str(unwrap_model(self.model).get_input_embeddings().weight.device)
+
+    @property
+    def precomputed_table(self) -> str | None:
+        """The index side table of this checkpoint's ICM rows (None without ICM or a checkpoint id)."""
+        if not self.options.use_icm or self.icm is None or not self.checkpoint_id:
+            return None
+        return f"{ICM_TABLE_PREFIX}{self.checkpoint_id}"
+
+    def precompute(self, items: list[Item]) -> dict[str, np.ndarray]:
+        """Content (B, H) and memory (B, M, H) tokens of `items`, float32 when the reasoner runs float32 (exactly
+        what search would compute), else float16 (half the disk)."""
+        import numpy as np
+        import torch
+
+        from retrv.icm.module import pad_tokens
+
+        if self.icm is None:
+            raise RetrvError("this reasoner has no ICM: nothing to precompute")
+        with torch.inference_mode():
+            tokens = full_tokens_batch(self.model, self, list(items), self.options.budget)
+            padded, mask = pad_tokens(tokens)
+            param = next(self.icm.parameters())
+            padded, mask = padded.to(device=param.device, dtype=param.dtype), mask.to(param.device)
+            content = self.icm.content(padded, mask)
+            memory = self.icm.memory(padded, mask)
+        store_dtype = np.float32 if content.dtype == torch.float32 else np.float16
+        return {
+            "content": content.float().cpu().numpy().astype(store_dtype),
+            "memory": memory.float().cpu().numpy().astype(store_dtype),
+        }
 
     def _soft_tokens(
         self,
@@ -122,7 +175,7 @@ class Reasoner:
         content: list[torch.Tensor | None] = [None] * len(candidates)
         memory: list[torch.Tensor | None] = [None] * len(candidates)
         for i, cand in enumerate(candidates):
-            row = cand.extras.get("icm")
+            row = cand.precomputed
             if row is None:
                 continue
             c, m = torch.as_tensor(row["content"]), torch.as_tensor(row["memory"])
@@ -224,9 +277,13 @@ class Reasoner:
             order = [answer.index] + [i for i in range(k) if i != answer.index]
         rank = {pos: r for r, pos in enumerate(order)}
         latency = {**prepared.latency_ms, **trace.latency_ms, "total": (time.perf_counter() - started) * 1000.0}
+        if answer.index is None:  # no rerank happened: the coarse scores stand, none made up from rank
+            scores = [c.coarse_score for c in candidates]
+        else:  # rank-derived: 1 for the chosen one, then down by 1/K in coarse order
+            scores = [1.0 - rank[i] / k for i in range(k)]
         return RerankResult(
             order=order,
-            scores=[1.0 - rank[i] / k for i in range(k)],  # rank-derived: 1 for the first, then down by 1/K
+            scores=scores,
             rerank_scores=[float(i == answer.index) if answer.index is not None else None for i in range(k)],
             confidences=[None] * k,
             chosen=answer.index,

@@ -84,6 +84,8 @@ class Scorer:
     """The `score` reranker. `fusion_weight` (w) weighs P(yes) against the coarse score: coarse + w*P(yes)."""
 
     mode = "score"
+    calibrated = True  # P(yes) is a probability: --min-score applies to it
+    precomputed_table = None  # nothing is precomputed: each (query, candidate) pair is one forward pass
 
     def __init__(
         self,

@@ -21,7 +21,6 @@ def world(tmp_path_factory) -> Path:
 
 
 def bench(world: Path, clip: Path, index_dir: Path, *extra: str) -> dict:
-    out = index_dir.parent / f"bench-{len(list(index_dir.parent.glob('bench-*.json')))}.json"
     result = runner.invoke(
         app,
         [
@@ -36,13 +35,12 @@ def bench(world: Path, clip: Path, index_dir: Path, *extra: str) -> dict:
             "cpu",
             "--no-instructions",
             "--json",
-            str(out),
             "-q",
             *extra,
         ],
     )
     assert result.exit_code == 0, result.output
-    return json.loads(out.read_text())
+    return json.loads(result.stdout)
 
 
 def test_recall_is_what_the_run_file_says_and_an_interrupted_bench_resumes(world, tiny_clip_dir, tmp_path):

@@ -74,8 +74,11 @@ def test_min_score_says_no_match(photo_index):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["no_match"] is True and data["hits"] == []
-    plain = runner.invoke(app, ["search", "a cup of coffee", "--index", str(photo_index), "--min-score", "1.5"])
-    assert "no match" in plain.stdout
+    for mode in ([], ["-f"], ["--json"]):  # said on stderr in every output mode; stdout holds results only
+        plain = runner.invoke(
+            app, ["search", "a cup of coffee", "--index", str(photo_index), "--min-score", "1.5", *mode]
+        )
+        assert plain.exit_code == 0 and "no match" in plain.stderr and "no match" not in plain.stdout
 
 
 def test_add_and_subtract_move_the_query(photo_index):

@@ -11,7 +11,8 @@ from PIL import Image
 
 from retrv import scan as reasons
 from retrv.images import load_image, pil_limits
-from retrv.index.build import build_index, item_id
+from retrv.index.build import build_index
+from retrv.items import file_item_id as item_id
 
 
 @pytest.fixture

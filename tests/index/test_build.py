@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from retrv.images import load_image
-from retrv.index.build import build_index, item_id
+from retrv.index.build import build_index
 from retrv.index.documents import PREVIEW_CHARS, chunk_text
+from retrv.items import file_item_id as item_id
 
 
 def _vectors(store, ids):

@@ -170,7 +170,7 @@ def test_inspecting_an_unreadable_candidate_gets_a_notice(reasoner, candidates, 
     gone = tmp_path / "gone.jpg"
     hidden, m = reasoner.icm.config.hidden_size, reasoner.icm.config.num_memory_tokens
     row = {"content": torch.zeros(hidden).numpy(), "memory": torch.zeros(m, hidden).numpy()}  # stored: no read needed
-    pool = [*candidates[:3], Candidate(Item("x", str(gone), "image", image_path=str(gone)), 0.5, {"icm": row})]
+    pool = [*candidates[:3], Candidate(Item("x", str(gone), "image", image_path=str(gone)), 0.5, precomputed=row)]
     _, trace = reasoner.trace(
         Query(text="a cat"), pool, logits_hook=Forced(reasoner.tokenizer, f"{S}4{E}<answer>1</answer>")
     )

@@ -93,7 +93,9 @@ def test_malformed_output_falls_back_to_coarse_order(loaded, candidates, text, m
     result = reasoner.rerank(Query(text="a cat"), candidates, logits_hook=forced(reasoner.tokenizer, text))
     assert result.order == [0, 1, 2, 3] and result.chosen is None
     assert result.fallback == reason
-    assert result.scores == [1.0, 0.75, 0.5, 0.25] and result.rerank_scores == [None] * 4 and not result.forced_answer
+    # no rerank happened: the coarse scores stand, none is made up from rank
+    assert result.scores == [c.coarse_score for c in candidates]
+    assert result.rerank_scores == [None] * 4 and not result.forced_answer
 
 
 def scripted(tokenizer, *texts: str):
@@ -178,7 +180,7 @@ def test_stored_icm_rows_are_used_and_match_on_the_fly(reasoner, loaded, candida
         for c, tokens in zip(candidates, full, strict=True):
             x = tokens.embeds[None]
             row = {"content": icm.content(x)[0].numpy(), "memory": icm.memory(x)[0].numpy()}
-            stored.append(dataclasses.replace(c, extras={"icm": row}))
+            stored.append(dataclasses.replace(c, precomputed=row))
     on_the_fly = reasoner.prepare(query, candidates).prompt
     from_index = reasoner.prepare(query, stored).prompt
     torch.testing.assert_close(from_index.embeds, on_the_fly.embeds, rtol=1e-5, atol=1e-5)
@@ -188,19 +190,19 @@ def test_stored_icm_rows_are_used_and_match_on_the_fly(reasoner, loaded, candida
     icm_id = loaded.tokenizer.convert_tokens_to_ids("<|icm|>")
     soft_rows = (from_index.token_ids == icm_id).nonzero().flatten().tolist()
     assert len(soft_rows) == 2 * len(candidates)
-    zeroed = {"content": np.zeros_like(stored[0].extras["icm"]["content"]), "memory": stored[0].extras["icm"]["memory"]}
-    changed = reasoner.prepare(query, [dataclasses.replace(stored[0], extras={"icm": zeroed}), *stored[1:]]).prompt
+    zeroed = {"content": np.zeros_like(stored[0].precomputed["content"]), "memory": stored[0].precomputed["memory"]}
+    changed = reasoner.prepare(query, [dataclasses.replace(stored[0], precomputed=zeroed), *stored[1:]]).prompt
     assert changed.embeds[soft_rows[0]].abs().sum() == 0
     torch.testing.assert_close(changed.embeds[soft_rows[1]], from_index.embeds[soft_rows[1]])
     q = query_tokens(loaded.model, loaded, query)
     with torch.no_grad():
-        relation = icm.relation(torch.as_tensor(stored[0].extras["icm"]["memory"])[None], q.embeds[None])[0]
+        relation = icm.relation(torch.as_tensor(stored[0].precomputed["memory"])[None], q.embeds[None])[0]
     torch.testing.assert_close(from_index.embeds[soft_rows[1]], relation, rtol=1e-5, atol=1e-5)
 
 
 def test_stored_rows_of_the_wrong_shape_are_refused(reasoner, candidates):
     bad = dataclasses.replace(
-        candidates[0], extras={"icm": {"content": np.zeros(8, np.float32), "memory": np.zeros((3, 8), np.float32)}}
+        candidates[0], precomputed={"content": np.zeros(8, np.float32), "memory": np.zeros((3, 8), np.float32)}
     )
     with pytest.raises(RetrvError, match="retrv compress"):
         reasoner.prepare(Query(text="a cat"), [bad, *candidates[1:]])

@@ -96,16 +96,11 @@ def colour_caption_index_dir(colour_world_dir, tiny_clip_dir, tmp_path_factory):
     """An index (the tiny random CLIP) of the colour world's caption pool (91:100-107, ids = dids), as `retrv bench`
     indexes a pool: a coarse retriever for the image -> caption queries; text -> image queries find nothing in it."""
     from retrv.data.mbeir import MBeirDataset
-    from retrv.encoders.registry import load_encoder
-    from retrv.index.pool import add_items
-    from retrv.index.store import Store
+    from retrv.index.index import Index
 
-    encoder = load_encoder(f"clip:{tiny_clip_dir}", device="cpu")
     root = tmp_path_factory.mktemp("colour-index") / "index"
-    store = Store.create(root, encoder_spec=encoder.spec, dim=encoder.dim)
-    add_items(
-        store,
-        encoder,
-        [c.to_item() for c in MBeirDataset.open(colour_world_dir, "train").candidates(dataset="colours_task3")],
+    index = Index.open(root, create=True, encoder=f"clip:{tiny_clip_dir}", device="cpu")
+    index.add_items(
+        [c.to_item() for c in MBeirDataset.open(colour_world_dir, "train").candidates(dataset="colours_task3")]
     )
     return root

@@ -1,4 +1,5 @@
-"""`compress_index`: ICM tokens of every item in `icm_<checkpoint>`; incremental, resumable, never stale."""
+"""Precomputed reranker rows: `compress_index` writes the ICM tokens of every item into `icm_<checkpoint>`
+(incremental, resumable, never stale); `attach_rows` hands the engine's candidates their current rows."""
 
 from __future__ import annotations
 
@@ -9,19 +10,25 @@ import pytest
 import torch
 
 from retrv.errors import CompressError
-from retrv.index.compress import compress_index, icm_table_name, item_fingerprint
 from retrv.index.store import Store
 from retrv.items import Item
+from retrv.precomputed import attach_rows, compress_index, item_fingerprint
+from retrv.rerank.base import Candidate
 from retrv.rerank.checkpoint import load_reasoner, save_reasoner
+from retrv.rerank.reasoner import Reasoner, ReasonerOptions
 
 
-def _icm_checkpoint(base_dir, out_dir, seed: int):
+def _icm_checkpoint(base_dir, out_dir, seed: int) -> Reasoner:
     from retrv.icm.module import ICM, ICMConfig
 
     base = load_reasoner(str(base_dir), device="cpu")
     torch.manual_seed(seed)
     icm = ICM(ICMConfig(hidden_size=64, num_heads=4, num_layers=1, num_memory_tokens=3))
-    return load_reasoner(str(save_reasoner(base, out_dir, stage="icm", icm=icm)), device="cpu", require_icm=True)
+    return Reasoner.load(str(save_reasoner(base, out_dir, stage="icm", icm=icm)), device="cpu")
+
+
+def icm_table_name(checkpoint_id: str) -> str:
+    return f"icm_{checkpoint_id}"
 
 
 @pytest.fixture(scope="module")
@@ -126,5 +133,38 @@ def test_unreadable_image_is_reported_and_the_rest_computed(tmp_path, reasoner, 
 
 
 def test_bare_reasoner_cannot_compress(store, tiny_reasoner_dir):
-    with pytest.raises(CompressError, match="no ICM"):
-        compress_index(store, load_reasoner(str(tiny_reasoner_dir), device="cpu"))
+    bare = Reasoner.load(str(tiny_reasoner_dir), device="cpu", options=ReasonerOptions(use_icm=False))
+    assert bare.precomputed_table is None
+    with pytest.raises(CompressError, match="no precomputed rows"):
+        compress_index(store, bare)
+
+
+def test_an_image_rewritten_in_place_gets_new_tokens(tmp_path, reasoner, sample_photos_dir):
+    """The fingerprint follows the content hash, which follows the bytes: a rewrite under the same path and
+    text is recomputed (an index built from a dataset used to hash the path, and kept the stale tokens)."""
+    import shutil
+
+    from retrv.index.index import Index
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    shutil.copy(sample_photos_dir / "coffee.jpg", pool / "a.jpg")
+    index = Index.open(tmp_path / "index", create=True, encoder="lite", device="cpu")
+    item = Item("91:1", "91:1", "image,text", text="a cup", image_path=str(pool / "a.jpg"))
+    index.add_items([item])
+    first = compress_index(index.store, reasoner)
+    assert first.computed == 1
+    shutil.copy(sample_photos_dir / "rocket.jpg", pool / "a.jpg")  # same path, same text, new pixels
+    assert index.add_items([item]).updated == 1
+    second = compress_index(index.store, reasoner)
+    assert (second.computed, second.unchanged) == (1, 0)
+
+
+def test_attach_rows_gives_current_rows_only(store, reasoner, items):
+    compress_index(store, reasoner)
+    fresh = Candidate(items[0], 0.5)
+    stale_item = dataclasses.replace(items[1], content_hash="h-changed-since")
+    stale = Candidate(stale_item, 0.4)
+    attach_rows(store, reasoner, [fresh, stale])
+    assert fresh.precomputed is not None and set(fresh.precomputed) == {"content", "memory"}
+    assert stale.precomputed is None  # its row was written for other content: the reasoner recomputes it
