@@ -59,7 +59,7 @@ def build_3b_shaped(out: Path, device: str) -> None:
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from retrv.tiny import train_byte_bpe_tokenizer
+    from retrv.train.random_models import train_byte_bpe_tokenizer
 
     tok = train_byte_bpe_tokenizer()
     ids = tok.convert_tokens_to_ids
@@ -112,7 +112,7 @@ def build_checkpoint(work: Path, config: str, device: str, image_size: int) -> P
 
     from retrv.icm.module import ICM, ICMConfig
     from retrv.rerank.checkpoint import load_reasoner, save_reasoner
-    from retrv.tiny import build_tiny_reasoner
+    from retrv.train.random_models import build_random_vlm
 
     model_dir, ckpt = work / f"model-{config}", work / f"ckpt-{config}"
     if (ckpt / "retrv-reasoner.json").is_file():
@@ -120,7 +120,7 @@ def build_checkpoint(work: Path, config: str, device: str, image_size: int) -> P
     if config == "3b":
         build_3b_shaped(model_dir, device)
     else:
-        build_tiny_reasoner(model_dir, **CONFIGS[config])
+        build_random_vlm(model_dir, **CONFIGS[config])
     # the tiny builder's processor stops at 112x112 px; let candidates reach `image_size` (load_reasoner caps at 256 tokens)
     Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=image_size * image_size).save_pretrained(model_dir)
     loaded = load_reasoner(str(model_dir), device=device)

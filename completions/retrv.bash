@@ -4,7 +4,7 @@ _retrv_subcommands() {
         "") echo "bench build-index completions compress data info search train" ;;
         "bench") echo "mbeir" ;;
         "data") echo "check synth" ;;
-        "train") echo "caption cot encoder grpo icm sft" ;;
+        "train") echo "caption cot encoder grpo icm pretrain sft" ;;
     esac
 }
 _retrv_options() {
@@ -24,9 +24,10 @@ _retrv_options() {
         "train caption") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --prompt-style --num-candidates --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
         "train cot") echo "--data --teacher --out --split --pool --num-candidates --hard-candidates --instructions --no-instructions --limit --batch-size --seed --device --json --quiet -q --help -h" ;;
         "train encoder") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --pool --hard-negatives --loss --learn-temperature --no-learn-temperature --freeze-vision --no-freeze-vision --freeze-text --no-freeze-text --json --quiet -q --help -h" ;;
-        "train grpo") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --init --index --split --instructions --no-instructions --pool --num-candidates --group-size --temperature --top-p --max-new-tokens --max-inspections --beta --clip-eps --fixed-lambda --lora-rank --lora-alpha --lora-dropout --lora-targets --max-queries --tasks --json --quiet -q --help -h" ;;
-        "train icm") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --feature-cache --limit --tasks --reasoner --candidates-per-query --icm-heads --icm-layers --icm-memory-tokens --prompt-style --json --quiet -q --help -h" ;;
-        "train sft") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --feature-cache --limit --tasks --cot --init --lora-r --lora-alpha --lora-dropout --lora-targets --train-icm --no-train-icm --train-token-rows --no-train-token-rows --max-inspections --json --quiet -q --help -h" ;;
+        "train grpo") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --limit --tasks --init --index --num-candidates --group-size --temperature --top-p --max-new-tokens --max-inspections --beta --clip-eps --fixed-lambda --lora-rank --lora-alpha --lora-dropout --lora-targets --json --quiet -q --help -h" ;;
+        "train icm") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --limit --tasks --feature-cache --reasoner --num-candidates --icm-heads --icm-layers --icm-memory-tokens --prompt-style --json --quiet -q --help -h" ;;
+        "train pretrain") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --prompt-style --num-candidates --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
+        "train sft") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --split --pool --instructions --no-instructions --max-image-tokens --max-text-tokens --limit --tasks --feature-cache --cot --init --lora-r --lora-alpha --lora-dropout --lora-targets --train-icm --no-train-icm --train-token-rows --no-train-token-rows --max-inspections --json --quiet -q --help -h" ;;
     esac
 }
 _retrv_value() {
@@ -151,10 +152,14 @@ _retrv_value() {
         "train grpo:--seed") echo "value" ;;
         "train grpo:--device") echo "value" ;;
         "train grpo:--data") echo "value" ;;
-        "train grpo:--init") echo "value" ;;
-        "train grpo:--index") echo "value" ;;
         "train grpo:--split") echo "value" ;;
         "train grpo:--pool") echo "value" ;;
+        "train grpo:--max-image-tokens") echo "value" ;;
+        "train grpo:--max-text-tokens") echo "value" ;;
+        "train grpo:--limit") echo "value" ;;
+        "train grpo:--tasks") echo "value" ;;
+        "train grpo:--init") echo "value" ;;
+        "train grpo:--index") echo "value" ;;
         "train grpo:--num-candidates") echo "value" ;;
         "train grpo:--group-size") echo "value" ;;
         "train grpo:--temperature") echo "value" ;;
@@ -168,8 +173,6 @@ _retrv_value() {
         "train grpo:--lora-alpha") echo "value" ;;
         "train grpo:--lora-dropout") echo "value" ;;
         "train grpo:--lora-targets") echo "value" ;;
-        "train grpo:--max-queries") echo "value" ;;
-        "train grpo:--tasks") echo "value" ;;
         "train icm:--out") echo "value" ;;
         "train icm:--max-steps") echo "value" ;;
         "train icm:--batch-size") echo "value" ;;
@@ -188,15 +191,46 @@ _retrv_value() {
         "train icm:--pool") echo "value" ;;
         "train icm:--max-image-tokens") echo "value" ;;
         "train icm:--max-text-tokens") echo "value" ;;
-        "train icm:--feature-cache") echo "value" ;;
         "train icm:--limit") echo "value" ;;
         "train icm:--tasks") echo "value" ;;
+        "train icm:--feature-cache") echo "value" ;;
         "train icm:--reasoner") echo "value" ;;
-        "train icm:--candidates-per-query") echo "value" ;;
+        "train icm:--num-candidates") echo "value" ;;
         "train icm:--icm-heads") echo "value" ;;
         "train icm:--icm-layers") echo "value" ;;
         "train icm:--icm-memory-tokens") echo "value" ;;
         "train icm:--prompt-style") echo "value" ;;
+        "train pretrain:--out") echo "value" ;;
+        "train pretrain:--max-steps") echo "value" ;;
+        "train pretrain:--batch-size") echo "value" ;;
+        "train pretrain:--grad-accum") echo "value" ;;
+        "train pretrain:--lr") echo "value" ;;
+        "train pretrain:--weight-decay") echo "value" ;;
+        "train pretrain:--warmup-steps") echo "value" ;;
+        "train pretrain:--lr-schedule") echo "value" ;;
+        "train pretrain:--max-grad-norm") echo "value" ;;
+        "train pretrain:--save-every") echo "value" ;;
+        "train pretrain:--keep-checkpoints") echo "value" ;;
+        "train pretrain:--seed") echo "value" ;;
+        "train pretrain:--device") echo "value" ;;
+        "train pretrain:--data") echo "value" ;;
+        "train pretrain:--base") echo "value" ;;
+        "train pretrain:--split") echo "value" ;;
+        "train pretrain:--hidden") echo "value" ;;
+        "train pretrain:--layers") echo "value" ;;
+        "train pretrain:--heads") echo "value" ;;
+        "train pretrain:--kv-heads") echo "value" ;;
+        "train pretrain:--vision-hidden") echo "value" ;;
+        "train pretrain:--vision-depth") echo "value" ;;
+        "train pretrain:--rope-theta") echo "value" ;;
+        "train pretrain:--mrope-section") echo "value" ;;
+        "train pretrain:--vocab-size") echo "value" ;;
+        "train pretrain:--image-size") echo "value" ;;
+        "train pretrain:--texts-file") echo "value" ;;
+        "train pretrain:--prompt-style") echo "value" ;;
+        "train pretrain:--num-candidates") echo "value" ;;
+        "train pretrain:--hard-negatives") echo "value" ;;
+        "train pretrain:--random-negatives") echo "value" ;;
         "train sft:--out") echo "value" ;;
         "train sft:--max-steps") echo "value" ;;
         "train sft:--batch-size") echo "value" ;;
@@ -215,9 +249,9 @@ _retrv_value() {
         "train sft:--pool") echo "value" ;;
         "train sft:--max-image-tokens") echo "value" ;;
         "train sft:--max-text-tokens") echo "value" ;;
-        "train sft:--feature-cache") echo "value" ;;
         "train sft:--limit") echo "value" ;;
         "train sft:--tasks") echo "value" ;;
+        "train sft:--feature-cache") echo "value" ;;
         "train sft:--cot") echo "value" ;;
         "train sft:--init") echo "value" ;;
         "train sft:--lora-r") echo "value" ;;

@@ -168,8 +168,8 @@ _retrv_train() {
         '1:command:->command' \
         '*::arg:->args'
     case $state in
-        command) local -a cmds=('caption:Pretrain a tiny base VLM from scratch on a worlds captions' 'cot:Write 4-step chain-of-thought for training queries with a teacher VLM' 'encoder:Fine-tune a CLIP/SigLIP encoder contrastively on M-BEIR-layout data' 'grpo:Stage 3 GRPO over the inference loop (reward format, correctness, inspections)' 'icm:Stage 1 align the ICM with the frozen reasoner (compressed tokens read like full ones)' 'sft:Stage 2 LoRA + ICM on chain-of-thought with detail inspection'); _describe command cmds ;;
-        args) case $line[1] in caption) _retrv_train_caption ;; cot) _retrv_train_cot ;; encoder) _retrv_train_encoder ;; grpo) _retrv_train_grpo ;; icm) _retrv_train_icm ;; sft) _retrv_train_sft ;; esac ;;
+        command) local -a cmds=('caption:Pretrain a small VLM from scratch on a worlds captions, pairs and texts (no pretrained model needed' 'cot:Write 4-step chain-of-thought for training queries with a teacher VLM' 'encoder:Fine-tune a CLIP/SigLIP encoder contrastively on M-BEIR-layout data' 'grpo:Stage 3 GRPO over the inference loop (reward format, correctness, inspections)' 'icm:Stage 1 align the ICM with the frozen reasoner (compressed tokens read like full ones)' 'pretrain:Pretrain a small VLM from scratch on a worlds captions, pairs and texts (no pretrained model needed' 'sft:Stage 2 LoRA + ICM on chain-of-thought with detail inspection'); _describe command cmds ;;
+        args) case $line[1] in caption) _retrv_train_caption ;; cot) _retrv_train_cot ;; encoder) _retrv_train_encoder ;; grpo) _retrv_train_grpo ;; icm) _retrv_train_icm ;; pretrain) _retrv_train_pretrain ;; sft) _retrv_train_sft ;; esac ;;
     esac
 }
 
@@ -289,11 +289,15 @@ _retrv_train_grpo() {
         '--device[auto, cpu, cuda or mps]:value: ' \
         '(--bf16 --no-bf16)'{--bf16,--no-bf16}'[bf16 autocast on CUDA (ignored on CPU and MPS)]' \
         '--data[M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data s]:value: ' \
+        '--split[Which query split to train on]:value: ' \
+        '--pool[Candidate pool that resolves candidate ids local or global]:value: ' \
+        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each query its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` do]' \
+        '--max-image-tokens[Image token budget per image (merged 28x28 px patches)]:value: ' \
+        '--max-text-tokens[Text tokens kept per query or candidate]:value: ' \
+        '--limit[Train on at most this many hard prompts (after the easy ones are dropped; 0 all)]:value: ' \
+        '--tasks[Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split]:value: ' \
         '--init[Reasoner checkpoint to start from (usually the SFT stages output); also the frozen KL reference]:value: ' \
         '--index[Index of the candidate pool whose coarse top-K gives each querys candidates]:value: ' \
-        '--split[Which query split to train on]:value: ' \
-        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each query its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` do]' \
-        '--pool[Candidate pool that resolves positive and negative ids]:value: ' \
         '--num-candidates[K candidates per prompt]:value: ' \
         '--group-size[G completions sampled per prompt (>= 2)]:value: ' \
         '--temperature[Sampling temperature of the rollouts (> 0)]:value: ' \
@@ -307,8 +311,6 @@ _retrv_train_grpo() {
         '--lora-alpha[LoRA alpha (scale = alpha / rank)]:value: ' \
         '--lora-dropout[LoRA dropout (0 keeps the update exactly on-policy)]:value: ' \
         '--lora-targets[Comma-separated linear layers of the LLMs text stack that get LoRA adapters]:value: ' \
-        '--max-queries[Use at most this many training queries (0 all)]:value: ' \
-        '--tasks[Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split]:value: ' \
         '--json[Print the summary as JSON on stdout]' \
         '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
@@ -338,15 +340,60 @@ _retrv_train_icm() {
         '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each query its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` do]' \
         '--max-image-tokens[Image token budget per image (merged 28x28 px patches)]:value: ' \
         '--max-text-tokens[Text tokens kept per query or candidate]:value: ' \
-        '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
         '--limit[Use at most this many training queries (0 all)]:value: ' \
         '--tasks[Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split]:value: ' \
+        '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
         '--reasoner[Reasoner to align a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint]:value: ' \
-        '--candidates-per-query[Candidates paired with each query its positive, its hard negatives, then random pool members]:value: ' \
+        '--num-candidates[Candidates paired with each query its positive, its hard negatives, then random pool members]:value: ' \
         '--icm-heads[New ICM only attention heads (must divide the LLM hidden size)]:value: ' \
         '--icm-layers[New ICM only cross-attention blocks per stack]:value: ' \
         '--icm-memory-tokens[New ICM only memory tokens per candidate]:value: ' \
         '--prompt-style[Reason-mode prompt the checkpoint (and every later stage and search) uses chat (system prompt and i]:value: ' \
+        '--json[Print the summary as JSON on stdout]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_train_pretrain() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '--out[Output directory checkpoints/, metrics.jsonl and the trained model]:value: ' \
+        '--max-steps[Optimizer steps to run]:value: ' \
+        '--batch-size[Examples per micro-batch on each process]:value: ' \
+        '--grad-accum[Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)]:value: ' \
+        '--lr[Peak learning rate (AdamW); from-scratch training wants a high one]:value: ' \
+        '--weight-decay[AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperatur]:value: ' \
+        '--warmup-steps[Linear warm-up steps before the schedule]:value: ' \
+        '--lr-schedule[Learning-rate schedule after warm-up constant, linear, cosine]:value: ' \
+        '--max-grad-norm[Clip the gradient norm to this value (0 no clipping)]:value: ' \
+        '--save-every[Write a checkpoint every N optimizer steps (0 only at the end)]:value: ' \
+        '--keep-checkpoints[How many recent checkpoints to keep (0 keep all)]:value: ' \
+        '(--resume --no-resume)'{--resume,--no-resume}'[Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)]' \
+        '--seed[Random seed data order, initialisation, dropout]:value: ' \
+        '--device[auto, cpu, cuda or mps]:value: ' \
+        '(--bf16 --no-bf16)'{--bf16,--no-bf16}'[bf16 autocast on CUDA (ignored on CPU and MPS)]' \
+        '--data[M-BEIR-layout dataset root whose images have captions, e.g. one written by `retrv data synth`]:value: ' \
+        '--base[Continue from this model directory instead of building a new random tiny model]:value: ' \
+        '--split[Which query split to train on]:value: ' \
+        '--hidden[LLM hidden size of the new model]:value: ' \
+        '--layers[LLM layers of the new model]:value: ' \
+        '--heads[LLM attention heads of the new model]:value: ' \
+        '--kv-heads[LLM key/value heads of the new model (grouped-query attention)]:value: ' \
+        '--vision-hidden[Vision tower hidden size of the new model]:value: ' \
+        '--vision-depth[Vision tower blocks of the new model]:value: ' \
+        '--rope-theta[RoPE base of the new model]:value: ' \
+        '--mrope-section[Rotary pairs of each attention head given to the temporal, height and width axes, e.g. 1,1,6 (sum h]:value: ' \
+        '--vocab-size[Byte-level BPE vocabulary fitted to the worlds texts]:value: ' \
+        '--image-size[Images are resized to about this many pixels a side (size/28)^2 image tokens each (112 -> 16)]:value: ' \
+        '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each pair its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` doe]' \
+        '(--captions --no-captions)'{--captions,--no-captions}'[Train on (image -> caption) examples]' \
+        '(--pairs --no-pairs)'{--pairs,--no-pairs}'[Train on (query, candidate -> Yes/No) examples (score mode)]' \
+        '(--texts --no-texts)'{--texts,--no-texts}'[Also language-model the worlds training texts (the CoT in cot/train_cot.jsonl), so the base has see]' \
+        '--texts-file[The JSONL --texts reads (records with "cot"; "qid" or "query", a query to write it after; "context",]:value: ' \
+        '--prompt-style[Lay each text with a query out as reason modes prompt of this style (bare or chat, as `retrv train ]:value: ' \
+        '--num-candidates[Candidates in the --prompt-style layout of a text whose record lists none (the skills restatements)]:value: ' \
+        '--hard-negatives[Hard negatives per query (from neg_cand_list, in file order) added as No pairs; -1 all of them]:value: ' \
+        '--random-negatives[Pool members that are neither positive nor hard negative, added as No pairs per query]:value: ' \
         '--json[Print the summary as JSON on stdout]' \
         '(--quiet -q)'{--quiet,-q}'[No progress or summary on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
@@ -376,9 +423,9 @@ _retrv_train_sft() {
         '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Give each query its datasets instruction (instructions/query_instructions.tsv), as `retrv bench` do]' \
         '--max-image-tokens[Image token budget per image (merged 28x28 px patches)]:value: ' \
         '--max-text-tokens[Text tokens kept per query or candidate]:value: ' \
-        '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
         '--limit[Use at most this many training queries (0 all)]:value: ' \
         '--tasks[Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split]:value: ' \
+        '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
         '--cot[Chain-of-thought jsonl (the synth worlds cot/train_cot.jsonl or `retrv train cot` output)]:value: ' \
         '--init[Reasoner checkpoint to start from, with ICM weights (the output of `retrv train icm`)]:value: ' \
         '--lora-r[LoRA rank; 0 fine-tunes every weight of the LLM instead (vision tower still frozen) for tiny models]:value: ' \

@@ -37,23 +37,23 @@ def _isolated_user_dirs(retrv_home):
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
-    from retrv.tiny import build_tiny_clip
+    from retrv.train.random_models import build_random_dual_encoder
 
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"), "clip")
+    return build_random_dual_encoder(tmp_path_factory.mktemp("tiny-clip"), "clip")
 
 
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory) -> Path:
-    from retrv.tiny import build_tiny_clip
+    from retrv.train.random_models import build_random_dual_encoder
 
-    return build_tiny_clip(tmp_path_factory.mktemp("tiny-siglip"), "siglip")
+    return build_random_dual_encoder(tmp_path_factory.mktemp("tiny-siglip"), "siglip")
 
 
 @pytest.fixture(scope="session")
 def tiny_reasoner_dir(tmp_path_factory) -> Path:
-    from retrv.tiny import build_tiny_reasoner
+    from retrv.train.random_models import build_random_vlm
 
-    return build_tiny_reasoner(tmp_path_factory.mktemp("tiny-reasoner"))
+    return build_random_vlm(tmp_path_factory.mktemp("tiny-reasoner"))
 
 
 @pytest.fixture(scope="session")

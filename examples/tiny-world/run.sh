@@ -72,7 +72,7 @@ stage "world (test)" "$WORK/test-world" $RETRV data synth --out "$WORK/test-worl
 
 # No pretrained model exists for this world: start the encoder from a random tiny CLIP.
 (
-  stage "encoder init" "$WORK/clip-init" $PYTHON -c "import sys; from retrv.tiny import build_tiny_clip; build_tiny_clip(sys.argv[1])" "$WORK/clip-init"
+  stage "encoder init" "$WORK/clip-init" $PYTHON -c "import sys; from retrv.train.random_models import build_random_dual_encoder; build_random_dual_encoder(sys.argv[1])" "$WORK/clip-init"
   stage "encoder" "$WORK/encoder" $RETRV train encoder --data "$WORK/train-world" --base "$WORK/clip-init" \
     --out "$WORK/encoder" --max-steps "$ENCODER_STEPS" --batch-size 32 --lr 5e-3 --warmup-steps 10 --hard-negatives 1 \
     --save-every 0 --quiet
@@ -82,7 +82,7 @@ lane=$!
 # The base VLM from scratch: captions alone until the vision tower sees the binding (at 224 px and width 128
 # the caption loss falls to 0.06-0.14 in 350 steps; at 112 px or width 64 it stays near 0.2 with the shapes'
 # sides confused).
-stage "caption pretraining" "$WORK/captions" $RETRV train caption --data "$WORK/train-world" --out "$WORK/captions" \
+stage "caption pretraining" "$WORK/captions" $RETRV train pretrain --data "$WORK/train-world" --out "$WORK/captions" \
   --max-steps "$CAPTION_STEPS" --batch-size 32 --save-every 0 --no-pairs --quiet \
   --hidden "$HIDDEN" --layers "$LAYERS" --heads "$HEADS" --kv-heads "$KV_HEADS" --image-size "$IMAGE_SIZE" \
   --vision-hidden "$VISION_HIDDEN"
@@ -96,7 +96,7 @@ bench() {  # bench NAME ARGS...: task 0 of the test world, the same encoder and 
 # Score mode's base: the captioner taught the (query, candidate -> Yes/No) prompt.
 (
   bench coarse --rerank none
-  stage "pairs (score mode)" "$WORK/base" $RETRV train caption --data "$WORK/train-world" --base "$WORK/captions" \
+  stage "pairs (score mode)" "$WORK/base" $RETRV train pretrain --data "$WORK/train-world" --base "$WORK/captions" \
     --out "$WORK/base" --max-steps "$PAIR_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
     --no-instructions --quiet
   bench score --rerank score --reasoner "$WORK/base"
@@ -112,7 +112,7 @@ lane=$!
 # coarse (docs/training.md). So several seeds train side by side (the other lane is idle for most of it) and the
 # run with the lowest loss over its last 50 steps, a training figure, becomes $WORK/skills.
 skills() {  # skills SEED
-  stage "skills (seed $1)" "$WORK/skills-seed$1" $RETRV train caption --data "$WORK/train-world" \
+  stage "skills (seed $1)" "$WORK/skills-seed$1" $RETRV train pretrain --data "$WORK/train-world" \
     --base "$WORK/captions" --out "$WORK/skills-seed$1" --max-steps "$SKILL_STEPS" --lr 3e-3 --warmup-steps 5 \
     --batch-size 32 --save-every 0 --no-captions --no-pairs --texts --texts-file "$WORK/train-world/cot/train_skills.jsonl" \
     --no-instructions --quiet --prompt-style "$PROMPT_STYLE" --num-candidates "$K" --seed "$1"
@@ -139,7 +139,7 @@ PY
   ln -s "skills-seed$best" "$WORK/skills"
 fi
 # Then whole CoTs, each after its query (text, image, or both), every inspected candidate injected where it is asked for.
-stage "texts" "$WORK/texts" $RETRV train caption --data "$WORK/train-world" --base "$WORK/skills" \
+stage "texts" "$WORK/texts" $RETRV train pretrain --data "$WORK/train-world" --base "$WORK/skills" \
   --out "$WORK/texts" --max-steps "$TEXT_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
   --no-captions --no-pairs --texts --no-instructions --quiet --prompt-style "$PROMPT_STYLE" --num-candidates "$K"
 

@@ -124,7 +124,7 @@ def main(work: Path) -> None:
     for goal, ok in goals.items():
         print(f"{'PASS' if ok else 'FAIL'}  {goal}")
     table = {
-        "schema": "retrv.tiny-world/1",
+        "schema": "retrv.train.random_models-world/1",
         "task": 0,
         "rows": rows,
         "grpo_curve": curve,

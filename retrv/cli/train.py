@@ -13,12 +13,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from retrv.cli.common import handle_errors, print_json, progress_bar, stderr_console
-from retrv.train.caption import CaptionTrainConfig
+from retrv.cli.common import handle_errors, print_json, progress_bar, silence_library, stderr_console
 from retrv.train.config import EncoderTrainConfig, describe
 from retrv.train.cot import CotConfig
 from retrv.train.grpo import GrpoTrainConfig
 from retrv.train.icm import IcmTrainConfig
+from retrv.train.pretrain import PretrainConfig
 from retrv.train.sft import SftTrainConfig
 
 app = typer.Typer(
@@ -85,12 +85,19 @@ def _report(kind: str, summary: Any, json_out: bool, quiet: bool) -> None:
         print(getattr(summary, "out", None) or summary.out_dir)
 
 
-def _command(kind: str, config_cls: type, run: Callable[[Any, Any], Any], doc: str) -> Callable[..., None]:
+def _command(kind: str, config_cls: type, target: str, doc: str) -> Callable[..., None]:
+    """The command of one stage; `target` ("module:function") runs it, imported only when the command runs."""
+
     def command(**kwargs: Any) -> None:
+        import importlib
+
         json_out, quiet = kwargs.pop("json_out"), kwargs.pop("quiet")
+        silence_library(quiet)
         config = config_cls(**kwargs)
+        module, function = target.split(":")
+        run = getattr(importlib.import_module(module), function)
         with progress_bar(quiet) as progress:
-            summary = run(config, progress)
+            summary = run(config, progress=progress)
         _report(kind, summary, json_out, quiet)
 
     command.__signature__ = inspect.Signature([*config_parameters(config_cls), *_OUTPUT_OPTIONS])  # type: ignore[attr-defined]
@@ -99,59 +106,45 @@ def _command(kind: str, config_cls: type, run: Callable[[Any, Any], Any], doc: s
     return handle_errors(command)
 
 
-def _encoder(config: Any, progress: Any) -> Any:
-    from retrv.train.encoder import train_encoder
-
-    return train_encoder(config, progress)
-
-
-def _caption(config: Any, progress: Any) -> Any:
-    from retrv.train.caption import train_caption
-
-    return train_caption(config, progress)
-
-
-def _icm(config: Any, progress: Any) -> Any:
-    from retrv.train.icm import train_icm
-
-    return train_icm(config, progress)
-
-
-def _cot(config: Any, progress: Any) -> Any:
-    from retrv.train.cot import train_cot
-
-    return train_cot(config, progress)
-
-
-def _sft(config: Any, progress: Any) -> Any:
-    from retrv.train.sft import train_sft
-
-    return train_sft(config, progress)
-
-
-def _grpo(config: Any, progress: Any) -> Any:
-    from retrv.train.grpo import train_grpo
-
-    return train_grpo(config, progress=progress)
-
-
 STAGES = [
-    ("encoder", EncoderTrainConfig, _encoder, "Fine-tune a CLIP/SigLIP encoder contrastively on M-BEIR-layout data."),
-    ("caption", CaptionTrainConfig, _caption, "Pretrain a tiny base VLM from scratch on a world's captions."),
+    (
+        "encoder",
+        EncoderTrainConfig,
+        "retrv.train.encoder:train_encoder",
+        "Fine-tune a CLIP/SigLIP encoder contrastively on M-BEIR-layout data.",
+    ),
+    (
+        "pretrain",
+        PretrainConfig,
+        "retrv.train.pretrain:pretrain_vlm",
+        "Pretrain a small VLM from scratch on a world's captions, pairs and texts (no pretrained model needed).",
+    ),
     (
         "icm",
         IcmTrainConfig,
-        _icm,
+        "retrv.train.icm:train_icm",
         "Stage 1: align the ICM with the frozen reasoner (compressed tokens read like full ones).",
     ),
-    ("cot", CotConfig, _cot, "Write 4-step chain-of-thought for training queries with a teacher VLM."),
-    ("sft", SftTrainConfig, _sft, "Stage 2: LoRA + ICM on chain-of-thought with detail inspection."),
+    (
+        "cot",
+        CotConfig,
+        "retrv.train.cot:train_cot",
+        "Write 4-step chain-of-thought for training queries with a teacher VLM.",
+    ),
+    (
+        "sft",
+        SftTrainConfig,
+        "retrv.train.sft:train_sft",
+        "Stage 2: LoRA + ICM on chain-of-thought with detail inspection.",
+    ),
     (
         "grpo",
         GrpoTrainConfig,
-        _grpo,
+        "retrv.train.grpo:train_grpo",
         "Stage 3: GRPO over the inference loop (reward: format, correctness, inspections).",
     ),
 ]
-for _kind, _cls, _run, _doc in STAGES:
-    app.command(_kind, help=_doc)(_command(_kind, _cls, _run, _doc))
+for _kind, _cls, _target, _doc in STAGES:
+    app.command(_kind, help=_doc)(_command(_kind, _cls, _target, _doc))
+# The pretraining stage's first name, kept for scripts that use it.
+app.command("caption", help=STAGES[1][3], hidden=True)(_command("pretrain", PretrainConfig, STAGES[1][2], STAGES[1][3]))

@@ -59,8 +59,8 @@ The CoT's hardest skills one at a time, `cot/train_skills.jsonl`, short; for eac
      "cot": "Candidate 6 <inspection-index-start>6<inspection-index-end> shows ...; it should show ...; left
              small/small ok, ...: it matches."}
 
-`retrv train caption --texts --texts-file .../train_skills.jsonl` teaches them before whole CoTs: inside whole
-CoTs a tiny model learnt none of them in the steps the recipe can afford (measured in docs/training.md).
+`retrv train pretrain --texts --texts-file .../train_skills.jsonl` teaches them before whole CoTs: inside whole
+CoTs a tiny model did not learn them in the steps the recipe can afford (docs/training.md).
 """
 
 from __future__ import annotations
@@ -371,8 +371,8 @@ def generate(
                 for q, truth in split_queries:
                     cots.append(_cot_record(q, truth, by_did, config.cot_candidates, rng))
                     # Over one fixed list a query's looks are a function of its text, and a small model learns
-                    # them by heart instead of reading the inspected image (measured: 9 of 129 looks right on
-                    # unseen queries); over fresh draws and orders only the image tells.
+                    # them by heart instead of reading the inspected image (docs/training.md); over fresh draws
+                    # and orders only the image tells.
                     cots += [
                         _cot_record(q, truth, by_did, config.cot_candidates, variant_rng)
                         for _ in range(config.cot_variants - 1)

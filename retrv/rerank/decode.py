@@ -1,6 +1,6 @@
 """The reasoner's decode loop with the Detail Inspection Mechanism (DIM), shared by reason mode and GRPO.
 
-`generate_with_inspection` drives the text stack directly on one `DynamicCache` (machine-findings §8): when the
+`generate_with_inspection` drives the text stack directly on one `DynamicCache`: when the
 generated text ends with `<inspection-index-start>i<inspection-index-end>`, candidate i's full tokens are
 appended (`sequence.inspection_segment`) and decoding continues on the same cache, nothing re-prefilled.
 At most `max_inspections` requests are served; a request past the cap, or one naming no candidate, gets a short

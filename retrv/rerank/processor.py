@@ -18,7 +18,7 @@ def _processor_class(model_type: str) -> type | None:
     """The model's processor class, patched to accept `video_processor=None`.
 
     transformers 5.23 checks every processor argument's class, and without torchvision the video
-    processor mapping is broken, so even `None` fails the check (machine-findings §4b).
+    processor mapping is broken, so even `None` fails the check.
     """
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 

@@ -21,10 +21,9 @@ query last::
     <|im_start|>user\nCandidates:\n1<|icm|><|icm|>2<|icm|><|icm|>...K<|icm|><|icm|>\nQuery: {image}{text}<|im_end|>\n
     <|im_start|>assistant\n
 
-Two measured reasons (tiny world, docs/training.md): the fixed part of the chat style is ~100 tokens, paid by
-the ICM and the full-token prompt alike, which caps the token saving the ICM can show at small K; and a small
-model learns to restate its query far sooner when nothing stands between the query and its answer (exact
-restatements of 47/48 unseen queries after 200 steps with the query last, 5/48 with the candidates after it).
+Why a second style (docs/training.md has the measurements): the fixed part of the chat style is paid by the
+ICM and the full-token prompt alike, which caps the token saving the ICM can show at small K; and a small
+model learns to restate its query far sooner when nothing stands between the query and its answer.
 A checkpoint records its style (`ReasonerConfig.prompt_style`).
 
 An inspection segment appended after the model writes
@@ -194,7 +193,7 @@ def prompt_layout(
 ) -> list[tuple[str, str | int | None]]:
     """The prompt of `k` candidates as parts in order: ("text", piece) tokenised on its own, ("query", None) the
     query's tokens, ("candidate", i) candidate i's two soft tokens (or its full tokens). `build_prompt` walks it;
-    so does `retrv train caption --prompt-style`, which lays its texts out the same way with placeholders."""
+    so does `retrv train pretrain --prompt-style`, which lays its texts out the same way with placeholders."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
     s, parts = special, []

@@ -16,7 +16,7 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 ENCODER_LOSSES = ("infonce", "sigmoid")
 
 
-def _help(text: str, **extra: Any) -> dict[str, Any]:
+def help_text(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
 
 
@@ -39,44 +39,48 @@ class TrainConfig:
 
     out: str | None = field(
         default=None,
-        metadata=_help("Output directory: checkpoints/, metrics.jsonl and the trained model.", required=True),
+        metadata=help_text("Output directory: checkpoints/, metrics.jsonl and the trained model.", required=True),
     )
-    max_steps: int = field(default=200, metadata=_help("Optimizer steps to run."))
-    batch_size: int = field(default=32, metadata=_help("Examples per micro-batch on each process."))
+    max_steps: int = field(default=200, metadata=help_text("Optimizer steps to run."))
+    batch_size: int = field(default=32, metadata=help_text("Examples per micro-batch on each process."))
     grad_accum: int = field(
         default=1,
-        metadata=_help(
+        metadata=help_text(
             "Micro-batches accumulated per optimizer step (effective batch = batch-size x grad-accum x processes)."
         ),
     )
-    lr: float = field(default=1e-5, metadata=_help("Peak learning rate (AdamW)."))
+    lr: float = field(default=1e-5, metadata=help_text("Peak learning rate (AdamW)."))
     weight_decay: float = field(
         default=0.01,
-        metadata=_help(
+        metadata=help_text(
             "AdamW weight decay, applied to matrices only (not to biases, norms, embeddings of rank 1, temperature)."
         ),
     )
-    warmup_steps: int = field(default=0, metadata=_help("Linear warm-up steps before the schedule."))
+    warmup_steps: int = field(default=0, metadata=help_text("Linear warm-up steps before the schedule."))
     lr_schedule: str = field(
-        default="cosine", metadata=_help(f"Learning-rate schedule after warm-up: {', '.join(LR_SCHEDULES)}.")
+        default="cosine", metadata=help_text(f"Learning-rate schedule after warm-up: {', '.join(LR_SCHEDULES)}.")
     )
-    max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this value (0: no clipping)."))
+    max_grad_norm: float = field(
+        default=1.0, metadata=help_text("Clip the gradient norm to this value (0: no clipping).")
+    )
     save_every: int = field(
-        default=100, metadata=_help("Write a checkpoint every N optimizer steps (0: only at the end).")
+        default=100, metadata=help_text("Write a checkpoint every N optimizer steps (0: only at the end).")
     )
-    keep_checkpoints: int = field(default=2, metadata=_help("How many recent checkpoints to keep (0: keep all)."))
+    keep_checkpoints: int = field(default=2, metadata=help_text("How many recent checkpoints to keep (0: keep all)."))
     resume: bool = field(
         default=False,
-        metadata=_help(
+        metadata=help_text(
             "Continue from the last checkpoint in --out (weights, optimizer, scheduler, RNG and data position)."
         ),
     )
-    seed: int = field(default=0, metadata=_help("Random seed: data order, initialisation, dropout."))
+    seed: int = field(default=0, metadata=help_text("Random seed: data order, initialisation, dropout."))
     device: str = field(
         default="auto",
-        metadata=_help("auto, cpu, cuda or mps. Under `accelerate launch`/`torchrun` each process takes its own GPU."),
+        metadata=help_text(
+            "auto, cpu, cuda or mps. Under `accelerate launch`/`torchrun` each process takes its own GPU."
+        ),
     )
-    bf16: bool = field(default=True, metadata=_help("bf16 autocast on CUDA (ignored on CPU and MPS)."))
+    bf16: bool = field(default=True, metadata=help_text("bf16 autocast on CUDA (ignored on CPU and MPS)."))
 
     def validate(self) -> None:
         if not self.out:
@@ -99,31 +103,35 @@ class EncoderTrainConfig(TrainConfig):
 
     data: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
             required=True,
         ),
     )
     base: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "Encoder to start from: a Hugging Face id or a local directory (CLIP or SigLIP), optionally clip:SPEC.",
             required=True,
         ),
     )
-    split: str = field(default="train", metadata=_help("Which query split to train on."))
-    pool: str = field(default="local", metadata=_help("Candidate pool that resolves positive and negative ids."))
+    split: str = field(default="train", metadata=help_text("Which query split to train on."))
+    pool: str = field(default="local", metadata=help_text("Candidate pool that resolves positive and negative ids."))
     hard_negatives: int = field(
-        default=1, metadata=_help("Hard negatives per query drawn from neg_cand_list (0: in-batch negatives only).")
+        default=1, metadata=help_text("Hard negatives per query drawn from neg_cand_list (0: in-batch negatives only).")
     )
     loss: str = field(
         default="infonce",
-        metadata=_help("infonce: symmetric softmax over the batch (CLIP). sigmoid: pairwise sigmoid (SigLIP paper)."),
+        metadata=help_text(
+            "infonce: symmetric softmax over the batch (CLIP). sigmoid: pairwise sigmoid (SigLIP paper)."
+        ),
     )
-    learn_temperature: bool = field(default=True, metadata=_help("Train the temperature (logit scale) with the model."))
-    freeze_vision: bool = field(default=False, metadata=_help("Keep the vision tower and its projection fixed."))
-    freeze_text: bool = field(default=False, metadata=_help("Keep the text tower and its projection fixed."))
-    lr: float = field(default=1e-5, metadata=_help("Peak learning rate (AdamW); 1e-5 suits pretrained CLIP."))
+    learn_temperature: bool = field(
+        default=True, metadata=help_text("Train the temperature (logit scale) with the model.")
+    )
+    freeze_vision: bool = field(default=False, metadata=help_text("Keep the vision tower and its projection fixed."))
+    freeze_text: bool = field(default=False, metadata=help_text("Keep the text tower and its projection fixed."))
+    lr: float = field(default=1e-5, metadata=help_text("Peak learning rate (AdamW); 1e-5 suits pretrained CLIP."))
 
     def validate(self) -> None:
         super().validate()

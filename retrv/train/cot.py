@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from retrv.errors import DataError, RetrvError, TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import _help
+from retrv.train.config import help_text
 from retrv.train.loop import DataIssue, DataIssues
 
 if TYPE_CHECKING:
@@ -43,33 +43,35 @@ INSPECT = "<inspection-index-start>{i}<inspection-index-end>"
 class CotConfig:
     """`retrv train cot`: teacher-written chain-of-thought for a dataset's training queries."""
 
-    data: str | None = field(default=None, metadata=_help("M-BEIR-layout dataset root.", required=True))
+    data: str | None = field(default=None, metadata=help_text("M-BEIR-layout dataset root.", required=True))
     teacher: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "Teacher VLM (HF id or directory), any instruct model: it judges each candidate in score mode.",
             required=True,
         ),
     )
     out: str | None = field(
-        default=None, metadata=_help("Output jsonl file (the synth world's CoT format).", required=True)
+        default=None, metadata=help_text("Output jsonl file (the synth world's CoT format).", required=True)
     )
-    split: str = field(default="train", metadata=_help("Which query split to write CoT for."))
-    pool: str = field(default="local", metadata=_help("Candidate pool that resolves candidate ids: local or global."))
+    split: str = field(default="train", metadata=help_text("Which query split to write CoT for."))
+    pool: str = field(
+        default="local", metadata=help_text("Candidate pool that resolves candidate ids: local or global.")
+    )
     num_candidates: int = field(
-        default=8, metadata=_help("Candidates per query (K): positive, hard negatives, random.")
+        default=8, metadata=help_text("Candidates per query (K): positive, hard negatives, random.")
     )
     hard_candidates: int = field(
         default=3,
-        metadata=_help(
+        metadata=help_text(
             "Candidates the teacher ranks highest: checked in detail (inspected); the rest are ruled out in step 2."
         ),
     )
-    instructions: bool = field(default=True, metadata=_help("Give each query its dataset's instruction."))
-    limit: int = field(default=0, metadata=_help("Use at most this many queries (0: all)."))
-    batch_size: int = field(default=8, metadata=_help("Teacher forward passes per batch."))
-    seed: int = field(default=0, metadata=_help("Seed of the random candidates and their order."))
-    device: str = field(default="auto", metadata=_help("auto, cpu, cuda or mps."))
+    instructions: bool = field(default=True, metadata=help_text("Give each query its dataset's instruction."))
+    limit: int = field(default=0, metadata=help_text("Use at most this many queries (0: all)."))
+    batch_size: int = field(default=8, metadata=help_text("Teacher forward passes per batch."))
+    seed: int = field(default=0, metadata=help_text("Seed of the random candidates and their order."))
+    device: str = field(default="auto", metadata=help_text("auto, cpu, cuda or mps."))
 
     def validate(self) -> None:
         for name in ("data", "teacher", "out"):

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.errors import DataError, TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TASKS_HELP, TrainConfig, _help, parse_tasks
+from retrv.train.common import ReasonerDataConfig, token_budget
+from retrv.train.config import help_text, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, train
 from retrv.train.rewards import group_advantages, grpo_loss, lambda_schedule, reward
 
@@ -56,68 +57,55 @@ LLM_LINEAR_LAYERS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
 @dataclass
-class GrpoTrainConfig(TrainConfig):
+class GrpoTrainConfig(ReasonerDataConfig):
     """`retrv train grpo`: reinforcement learning of the reasoner over its own inference loop."""
 
-    data: str | None = field(
-        default=None,
-        metadata=_help(
-            "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
-            required=True,
-        ),
-    )
     init: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "Reasoner checkpoint to start from (usually the SFT stage's output); also the frozen KL reference.",
             required=True,
         ),
     )
     index: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "Index of the candidate pool whose coarse top-K gives each query's candidates. Without it: the "
             "positive, its hard negatives and pool members, in a seeded order."
         ),
     )
-    split: str = field(default="train", metadata=_help("Which query split to train on."))
-    instructions: bool = field(
-        default=True,
-        metadata=_help(
-            "Give each query its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."
-        ),
-    )
-    pool: str = field(default="local", metadata=_help("Candidate pool that resolves positive and negative ids."))
-    num_candidates: int = field(default=8, metadata=_help("K: candidates per prompt."))
-    group_size: int = field(default=4, metadata=_help("G: completions sampled per prompt (>= 2)."))
-    batch_size: int = field(default=2, metadata=_help("Prompts per micro-batch (each gives G completions)."))
-    temperature: float = field(default=1.0, metadata=_help("Sampling temperature of the rollouts (> 0)."))
-    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling of the rollouts."))
-    max_new_tokens: int = field(default=256, metadata=_help("Generated tokens per completion."))
-    max_inspections: int = field(default=3, metadata=_help("Inspections served per completion."))
+    num_candidates: int = field(default=8, metadata=help_text("K: candidates per prompt."))
+    group_size: int = field(default=4, metadata=help_text("G: completions sampled per prompt (>= 2)."))
+    batch_size: int = field(default=2, metadata=help_text("Prompts per micro-batch (each gives G completions)."))
+    temperature: float = field(default=1.0, metadata=help_text("Sampling temperature of the rollouts (> 0)."))
+    top_p: float = field(default=1.0, metadata=help_text("Nucleus sampling of the rollouts."))
+    max_new_tokens: int = field(default=256, metadata=help_text("Generated tokens per completion."))
+    max_inspections: int = field(default=3, metadata=help_text("Inspections served per completion."))
     beta: float = field(
-        default=0.04, metadata=_help("KL weight to the reference (the init checkpoint); 0 turns it off.")
+        default=0.04, metadata=help_text("KL weight to the reference (the init checkpoint); 0 turns it off.")
     )
-    clip_eps: float = field(default=0.2, metadata=_help("PPO clip range of the probability ratio."))
+    clip_eps: float = field(default=0.2, metadata=help_text("PPO clip range of the probability ratio."))
     fixed_lambda: float | None = field(
         default=None,
-        metadata=_help("Fixed efficiency weight λ (ablation); default: λ rises linearly from 0 to 1 over training."),
+        metadata=help_text(
+            "Fixed efficiency weight λ (ablation); default: λ rises linearly from 0 to 1 over training."
+        ),
     )
-    lora_rank: int = field(default=16, metadata=_help("LoRA rank on the LLM's linear layers."))
-    lora_alpha: float = field(default=32.0, metadata=_help("LoRA alpha (scale = alpha / rank)."))
-    lora_dropout: float = field(default=0.0, metadata=_help("LoRA dropout (0 keeps the update exactly on-policy)."))
+    lora_rank: int = field(default=16, metadata=help_text("LoRA rank on the LLM's linear layers."))
+    lora_alpha: float = field(default=32.0, metadata=help_text("LoRA alpha (scale = alpha / rank)."))
+    lora_dropout: float = field(default=0.0, metadata=help_text("LoRA dropout (0 keeps the update exactly on-policy)."))
     lora_targets: str = field(
         default=LLM_LINEAR_LAYERS,
-        metadata=_help("Comma-separated linear layers of the LLM's text stack that get LoRA adapters."),
+        metadata=help_text("Comma-separated linear layers of the LLM's text stack that get LoRA adapters."),
     )
-    max_queries: int = field(default=0, metadata=_help("Use at most this many training queries (0: all)."))
-    tasks: str = field(default="", metadata=_help(TASKS_HELP))
-    lr: float = field(default=1e-5, metadata=_help("Peak learning rate (AdamW) of the LoRA weights."))
+    limit: int = field(
+        default=0,
+        metadata=help_text("Train on at most this many hard prompts (after the easy ones are dropped; 0: all)."),
+    )
+    lr: float = field(default=1e-5, metadata=help_text("Peak learning rate (AdamW) of the LoRA weights."))
 
     def validate(self) -> None:
         super().validate()
-        if not self.data:
-            raise TrainConfigError("--data is required: an M-BEIR-layout dataset directory")
         if not self.init:
             raise TrainConfigError("--init is required: the reasoner checkpoint to start from (e.g. the SFT output)")
         if self.group_size < 2:
@@ -133,10 +121,9 @@ class GrpoTrainConfig(TrainConfig):
         for name in ("max_new_tokens", "lora_rank"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_inspections", "beta", "clip_eps", "max_queries", "lora_dropout"):
+        for name in ("max_inspections", "beta", "clip_eps", "lora_dropout"):
             if getattr(self, name) < 0:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        parse_tasks(self.tasks)
         if self.fixed_lambda is not None and self.fixed_lambda < 0:
             raise TrainConfigError(f"--fixed-lambda must be >= 0, got {self.fixed_lambda}")
 
@@ -433,12 +420,14 @@ def train_grpo(
 
     config.validate()
     issues = DataIssues(progress)
-    loaded = loaded or load_reasoner(config.init, device=config.device, require_icm=True)
+    loaded = loaded or load_reasoner(
+        config.init, device=config.device, require_icm=True, max_image_tokens=config.max_image_tokens
+    )
     if samples is None:
         samples = load_grpo_samples(config, issues)
     kept, easy = hard_samples(samples)
-    if config.max_queries:
-        kept = kept[: config.max_queries]
+    if config.limit:
+        kept = kept[: config.limit]
     emit(
         progress,
         "data",
@@ -459,6 +448,7 @@ def train_grpo(
         max_inspections=config.max_inspections,
         temperature=config.temperature,
         top_p=config.top_p,
+        budget=token_budget(config),
     )
     special = SpecialTokens.from_mapping(loaded.config.special_tokens)
     reasoner = Reasoner(

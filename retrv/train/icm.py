@@ -1,7 +1,7 @@
 """`retrv train icm` (stage 1, self-alignment): the frozen reasoner teaches the ICM to compress.
 
 The LLM and the vision tower stay frozen; only the ICM trains. For each (query, candidate) pair of the
-training split (the candidate's positive, hard negatives and random pool members, `--candidates-per-query`
+training split (the candidate's positive, hard negatives and random pool members, `--num-candidates`
 in all) two sequences go through the frozen LLM:
 
     teacher  <|im_start|>user\\nQuery: {query}\\nCandidate: {candidate's FULL tokens}\\n{DESCRIBE}<|im_end|>\\n
@@ -24,13 +24,20 @@ OUT` and is `retrv train sft --init`. A reasoner without an ICM gets a new one f
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retrv.errors import TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import TASKS_HELP, TrainConfig, _help, parse_tasks
+from retrv.train.common import (
+    CachedFeaturesConfig,
+    load_stage_reasoner,
+    save_stage,
+    token_budget,
+    training_record,
+)
+from retrv.train.config import help_text, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, set_seed, train
 
 if TYPE_CHECKING:
@@ -45,76 +52,30 @@ DESCRIPTION_LEAD = "The candidate"
 
 
 @dataclass
-class ReasonerDataConfig(TrainConfig):
-    """Fields every reasoner stage shares: the dataset and how candidates become tokens."""
-
-    data: str | None = field(
-        default=None,
-        metadata=_help(
-            "M-BEIR-layout dataset root (query/<split>/*.jsonl, cand_pool/...), e.g. one written by `retrv data synth`.",
-            required=True,
-        ),
-    )
-    split: str = field(default="train", metadata=_help("Which query split to train on."))
-    pool: str = field(default="local", metadata=_help("Candidate pool that resolves candidate ids: local or global."))
-    instructions: bool = field(
-        default=True,
-        metadata=_help(
-            "Give each query its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."
-        ),
-    )
-    max_image_tokens: int = field(
-        default=256, metadata=_help("Image token budget per image (merged 28x28 px patches).")
-    )
-    max_text_tokens: int = field(default=256, metadata=_help("Text tokens kept per query or candidate."))
-    feature_cache: int = field(
-        default=1024,
-        metadata=_help(
-            "Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0: recompute)."
-        ),
-    )
-    limit: int = field(default=0, metadata=_help("Use at most this many training queries (0: all)."))
-    tasks: str = field(default="", metadata=_help(TASKS_HELP))
-    batch_size: int = field(default=8, metadata=_help("Examples per micro-batch on each process."))
-    lr: float = field(default=1e-4, metadata=_help("Peak learning rate (AdamW)."))
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.data:
-            raise TrainConfigError("--data is required: an M-BEIR-layout dataset directory")
-        if self.pool not in ("local", "global"):
-            raise TrainConfigError(f"--pool must be local or global, got {self.pool!r}")
-        parse_tasks(self.tasks)
-        for name in ("max_image_tokens", "max_text_tokens"):
-            if getattr(self, name) < 1:
-                raise TrainConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-
-
-@dataclass
-class IcmTrainConfig(ReasonerDataConfig):
+class IcmTrainConfig(CachedFeaturesConfig):
     """`retrv train icm`: stage 1, the ICM learns to make two tokens the frozen LLM reads like the full candidate."""
 
     reasoner: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "Reasoner to align: a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint.",
             required=True,
         ),
     )
-    candidates_per_query: int = field(
+    num_candidates: int = field(
         default=4,
-        metadata=_help(
+        metadata=help_text(
             "Candidates paired with each query: its positive, its hard negatives, then random pool members."
         ),
     )
     icm_heads: int = field(
-        default=8, metadata=_help("New ICM only: attention heads (must divide the LLM hidden size).")
+        default=8, metadata=help_text("New ICM only: attention heads (must divide the LLM hidden size).")
     )
-    icm_layers: int = field(default=2, metadata=_help("New ICM only: cross-attention blocks per stack."))
-    icm_memory_tokens: int = field(default=4, metadata=_help("New ICM only: memory tokens per candidate."))
+    icm_layers: int = field(default=2, metadata=help_text("New ICM only: cross-attention blocks per stack."))
+    icm_memory_tokens: int = field(default=4, metadata=help_text("New ICM only: memory tokens per candidate."))
     prompt_style: str = field(
         default="",
-        metadata=_help(
+        metadata=help_text(
             "Reason-mode prompt the checkpoint (and every later stage and search) uses: chat (system prompt and "
             "instruction, for instruct VLMs) or bare (query and candidates only, for a reasoner trained from "
             "scratch); empty keeps the reasoner's own (chat for a base model)."
@@ -125,8 +86,8 @@ class IcmTrainConfig(ReasonerDataConfig):
         super().validate()
         if not self.reasoner:
             raise TrainConfigError("--reasoner is required: the model whose ICM to train")
-        if self.candidates_per_query < 2:
-            raise TrainConfigError(f"--candidates-per-query must be at least 2, got {self.candidates_per_query}")
+        if self.num_candidates < 2:
+            raise TrainConfigError(f"--num-candidates must be at least 2, got {self.num_candidates}")
         from retrv.rerank.sequence import PROMPT_STYLES
 
         if self.prompt_style and self.prompt_style not in PROMPT_STYLES:
@@ -139,25 +100,6 @@ class IcmTrainConfig(ReasonerDataConfig):
 class AlignmentPair:
     sample: ReasoningSample
     candidate: int  # 0-based index into sample.candidates
-
-
-def token_budget(config: ReasonerDataConfig) -> Any:
-    from retrv.icm.features import TokenBudget
-
-    return TokenBudget(max_text_tokens=config.max_text_tokens)
-
-
-def load_stage_reasoner(spec: str, config: ReasonerDataConfig) -> LoadedReasoner:
-    """The reasoner in float32 on the CPU (bf16 autocast on CUDA comes from the loop), frozen."""
-    import torch
-
-    from retrv.rerank.checkpoint import load_reasoner
-
-    loaded = load_reasoner(spec, device="cpu", max_image_tokens=config.max_image_tokens)
-    loaded.model.float().requires_grad_(False)
-    if loaded.icm is not None:
-        loaded.icm.float()
-    return dataclasses.replace(loaded, dtype=torch.float32)
 
 
 def _alignment_segments(
@@ -254,31 +196,6 @@ def new_icm(hidden: int, config: IcmTrainConfig) -> Any:
     return ICM(icm_config)
 
 
-def save_stage(
-    loaded: LoadedReasoner, out: Path, *, stage: str, icm: Any, training: dict[str, Any], lora_model: Any = None
-) -> Path:
-    """save_reasoner for a trained stage. A LoRA on top of a merged-LoRA checkpoint cannot point at a base
-    that holds its LLM, so it is merged and saved with full weights; so is an ICM-only stage on top of one."""
-    from retrv.rerank.checkpoint import save_reasoner
-
-    if loaded.config.weights == "lora":
-        model = lora_model.merge_and_unload() if lora_model is not None else loaded.model
-        return save_reasoner(
-            dataclasses.replace(loaded, model=model), out, stage=stage, icm=icm, training=training, weights="full"
-        )
-    return save_reasoner(loaded, out, stage=stage, icm=icm, training=training, lora_model=lora_model)
-
-
-def training_record(config: Any, summary: TrainSummary) -> dict[str, Any]:
-    return {
-        "config": asdict(config),
-        "steps": summary.steps,
-        "final_loss": summary.final_loss,
-        "examples": summary.examples,
-        "skipped": [str(i) for i in summary.data_issues],
-    }
-
-
 @dataclass
 class IcmRun:
     model: Any  # torch.nn.ModuleDict {"llm": frozen reasoner, "icm": the ICM being trained}
@@ -299,7 +216,7 @@ def prepare_icm(config: IcmTrainConfig, progress: ProgressCallback | None = None
         config.data,
         config.split,
         pool=config.pool,
-        num_candidates=config.candidates_per_query,  # type: ignore[arg-type]
+        num_candidates=config.num_candidates,  # type: ignore[arg-type]
         seed=config.seed,
         instructions=config.instructions,
         limit=config.limit,

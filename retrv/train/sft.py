@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.errors import RetrvError, TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.config import _help, parse_tasks
-from retrv.train.icm import ReasonerDataConfig, load_stage_reasoner, save_stage, token_budget, training_record
+from retrv.train.common import CachedFeaturesConfig, load_stage_reasoner, save_stage, token_budget, training_record
+from retrv.train.config import help_text, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, set_seed, train
 
 if TYPE_CHECKING:
@@ -46,46 +46,48 @@ LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 
 @dataclass
-class SftTrainConfig(ReasonerDataConfig):
+class SftTrainConfig(CachedFeaturesConfig):
     """`retrv train sft`: stage 2, LoRA + ICM on chain-of-thought with inspection segments."""
 
     cot: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "Chain-of-thought jsonl (the synth world's cot/train_cot.jsonl or `retrv train cot` output).", required=True
         ),
     )
     init: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "Reasoner checkpoint to start from, with ICM weights (the output of `retrv train icm`).", required=True
         ),
     )
     lora_r: int = field(
         default=16,
-        metadata=_help(
+        metadata=help_text(
             "LoRA rank; 0 fine-tunes every weight of the LLM instead (vision tower still frozen): for tiny models "
             "trained from scratch, where a low-rank update is the bottleneck."
         ),
     )
-    lora_alpha: float = field(default=32.0, metadata=_help("LoRA scaling numerator (scale = alpha / r)."))
-    lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
+    lora_alpha: float = field(default=32.0, metadata=help_text("LoRA scaling numerator (scale = alpha / r)."))
+    lora_dropout: float = field(default=0.05, metadata=help_text("Dropout on the LoRA input."))
     lora_targets: str = field(
         default=",".join(LLM_PROJECTIONS),
-        metadata=_help(
+        metadata=help_text(
             "Comma-separated projection names the LoRA wraps, in the LLM's layers only (never the vision tower)."
         ),
     )
-    train_icm: bool = field(default=True, metadata=_help("Train the ICM along with the LoRA."))
+    train_icm: bool = field(default=True, metadata=help_text("Train the ICM along with the LoRA."))
     train_token_rows: bool = field(
         default=True,
-        metadata=_help("Train the embedding rows of the role tokens (<answer>, inspection tags, <|icm|>, ...)."),
+        metadata=help_text("Train the embedding rows of the role tokens (<answer>, inspection tags, <|icm|>, ...)."),
     )
     max_inspections: int = field(
         default=5,
-        metadata=_help("Inspection requests served per sample, as at search time; later ones get the limit notice."),
+        metadata=help_text(
+            "Inspection requests served per sample, as at search time; later ones get the limit notice."
+        ),
     )
-    batch_size: int = field(default=2, metadata=_help("CoT samples per micro-batch on each process."))
+    batch_size: int = field(default=2, metadata=help_text("CoT samples per micro-batch on each process."))
 
     def validate(self) -> None:
         super().validate()

@@ -57,7 +57,7 @@ def test_load_tiny_dir_cpu_float32_with_special_tokens(loaded, tiny_reasoner_dir
 
 
 def test_base_without_role_tokens_gets_them_deterministically(tiny_reasoner_dir, tmp_path):
-    from retrv.tiny import REASONER_SPECIAL_TOKENS, train_byte_bpe_tokenizer
+    from retrv.train.random_models import REASONER_SPECIAL_TOKENS, train_byte_bpe_tokenizer
 
     base = tmp_path / "base"
     shutil.copytree(tiny_reasoner_dir, base)

@@ -117,7 +117,7 @@ def test_unreadable_candidate_image_is_unscored_and_last(loaded, candidates, tmp
 
 
 def test_answer_tokens_fall_back_to_true_false():
-    from retrv.tiny import train_byte_bpe_tokenizer
+    from retrv.train.random_models import train_byte_bpe_tokenizer
 
     corpus = ["True", "False", "True or False", "assistant"] * 3
     tok = train_byte_bpe_tokenizer(corpus, vocab_size=300)

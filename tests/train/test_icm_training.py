@@ -33,7 +33,7 @@ def _config(tmp_path, world, reasoner, name="out", **kw):
         weight_decay=0.0,
         save_every=0,
         device="cpu",
-        candidates_per_query=2,
+        num_candidates=2,
         icm_heads=4,
         icm_memory_tokens=3,
     )

@@ -1,6 +1,6 @@
-"""The examples `retrv train caption` learns from: (image -> caption), (query, candidate -> Yes/No) and
+"""The examples `retrv train pretrain` learns from: (image -> caption), (query, candidate -> Yes/No) and
 (query -> one of the world's texts), read from one split of an M-BEIR-layout dataset; and the corpus the
-new model's tokenizer is fitted on. See `retrv.train.caption` for how they are batched and trained."""
+new model's tokenizer is fitted on. See `retrv.train.pretrain` for how they are batched and trained."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Side:
 
 
 @dataclass(frozen=True)
-class CaptionExample:
+class PretrainExample:
     """A caption (`query` is the image, `candidate` None), a pair (`answer` True/False) or a text (`caption`,
     written after `context`, which is given and not trained on). A text that asks to inspect candidates
     (`<inspection-index-start>i<inspection-index-end>`) gets each one's full tokens injected after the request,
@@ -85,7 +85,7 @@ def load_examples(
     instructions: bool = True,
     seed: int = 0,
     issues: DataIssues | None = None,
-) -> list[CaptionExample]:
+) -> list[PretrainExample]:
     """Caption, pair and text examples of one split, in file order (deterministic in `seed`); the texts come from
     `texts_file` (default `cot/<split>_cot.jsonl` under the root)."""
     from retrv.data.mbeir import MBeirDataset
@@ -93,7 +93,7 @@ def load_examples(
     issues = issues if issues is not None else DataIssues()
     ds = MBeirDataset.open(root, split)
     rng = random.Random(f"retrv-caption:{seed}")
-    out: list[CaptionExample] = []
+    out: list[PretrainExample] = []
     seen_images: set[str] = set()
     pools: dict[str, dict[str, MBeirCandidate]] = {}
 
@@ -104,7 +104,7 @@ def load_examples(
             issues.report(source, f"image not found: {side.image_path}")
             return
         seen_images.add(side.image_path)
-        out.append(CaptionExample("caption", Side(None, side.image_path, "image"), source, caption=caption))
+        out.append(PretrainExample("caption", Side(None, side.image_path, "image"), source, caption=caption))
 
     for dataset in ds.datasets:
         pool = pools[dataset] = {c.did: c for c in _pool(ds, dataset, issues)}
@@ -128,7 +128,7 @@ def load_examples(
                 cand = pool[did]
                 instruction = ds.instruction(dataset, q.modality, cand.modality) if instructions else None
                 out.append(
-                    CaptionExample(
+                    PretrainExample(
                         "pair",
                         _side(q),
                         source,
@@ -157,7 +157,7 @@ def load_examples(
             side = _side(q) if q else Side(query.get("query"), None, "text")
             inspections = _inspections(text, [_side(pool[d]) for d in dids])
             out.append(
-                CaptionExample(
+                PretrainExample(
                     "text", side, where, caption=text, context=context, inspections=inspections, candidates=len(dids)
                 )
             )
@@ -224,11 +224,11 @@ def _pool(ds: MBeirDataset, dataset: str, issues: DataIssues) -> list[MBeirCandi
         return []
 
 
-def world_corpus(examples: list[CaptionExample], root: str | Path) -> list[str]:
+def world_corpus(examples: list[PretrainExample], root: str | Path) -> list[str]:
     """Texts the tokenizer is fitted on: captions, queries, instructions, both prompts, the teacher CoT."""
     from retrv.rerank.prompts import SCORE_SYSTEM, pair_question
     from retrv.rerank.sequence import SpecialTokens, system_prompt
-    from retrv.tiny import DEFAULT_CORPUS
+    from retrv.train.random_models import DEFAULT_CORPUS
 
     texts = [
         *DEFAULT_CORPUS,

@@ -67,7 +67,7 @@ def train_byte_bpe_tokenizer(
     return tok
 
 
-def build_tiny_clip(
+def build_random_dual_encoder(
     out_dir: str | Path, kind: str = "clip", hidden: int = 64, image_size: int = 64, seed: int = 0
 ) -> Path:
     """Save a random CLIPModel or SiglipModel (+ tokenizer and image processor) to `out_dir`."""
@@ -132,7 +132,7 @@ def _wrap_in_start_end_tokens(tok: Any, start: str, end: str) -> None:
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single=f"{start} $A {end}", special_tokens=ids)
 
 
-def build_tiny_reasoner(
+def build_random_vlm(
     out_dir: str | Path,
     hidden: int = 64,
     layers: int = 2,

@@ -1,21 +1,21 @@
-"""Benchmark 7: where one step of `retrv train caption` spends its time, per stage of the tiny-world recipe,
+"""Benchmark 7: where one step of `retrv train pretrain` spends its time, per stage of the tiny-world recipe,
 and what the two speed-ups of the training step save.
 
-    .venv/bin/python benchmarks/caption_step.py                     # the recipe's model, 32 a batch, 3 steps
-    .venv/bin/python benchmarks/caption_step.py --image-size 112 --steps 5 --stages texts
+    .venv/bin/python benchmarks/pretrain_step.py                     # the recipe's model, 32 a batch, 3 steps
+    .venv/bin/python benchmarks/pretrain_step.py --image-size 112 --steps 5 --stages texts
 
 A synthetic world is generated (`retrv data synth`, seed 0), a random tiny Qwen2.5-VL is built as the recipe
 builds it (`--hidden 128 --layers 4 --vision-hidden 128 --image-size 224`), and for each stage's examples
 (captions; the skills file; whole CoT texts in the bare reasoner layout) one batch is timed in four parts:
-  collate   the CaptionCollator: images opened, the processor, ids and labels (CPU, single process);
+  collate   the PretrainCollator: images opened, the processor, ids and labels (CPU, single process);
   vision    the vision tower's forward on the batch's images alone (a share of forward);
-  forward   `caption_loss` (vision tower + LLM + loss);
+  forward   `pretrain_loss` (vision tower + LLM + loss);
   backward  `loss.backward()` and an AdamW step.
 One warm-up batch, then `--steps` timed ones; medians in seconds. Threads: OMP_NUM_THREADS as the recipe sets
 it (1) unless set. Random weights: the cost does not depend on their values.
 
 Two arms on the same batches: "before", the whole batch in one forward, padded to its longest row, and the
-vision patch embedding as the model's Conv3d; "now", `caption_loss`'s length buckets (`LENGTH_BUCKET` rows a
+vision patch embedding as the model's Conv3d; "now", `pretrain_loss`'s length buckets (`LENGTH_BUCKET` rows a
 forward, each cut to its own width) and the patch embedding as a matmul (`rerank.patch_embedding`).
 """
 
@@ -33,13 +33,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import retrv.train.caption
+import retrv.train.pretrain
 
-NOW_BUCKET = retrv.train.caption.LENGTH_BUCKET
+NOW_BUCKET = retrv.train.pretrain.LENGTH_BUCKET
 
 
 def stage_examples(world: Path, stage: str) -> list:
-    from retrv.train.caption_examples import load_examples
+    from retrv.train.pretrain_examples import load_examples
 
     if stage == "captions":
         return load_examples(world, captions=True, pairs=False, instructions=False)
@@ -50,7 +50,7 @@ def stage_examples(world: Path, stage: str) -> list:
 def set_arm(base, arm: str, batch_size: int) -> None:
     import torch
 
-    import retrv.train.caption as caption
+    import retrv.train.pretrain as caption
     from retrv.rerank.patch_embedding import PatchProjection
 
     embed = base.model.model.visual.patch_embed
@@ -71,12 +71,12 @@ def time_stage(base, world: Path, stage: str, arm: str, batch_size: int, steps: 
 
     import torch
 
-    from retrv.train.caption import CaptionCollator, caption_loss
     from retrv.train.loop import DataIssues
+    from retrv.train.pretrain import PretrainCollator, pretrain_loss
 
     set_arm(base, arm, batch_size)
     examples = stage_examples(world, stage)
-    collator = CaptionCollator(base.tokenizer, base.processor, DataIssues(), "" if stage == "captions" else "bare", 8)
+    collator = PretrainCollator(base.tokenizer, base.processor, DataIssues(), "" if stage == "captions" else "bare", 8)
     optimizer = torch.optim.AdamW(base.model.parameters(), lr=1e-4)
     rng = random.Random(0)
     parts: dict[str, list[float]] = {"collate": [], "vision": [], "forward": [], "backward": []}
@@ -89,7 +89,7 @@ def time_stage(base, world: Path, stage: str, arm: str, batch_size: int, steps: 
             if "pixel_values" in batch:
                 base.model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
         t2 = time.perf_counter()
-        loss, _ = caption_loss(base.model, batch)
+        loss, _ = pretrain_loss(base.model, batch)
         t3 = time.perf_counter()
         loss.backward()
         optimizer.step()
@@ -126,13 +126,13 @@ def main() -> None:
     import torch
 
     from retrv.data.synth import SynthConfig, generate
-    from retrv.train.caption import CaptionTrainConfig, build_base
-    from retrv.train.caption_examples import load_examples, world_corpus
+    from retrv.train.pretrain import PretrainConfig, build_base
+    from retrv.train.pretrain_examples import load_examples, world_corpus
 
     with tempfile.TemporaryDirectory(prefix="retrv-bench-caption-") as tmp:
         world = Path(tmp) / "world"
         generate(world, SynthConfig(seed=0, size=48))
-        config = CaptionTrainConfig(
+        config = PretrainConfig(
             data=str(world),
             out=str(Path(tmp) / "out"),
             hidden=128,

@@ -1,9 +1,9 @@
-"""`retrv train caption`: pretrain a tiny base VLM from scratch on the captions of a world.
+"""`retrv train pretrain`: pretrain a small base VLM from scratch on the captions, pairs and texts of a world.
 
 A world with no pretrained model (the synthetic world of `retrv data synth`) still needs a base reasoner
-that can see: this stage builds a random tiny Qwen2.5-VL (`retrv.tiny.build_tiny_reasoner`, its byte-level
-BPE tokenizer fitted to the world's own texts) and trains every weight, vision tower included, on up to
-three kinds of example drawn from the training split:
+that can see: this stage builds a Qwen2.5-VL with random weights (`train.random_models.build_random_vlm`, its
+byte-level BPE tokenizer fitted to the world's own texts) and trains every weight, vision tower included, on up
+to three kinds of example drawn from the training split:
 
 - caption: (image -> its caption), language modelling on the caption tokens. Every image of the split
   whose caption is known (`src_content` "caption" or "scene", else the text of an image+text item).
@@ -13,11 +13,10 @@ three kinds of example drawn from the training split:
   other pool members.
 - text (`--texts`): language modelling of the split's other texts (the teacher CoT in `cot/train_cot.jsonl`),
   each after its query ("Query: ..." and/or the query image), so that every word the later stages write has a
-  trained embedding (a LoRA SFT stalled on untrained rows: token accuracy 0.26 after 100 steps) and copying
-  from the query starts here. Where a text asks to inspect candidate i (and its record lists the candidates),
-  candidate i's image and/or text is injected right after the request, untrained, as the reasoner injects it:
-  what the CoT says a candidate shows is then learnt from the candidate (text-only, a tiny model wrote the
-  looks of unseen candidates from its priors: 9 of 129 right). With `--prompt-style bare|chat` the query is
+  trained embedding (a LoRA SFT stalls on untrained rows; docs/training.md) and copying from the query starts
+  here. Where a text asks to inspect candidate i (and its record lists the candidates), candidate i's image
+  and/or text is injected right after the request, untrained, as the reasoner injects it: what the CoT says a
+  candidate shows is then learnt from the candidate, not from the model's priors. With `--prompt-style bare|chat` the query is
   laid out as reason mode's prompt, the `<|icm|>` embedding standing for the candidates' soft tokens, so the
   copies learnt here are learnt where the reasoner makes them.
 
@@ -25,7 +24,7 @@ Loss: cross-entropy on the answer tokens only (the caption, the Yes/No token or 
 turn), averaged per example, then over the batch, so a short Yes/No answer weighs as much as a caption.
 
 The output directory is a plain model directory (save_pretrained + tokenizer + image processor, the
-layout `build_tiny_reasoner` writes), next to `checkpoints/`, `metrics.jsonl` and `retrv-train.json`:
+layout `build_random_vlm` writes), next to `checkpoints/`, `metrics.jsonl` and `retrv-train.json`:
 `--reasoner OUT` loads it for score mode, and `retrv train icm --reasoner OUT` starts from it.
 """
 
@@ -40,16 +39,16 @@ from typing import TYPE_CHECKING, Any
 from retrv.errors import TrainConfigError
 from retrv.progress import ProgressCallback, emit
 from retrv.rerank.sequence import PROMPT_STYLES
-from retrv.train.caption_examples import (
+from retrv.train.config import TrainConfig, help_text
+from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
+from retrv.train.pretrain_examples import (
     CAPTION_REQUEST,
     CAPTION_SYSTEM,
-    CaptionExample,
+    PretrainExample,
     Side,
     load_examples,
     world_corpus,
 )
-from retrv.train.config import TrainConfig, _help
-from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, save_pretrained_model, train
 
 if TYPE_CHECKING:
     import torch
@@ -58,29 +57,32 @@ IGNORE = -100
 
 
 @dataclass
-class CaptionTrainConfig(TrainConfig):
-    """`retrv train caption`: a tiny VLM trained from scratch on (image -> caption) and (query, candidate -> Yes/No)."""
+class PretrainConfig(TrainConfig):
+    """`retrv train pretrain`: a tiny VLM trained from scratch on (image -> caption) and (query, candidate -> Yes/No)."""
 
     data: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             "M-BEIR-layout dataset root whose images have captions, e.g. one written by `retrv data synth`.",
             required=True,
         ),
     )
     base: str | None = field(
-        default=None, metadata=_help("Continue from this model directory instead of building a new random tiny model.")
+        default=None,
+        metadata=help_text("Continue from this model directory instead of building a new random tiny model."),
     )
-    split: str = field(default="train", metadata=_help("Which query split to train on."))
-    hidden: int = field(default=64, metadata=_help("LLM hidden size of the new model."))
-    layers: int = field(default=2, metadata=_help("LLM layers of the new model."))
-    heads: int = field(default=4, metadata=_help("LLM attention heads of the new model."))
-    kv_heads: int = field(default=2, metadata=_help("LLM key/value heads of the new model (grouped-query attention)."))
-    vision_hidden: int = field(default=32, metadata=_help("Vision tower hidden size of the new model."))
-    vision_depth: int = field(default=2, metadata=_help("Vision tower blocks of the new model."))
+    split: str = field(default="train", metadata=help_text("Which query split to train on."))
+    hidden: int = field(default=64, metadata=help_text("LLM hidden size of the new model."))
+    layers: int = field(default=2, metadata=help_text("LLM layers of the new model."))
+    heads: int = field(default=4, metadata=help_text("LLM attention heads of the new model."))
+    kv_heads: int = field(
+        default=2, metadata=help_text("LLM key/value heads of the new model (grouped-query attention).")
+    )
+    vision_hidden: int = field(default=32, metadata=help_text("Vision tower hidden size of the new model."))
+    vision_depth: int = field(default=2, metadata=help_text("Vision tower blocks of the new model."))
     rope_theta: float = field(
         default=1000.0,
-        metadata=_help(
+        metadata=help_text(
             "RoPE base of the new model. Too large and the image's width axis (the lowest M-RoPE frequencies) barely "
             "turns across a small image, so left and right look alike; too small and no pair turns slowly enough for "
             "attention by content over a long prompt (at 10 the reasoner could not copy its query)."
@@ -88,36 +90,38 @@ class CaptionTrainConfig(TrainConfig):
     )
     mrope_section: str = field(
         default="",
-        metadata=_help(
+        metadata=help_text(
             "Rotary pairs of each attention head given to the temporal, height and width axes, e.g. 1,1,6 (sum: head "
             "size / 2). Default: one each to temporal and height, the rest to width, the axis that tells left from right."
         ),
     )
-    vocab_size: int = field(default=1024, metadata=_help("Byte-level BPE vocabulary fitted to the world's texts."))
+    vocab_size: int = field(default=1024, metadata=help_text("Byte-level BPE vocabulary fitted to the world's texts."))
     image_size: int = field(
         default=112,
-        metadata=_help(
+        metadata=help_text(
             "Images are resized to about this many pixels a side: (size/28)^2 image tokens each (112 -> 16)."
         ),
     )
     instructions: bool = field(
         default=True,
-        metadata=_help(
+        metadata=help_text(
             "Give each pair its dataset's instruction (instructions/query_instructions.tsv), as `retrv bench` does."
         ),
     )
-    captions: bool = field(default=True, metadata=_help("Train on (image -> caption) examples."))
-    pairs: bool = field(default=True, metadata=_help("Train on (query, candidate -> Yes/No) examples (score mode)."))
+    captions: bool = field(default=True, metadata=help_text("Train on (image -> caption) examples."))
+    pairs: bool = field(
+        default=True, metadata=help_text("Train on (query, candidate -> Yes/No) examples (score mode).")
+    )
     texts: bool = field(
         default=False,
-        metadata=_help(
+        metadata=help_text(
             "Also language-model the world's training texts (the CoT in cot/train_cot.jsonl), so the base has seen "
             "every word later stages write; without it SFT must learn untrained token embeddings through a LoRA."
         ),
     )
     texts_file: str | None = field(
         default=None,
-        metadata=_help(
+        metadata=help_text(
             'The JSONL --texts reads (records with "cot"; "qid" or "query", a query to write it after; '
             '"context", text given before it); default: '
             "<data>/cot/<split>_cot.jsonl. `retrv data synth` also writes cot/train_skills.jsonl: the CoT's "
@@ -126,7 +130,7 @@ class CaptionTrainConfig(TrainConfig):
     )
     prompt_style: str = field(
         default="",
-        metadata=_help(
+        metadata=help_text(
             "Lay each text with a query out as reason mode's prompt of this style (bare or chat, as `retrv train icm "
             "--prompt-style`), the <|icm|> token's own embedding standing for every candidate's two soft tokens, so "
             "that what the texts teach is learnt where the reasoner will use it (a copy learnt in one layout was not "
@@ -135,24 +139,24 @@ class CaptionTrainConfig(TrainConfig):
     )
     num_candidates: int = field(
         default=8,
-        metadata=_help(
+        metadata=help_text(
             "Candidates in the --prompt-style layout of a text whose record lists none (the skills' restatements)."
         ),
     )
     hard_negatives: int = field(
         default=2,
-        metadata=_help(
+        metadata=help_text(
             "Hard negatives per query (from neg_cand_list, in file order) added as 'No' pairs; -1: all of them."
         ),
     )
     random_negatives: int = field(
         default=1,
-        metadata=_help("Pool members that are neither positive nor hard negative, added as 'No' pairs per query."),
+        metadata=help_text("Pool members that are neither positive nor hard negative, added as 'No' pairs per query."),
     )
     lr: float = field(
-        default=3e-3, metadata=_help("Peak learning rate (AdamW); from-scratch training wants a high one.")
+        default=3e-3, metadata=help_text("Peak learning rate (AdamW); from-scratch training wants a high one.")
     )
-    warmup_steps: int = field(default=20, metadata=_help("Linear warm-up steps before the schedule."))
+    warmup_steps: int = field(default=20, metadata=help_text("Linear warm-up steps before the schedule."))
 
     def rope_sections(self) -> list[int]:
         """--mrope-section as three ints ([] when it does not parse)."""
@@ -218,7 +222,7 @@ class CaptionTrainConfig(TrainConfig):
 # ---------------------------------------------------------------- batches
 
 
-class CaptionCollator:
+class PretrainCollator:
     """Examples -> one right-padded batch: input_ids, attention_mask, mm_token_type_ids, labels (answer tokens
     only), pixel_values, image_grid_thw, is_pair and the Yes/No ids. The prompt is rendered exactly as score
     mode renders it and tokenised by the processor; the answer ids are appended after it. With `prompt_style`,
@@ -238,7 +242,7 @@ class CaptionCollator:
             int(tokenizer.convert_tokens_to_ids(t)) for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>")
         )
 
-    def prompt(self, e: CaptionExample) -> tuple[str, list[str]]:
+    def prompt(self, e: PretrainExample) -> tuple[str, list[str]]:
         """The prompt string and its image paths, in order."""
         from retrv.rerank.prompts import SCORE_SYSTEM, Segment, render, score_segments
 
@@ -271,7 +275,7 @@ class CaptionCollator:
         images = [p for p in (e.query.image_path, c.image_path) if p is not None]
         return render(segments, self.tokenizer, self.processor, system=SCORE_SYSTEM), images
 
-    def target(self, e: CaptionExample, grids: list[tuple[int, int, int]]) -> tuple[list[int], list[int], list[int]]:
+    def target(self, e: PretrainExample, grids: list[tuple[int, int, int]]) -> tuple[list[int], list[int], list[int]]:
         """The answer's ids, labels and mm_token_type_ids. A text's inspections are injected after each request,
         as the reasoner injects them (`rerank.sequence.inspection_segment`), untrained; `grids` are the
         (t, h, w) patch grids of the text's images in order: its query image when laid out, then the inspected."""
@@ -293,7 +297,7 @@ class CaptionCollator:
                 ids, labels, types = ids + block, labels + [IGNORE] * len(block), types + block_types
         return ids + [self.end], labels + [self.end], types + [0]
 
-    def laid_out(self, e: CaptionExample) -> bool:
+    def laid_out(self, e: PretrainExample) -> bool:
         """Whether `e` is a text written in the reasoner's prompt layout (--prompt-style)."""
         return (
             bool(self.prompt_style)
@@ -301,7 +305,7 @@ class CaptionCollator:
             and (e.query.text is not None or e.query.image_path is not None)
         )
 
-    def reasoning_prompt(self, e: CaptionExample, grids: Any) -> tuple[list[int], list[int]]:
+    def reasoning_prompt(self, e: PretrainExample, grids: Any) -> tuple[list[int], list[int]]:
         """Ids and token types of reason mode's prompt (`rerank.sequence.prompt_layout`) for `e`'s query, each
         candidate's two soft tokens as `<|icm|>` ids, then `e.context`: piece by piece as `build_prompt`
         tokenises it, so that the two are the same ids wherever the soft tokens stand."""
@@ -345,7 +349,7 @@ class CaptionCollator:
         ]
         return ids + text, types + [0] * len(text)
 
-    def __call__(self, examples: list[CaptionExample]) -> dict[str, Any] | None:
+    def __call__(self, examples: list[PretrainExample]) -> dict[str, Any] | None:
         import torch
 
         from retrv.images import load_image
@@ -421,7 +425,7 @@ def _per_image(enc: Any, counts: list[int]) -> list[list[tuple[Any, Any]]]:
     return out
 
 
-LENGTH_BUCKET = 8  # rows per forward in `caption_loss`
+LENGTH_BUCKET = 8  # rows per forward in `pretrain_loss`
 
 
 def length_buckets(batch: dict[str, Any], size: int = LENGTH_BUCKET) -> Iterator[tuple[list[int], dict[str, Any]]]:
@@ -456,7 +460,7 @@ def length_buckets(batch: dict[str, Any], size: int = LENGTH_BUCKET) -> Iterator
         yield rows, inputs
 
 
-def caption_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+def pretrain_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-example mean cross-entropy on the answer tokens, averaged over the batch; caption and pair
     losses and the pair accuracy (P(yes) > P(no) on the right side) as metrics. The model runs on
     `length_buckets` of the batch."""
@@ -481,7 +485,7 @@ def caption_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[
     is_caption = ~is_pair & ~is_text
     with torch.no_grad():
         if is_caption.any():
-            metrics["caption_loss"] = float(per_example.detach()[is_caption].mean())
+            metrics["pretrain_loss"] = float(per_example.detach()[is_caption].mean())
         if is_text.any():
             metrics["text_loss"] = float(per_example.detach()[is_text].mean())
         if is_pair.any():
@@ -504,18 +508,18 @@ class BaseModel:
     processor: Any
 
 
-def build_base(config: CaptionTrainConfig, corpus: list[str]) -> BaseModel:
+def build_base(config: PretrainConfig, corpus: list[str]) -> BaseModel:
     """A new random tiny Qwen2.5-VL fitted to `corpus` (or `config.base` loaded), float32 on the CPU."""
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from retrv.rerank.checkpoint import build_processor, quiet_transformers
     from retrv.rerank.patch_embedding import linear_patch_embeddings
-    from retrv.tiny import build_tiny_reasoner
+    from retrv.train.random_models import build_random_vlm
 
     with tempfile.TemporaryDirectory(prefix="retrv-caption-") as tmp, quiet_transformers():
         source = Path(config.base) if config.base else Path(tmp)
         if not config.base:
-            build_tiny_reasoner(
+            build_random_vlm(
                 tmp,
                 hidden=config.hidden,
                 layers=config.layers,
@@ -546,7 +550,7 @@ def build_base(config: CaptionTrainConfig, corpus: list[str]) -> BaseModel:
     return BaseModel(model, tokenizer, image_processor, processor)
 
 
-def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None = None) -> TrainSummary:
+def pretrain_vlm(config: PretrainConfig, progress: ProgressCallback | None = None) -> TrainSummary:
     """Pretrain a tiny VLM on `config.data`; write it to `config.out` (loadable as --reasoner OUT)."""
     config.validate()
     issues = DataIssues(progress)
@@ -574,9 +578,9 @@ def train_caption(config: CaptionTrainConfig, progress: ProgressCallback | None 
     base = build_base(config, world_corpus(examples, config.data))  # type: ignore[arg-type]
     model = base.model
     model.requires_grad_(True)
-    collator = CaptionCollator(base.tokenizer, base.processor, issues, config.prompt_style, config.num_candidates)
+    collator = PretrainCollator(base.tokenizer, base.processor, issues, config.prompt_style, config.num_candidates)
     batches = ShuffledBatches(examples, config.batch_size, config.seed, collator)
-    summary = train(model, caption_loss, batches, config, progress=progress, issues=issues)
+    summary = train(model, pretrain_loss, batches, config, progress=progress, issues=issues)
     summary.examples = len(examples)
 
     save_pretrained_model(

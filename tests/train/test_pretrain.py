@@ -1,4 +1,4 @@
-"""`retrv train caption`: a tiny VLM trained from scratch on the synthetic world's captions and Yes/No pairs."""
+"""`retrv train pretrain`: a tiny VLM trained from scratch on the synthetic world's captions and Yes/No pairs."""
 
 from __future__ import annotations
 
@@ -18,18 +18,18 @@ def synth_world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(synth_world, tmp_path_factory):
-    from retrv.train.caption import CaptionTrainConfig, train_caption
+    from retrv.train.pretrain import PretrainConfig, pretrain_vlm
 
     out = tmp_path_factory.mktemp("caption-out")
-    config = CaptionTrainConfig(
+    config = PretrainConfig(
         out=str(out), data=str(synth_world), max_steps=30, batch_size=8, lr=3e-3, warmup_steps=2, save_every=0, **TINY
     )
-    return config, train_caption(config)
+    return config, pretrain_vlm(config)
 
 
 def test_examples_cover_captions_positives_and_every_hard_negative(synth_world):
     from retrv.data.mbeir import MBeirDataset
-    from retrv.train.caption_examples import caption_of, load_examples
+    from retrv.train.pretrain_examples import caption_of, load_examples
 
     examples = load_examples(synth_world, random_negatives=1)
     ds = MBeirDataset.open(synth_world, "train")
@@ -61,8 +61,8 @@ def test_loss_falls_and_every_parameter_changes(trained):
     import torch
 
     from retrv.rerank.checkpoint import load_reasoner
-    from retrv.train.caption import build_base
-    from retrv.train.caption_examples import load_examples, world_corpus
+    from retrv.train.pretrain import build_base
+    from retrv.train.pretrain_examples import load_examples, world_corpus
 
     config, summary = trained
     losses = [json.loads(line)["loss"] for line in summary.metrics_path.read_text().splitlines()]
@@ -83,9 +83,9 @@ def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
     from retrv.rerank.base import Candidate
     from retrv.rerank.checkpoint import load_reasoner
     from retrv.rerank.scorer import Scorer
-    from retrv.train.caption import CaptionCollator
-    from retrv.train.caption_examples import load_examples
     from retrv.train.loop import DataIssues
+    from retrv.train.pretrain import PretrainCollator
+    from retrv.train.pretrain_examples import load_examples
 
     config, _ = trained
     loaded = load_reasoner(config.out, device="cpu")
@@ -100,7 +100,7 @@ def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
     assert tokens > 0 and all(0.0 <= p <= 1.0 for p in p_yes)
 
     examples = [e for e in load_examples(config.data) if e.kind == "pair" and e.source.endswith(f"query {q.qid}")]
-    collate = CaptionCollator(loaded.tokenizer, loaded.processor, DataIssues())
+    collate = PretrainCollator(loaded.tokenizer, loaded.processor, DataIssues())
     for e, expected in zip(examples, p_yes):
         batch = collate([e])
         answer_at = int((batch["labels"][0] != -100).nonzero()[0]) - 1
@@ -115,13 +115,13 @@ def test_output_loads_and_score_mode_reads_the_trained_prompt(trained):
 
 def test_a_text_is_written_after_its_query(synth_world, trained):
     from retrv.rerank.checkpoint import load_reasoner
-    from retrv.train.caption import CaptionCollator
-    from retrv.train.caption_examples import load_examples
     from retrv.train.loop import DataIssues
+    from retrv.train.pretrain import PretrainCollator
+    from retrv.train.pretrain_examples import load_examples
 
     loaded = load_reasoner(trained[0].out, device="cpu")
     texts = load_examples(synth_world, captions=False, pairs=False, texts=True)
-    collator = CaptionCollator(loaded.tokenizer, loaded.processor, DataIssues())
+    collator = PretrainCollator(loaded.tokenizer, loaded.processor, DataIssues())
     by_modality = {e.query.modality: e for e in texts}
     text_query, image_query = by_modality["text"], by_modality["image"]
     prompt, images = collator.prompt(text_query)
@@ -148,9 +148,9 @@ def test_a_text_sees_each_candidate_it_inspects(synth_world, trained):
 
     from retrv.data.mbeir import MBeirDataset
     from retrv.rerank.checkpoint import load_reasoner
-    from retrv.train.caption import IGNORE, CaptionCollator, caption_loss
-    from retrv.train.caption_examples import Side, load_examples
     from retrv.train.loop import DataIssues
+    from retrv.train.pretrain import IGNORE, PretrainCollator, pretrain_loss
+    from retrv.train.pretrain_examples import Side, load_examples
 
     loaded = load_reasoner(trained[0].out, device="cpu")
     tok = loaded.tokenizer
@@ -159,7 +159,7 @@ def test_a_text_sees_each_candidate_it_inspects(synth_world, trained):
         json.loads(line)["cot"]: json.loads(line)
         for line in (synth_world / "cot" / "train_cot.jsonl").read_text().splitlines()
     }
-    collator = CaptionCollator(tok, loaded.processor, DataIssues())
+    collator = PretrainCollator(tok, loaded.processor, DataIssues())
     # an edit query (its own image first) whose CoT inspects image candidates, and a caption query inspecting texts
     edit = next(e for e in texts if e.query.modality == "image,text" and len(e.inspections) > 1)
     captions = next(e for e in texts if e.query.modality == "image" and e.inspections)
@@ -188,17 +188,17 @@ def test_a_text_sees_each_candidate_it_inspects(synth_world, trained):
     )
     torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"])
     assert batch["image_grid_thw"].tolist() == expected["image_grid_thw"].tolist()
-    loss, _ = caption_loss(loaded.model, batch)  # the model takes every image token where it stands
+    loss, _ = pretrain_loss(loaded.model, batch)  # the model takes every image token where it stands
     assert torch.isfinite(loss)
 
 
 def test_length_buckets_give_the_whole_batchs_loss_and_gradients(synth_world, trained, monkeypatch):
     import torch
 
-    import retrv.train.caption as caption
+    import retrv.train.pretrain as caption
     from retrv.rerank.checkpoint import load_reasoner
-    from retrv.train.caption_examples import load_examples
     from retrv.train.loop import DataIssues
+    from retrv.train.pretrain_examples import load_examples
 
     loaded = load_reasoner(trained[0].out, device="cpu")
     every = load_examples(synth_world, texts=True)
@@ -211,7 +211,7 @@ def test_length_buckets_give_the_whole_batchs_loss_and_gradients(synth_world, tr
         next(e for e in texts if e.query.modality == "image,text" and len(e.inspections) > 1),
         next(e for e in texts if e.query.modality == "image" and e.inspections),
     ]
-    batch = caption.CaptionCollator(loaded.tokenizer, loaded.processor, DataIssues(), "bare")(mixed)
+    batch = caption.PretrainCollator(loaded.tokenizer, loaded.processor, DataIssues(), "bare")(mixed)
     lengths = batch["attention_mask"].sum(1)
     image_blocks = (batch["input_ids"] == loaded.tokenizer.convert_tokens_to_ids("<|vision_start|>")).sum(1)
     assert batch["images_per_row"].tolist() == image_blocks.tolist()  # each row's image blocks, counted
@@ -223,7 +223,7 @@ def test_length_buckets_give_the_whole_batchs_loss_and_gradients(synth_world, tr
     for size in (len(mixed), 2, 1):
         monkeypatch.setattr(caption, "LENGTH_BUCKET", size)
         loaded.model.zero_grad(set_to_none=True)
-        loss, metrics = caption.caption_loss(loaded.model, batch)
+        loss, metrics = caption.pretrain_loss(loaded.model, batch)
         loss.backward()
         results.append(
             (loss.detach(), metrics, [p.grad.clone() for p in loaded.model.parameters() if p.grad is not None])
@@ -231,7 +231,7 @@ def test_length_buckets_give_the_whole_batchs_loss_and_gradients(synth_world, tr
     whole, *bucketed = results
     for loss, metrics, grads in bucketed:
         torch.testing.assert_close(loss, whole[0], rtol=1e-5, atol=1e-6)
-        assert metrics.keys() == whole[1].keys() == {"caption_loss", "pair_loss", "pair_accuracy", "text_loss"}
+        assert metrics.keys() == whole[1].keys() == {"pretrain_loss", "pair_loss", "pair_accuracy", "text_loss"}
         assert all(abs(metrics[k] - whole[1][k]) < 1e-5 for k in metrics)
         assert len(grads) == len(whole[2])
         for g, w in zip(grads, whole[2]):
@@ -247,9 +247,9 @@ def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, tra
     from retrv.icm.features import tokens_of
     from retrv.rerank.checkpoint import load_reasoner
     from retrv.rerank.sequence import build_prompt
-    from retrv.train.caption import IGNORE, CaptionCollator
-    from retrv.train.caption_examples import load_examples
     from retrv.train.loop import DataIssues
+    from retrv.train.pretrain import IGNORE, PretrainCollator
+    from retrv.train.pretrain_examples import load_examples
     from retrv.train.samples import lm_hidden
 
     loaded = load_reasoner(trained[0].out, device="cpu")
@@ -264,7 +264,7 @@ def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, tra
     )
     restate = next(e for e in skills if not e.candidates)
     check = next(e for e in skills if e.context and e.query.text)
-    collator = CaptionCollator(tok, loaded.processor, DataIssues(), prompt_style=style, num_candidates=3)
+    collator = PretrainCollator(tok, loaded.processor, DataIssues(), prompt_style=style, num_candidates=3)
     batch = collator([edit, restate, check])
     context = tok.encode(check.context, add_special_tokens=False)
     for row, (e, k) in enumerate(
@@ -297,9 +297,9 @@ def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, tra
 def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path):
     from retrv.data.mbeir import MBeirDataset
     from retrv.errors import TrainConfigError
-    from retrv.train.caption import CaptionTrainConfig
-    from retrv.train.caption_examples import load_examples
     from retrv.train.loop import DataIssues
+    from retrv.train.pretrain import PretrainConfig
+    from retrv.train.pretrain_examples import load_examples
 
     skills = synth_world / "cot" / "train_skills.jsonl"
     texts = load_examples(synth_world, captions=False, pairs=False, texts=True, texts_file=skills)
@@ -338,28 +338,28 @@ def test_texts_file_reads_the_skills_and_reports_bad_lines(synth_world, tmp_path
         (f"{broken}:6", '"candidates" must be a list of dids of the pool of the record\'s "qid"'),
     ]
     with pytest.raises(TrainConfigError, match=r"--texts-file .*missing.jsonl: no such file"):
-        CaptionTrainConfig(
+        PretrainConfig(
             out=str(tmp_path), data=str(synth_world), texts=True, texts_file=str(tmp_path / "missing.jsonl")
         ).validate()
 
 
 def test_rope_sections_default_to_the_width_axis_and_are_checked(synth_world, trained, tmp_path):
     from retrv.errors import TrainConfigError
-    from retrv.train.caption import CaptionTrainConfig
+    from retrv.train.pretrain import PretrainConfig
 
     rope = json.loads((trained[1].out_dir / "config.json").read_text())["text_config"]["rope_parameters"]
     assert rope["mrope_section"] == [1, 1, 2] and rope["rope_theta"] == 1000.0  # head size 8 in the tiny test model
 
-    assert CaptionTrainConfig(out=str(tmp_path), data=str(synth_world)).rope_sections() == [1, 1, 6]  # 64 / 4 heads
+    assert PretrainConfig(out=str(tmp_path), data=str(synth_world)).rope_sections() == [1, 1, 6]  # 64 / 4 heads
     with pytest.raises(TrainConfigError, match="--mrope-section must be three counts summing to head size / 2 = 8"):
-        CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), mrope_section="2,2,2").validate()
+        PretrainConfig(out=str(tmp_path), data=str(synth_world), mrope_section="2,2,2").validate()
 
 
 def test_bad_config_is_one_clear_message(synth_world, tmp_path):
     from retrv.errors import TrainConfigError
-    from retrv.train.caption import CaptionTrainConfig
+    from retrv.train.pretrain import PretrainConfig
 
     with pytest.raises(TrainConfigError, match="--hidden 30 must split into --heads 4"):
-        CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), hidden=30).validate()
+        PretrainConfig(out=str(tmp_path), data=str(synth_world), hidden=30).validate()
     with pytest.raises(TrainConfigError, match="nothing to train on"):
-        CaptionTrainConfig(out=str(tmp_path), data=str(synth_world), captions=False, pairs=False).validate()
+        PretrainConfig(out=str(tmp_path), data=str(synth_world), captions=False, pairs=False).validate()
