@@ -2,12 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch 2.13.0 is the CPU wheel this project's machines carry; on your own machine `TORCH=torch make ...`.
-TORCH ?= torch==2.13.0
+# Plain `torch` (PyPI's build for your machine, CUDA included), unless pip can install torch 2.13.0 without an
+# index (a local CPU wheel in its find-links, as on this project's CI machines): then that wheel, so that a
+# fresh venv does not pull a CUDA build. `TORCH=... make setup` chooses for you.
+TORCH ?= $(shell $(PYTHON) -m pip install --dry-run --quiet --no-index --no-deps --ignore-installed torch==2.13.0 \
+	>/dev/null 2>&1 && echo torch==2.13.0 || echo torch)
 DEMO_DIR ?= examples/photos
 DEMO_INDEX ?= examples/photos-index
 
-.PHONY: setup test demo completions bench clean
+.PHONY: setup test lint demo completions bench clean
 
 $(BIN)/retrv: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +21,11 @@ setup: $(BIN)/retrv
 
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 demo: setup
 	$(BIN)/python examples/sample_photos.py $(DEMO_DIR)

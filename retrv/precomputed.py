@@ -66,7 +66,7 @@ def attach_rows(store: Store, reranker: Reranker, candidates: Sequence[Candidate
     for c in candidates:
         row = rows.get(c.item.id)
         # a row written before the item changed is stale: the reranker computes it instead
-        if row is not None and np.array_equal(row.get("fingerprint"), item_fingerprint(c.item)):
+        if row is not None and "fingerprint" in row and np.array_equal(row["fingerprint"], item_fingerprint(c.item)):
             c.precomputed = {name: value for name, value in row.items() if name != "fingerprint"}
 
 

@@ -226,7 +226,7 @@ def read_run(path: str | Path, repair: bool = False) -> dict[str, list[RunEntry]
     if torn:
         last = data.rfind(b"\n") + 1
         tail = data[last:].split()
-        drop = tail[0].decode("utf-8") if tail else None
+        drop = tail[0].decode("utf-8") if tail else ""
         entries.pop(drop, None)
         if repair:
             keep = [ln + b"\n" for ln in data[:last].split(b"\n")[:-1] if (ln.split() or [b""])[0].decode() != drop]

@@ -51,12 +51,12 @@ def cost_rows(result: BenchResult) -> list[tuple[str, str]]:
 
 def require_matplotlib() -> None:
     """UsageError unless matplotlib can be imported (`--plot` checks this before a long run)."""
-    import importlib.util
-
     from retrv.errors import UsageError
 
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib: pip install 'retrv[plot]'")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'retrv[plot]'") from None
 
 
 def plot(result: BenchResult, path: str | Path) -> Path:

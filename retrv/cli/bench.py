@@ -30,6 +30,7 @@ app = typer.Typer(help="Benchmarks: recall and cost of the engine on a dataset."
 @app.command("mbeir")
 @handle_errors
 def mbeir(
+    ctx: typer.Context,
     data: Annotated[
         Path,
         typer.Argument(metavar="DIR", help="Dataset root in UniIR's M-BEIR layout (or one from `retrv data synth`)."),
@@ -108,6 +109,7 @@ def mbeir(
     if pool not in ("local", "global"):
         raise UsageError(f"--pool is local or global, got {pool!r}")
     settings = settings_from_flags(
+        ctx,
         encoder=encoder,
         device=device,
         reasoner=reasoner,

@@ -27,6 +27,7 @@ from retrv.cli.common import (
 
 @handle_errors
 def build_index(
+    ctx: typer.Context,
     paths: Annotated[
         list[Path], typer.Argument(metavar="PATH...", help="Folders or files to index (images and .txt/.md documents).")
     ],
@@ -60,8 +61,9 @@ def build_index(
     from retrv.index.index import Index
 
     silence_library(quiet)
-    settings = settings_from_flags(index=index, encoder=encoder, batch_size=batch_size, device=device,
-                                   max_megapixels=max_megapixels)  # fmt: skip
+    settings = settings_from_flags(
+        ctx, index=index, encoder=encoder, batch_size=batch_size, device=device, max_megapixels=max_megapixels
+    )
     missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise ScanError(f"no such file or folder: {', '.join(missing)}")
@@ -74,10 +76,16 @@ def build_index(
         err.print(f"index {escape(str(idx.root))} · encoder {idx.encoder_spec} on {idx.encoder.device}", style="dim")
     with stop_on_interrupt() as should_stop, progress_bar(quiet) as progress:
         report = idx.add(
-            paths, excludes=tuple(exclude or ()), include_hidden=include_hidden, batch_size=settings.batch_size,
-            loader_threads=settings.loader_threads, max_megapixels=settings.max_megapixels,
-            max_text_bytes=settings.max_text_bytes, progress=progress, should_stop=should_stop,
-        )  # fmt: skip
+            paths,
+            excludes=tuple(exclude or ()),
+            include_hidden=include_hidden,
+            batch_size=settings.batch_size,
+            loader_threads=settings.loader_threads,
+            max_megapixels=settings.max_megapixels,
+            max_text_bytes=settings.max_text_bytes,
+            progress=progress,
+            should_stop=should_stop,
+        )
     if json_out:
         print_json({"schema": "retrv.build/1", "index": str(idx.root), "encoder": idx.encoder_spec, **report.to_dict()})
     else:

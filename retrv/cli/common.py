@@ -105,21 +105,18 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def settings_from_flags(**flags: Any) -> Settings:
+def settings_from_flags(ctx: typer.Context, **flags: Any) -> Settings:
     """Settings with these flag values over the environment, the config file and the defaults.
 
     A value Typer read from the option's RETRV_* variable is left to `load_settings`, which reads the same
     variable, so that `Settings.origin` names the variable, not a flag.
     """
-    import click
-    from click.core import ParameterSource
-
     from retrv.config import load_settings
 
-    ctx = click.get_current_context(silent=True)
     given = {}
     for name, value in flags.items():
-        if ctx is not None and ctx.get_parameter_source(name) == ParameterSource.ENVIRONMENT:
+        source = ctx.get_parameter_source(name)
+        if getattr(source, "name", None) == "ENVIRONMENT":  # typer may bring its own copy of click's enum
             continue
         given[name] = value.value if hasattr(value, "value") else value
     return load_settings(given)

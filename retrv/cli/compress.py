@@ -25,6 +25,7 @@ from retrv.cli.common import (
 
 @handle_errors
 def compress(
+    ctx: typer.Context,
     reasoner: ReasonerOption = None,
     index: IndexOption = None,
     batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Items per batch (one table write each).")] = 8,
@@ -47,7 +48,7 @@ def compress(
     from retrv.rerank.reasoner import Reasoner
 
     silence_library(quiet)
-    settings = settings_from_flags(index=index, device=device, reasoner=reasoner)
+    settings = settings_from_flags(ctx, index=index, device=device, reasoner=reasoner)
     if not settings.reasoner:
         raise UsageError("--reasoner is required: the checkpoint whose tokens to precompute")
     resolve_device(settings.device, origin=settings.origin("device"))
@@ -55,8 +56,9 @@ def compress(
     model = Reasoner.load(settings.reasoner, device=settings.device, trust_remote_code=trust_remote_code)
     notice(quiet)(f"reasoner {settings.reasoner} on {model.device}")
     with stop_on_interrupt() as should_stop, progress_bar(quiet) as progress:
-        report = compress_index(idx.store, model, batch_size=batch_size, progress=progress, should_stop=should_stop,
-                                drop_stale=drop_stale)  # fmt: skip
+        report = compress_index(
+            idx.store, model, batch_size=batch_size, progress=progress, should_stop=should_stop, drop_stale=drop_stale
+        )
     if json_out:
         print_json({"schema": "retrv.compress/1", "index": str(idx.root), **asdict(report)})
     else:

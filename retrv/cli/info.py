@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typer
+
 from retrv.cli.common import IndexOption, JsonOption, handle_errors, print_json, settings_from_flags, stdout_console
 
 
@@ -23,11 +25,11 @@ def _describe_ann(ann: dict | None) -> str:
 
 
 @handle_errors
-def info(index: IndexOption = None, json_out: JsonOption = False) -> None:
+def info(ctx: typer.Context, index: IndexOption = None, json_out: JsonOption = False) -> None:
     """Show an index's encoder, dimension, counts per modality, size on disk, version and ANN state."""
     from retrv.index.index import Index
 
-    settings = settings_from_flags(index=index)
+    settings = settings_from_flags(ctx, index=index)
     data = Index.open(settings.index).info()
     if json_out:
         print_json({"schema": "retrv.info/1", **data})

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from retrv.items import Ranking
 
 
-def report_on_stderr(ranking: Ranking) -> None:
+def report_on_stderr(ranking: Ranking, *, quiet: bool = False) -> None:
+    """No match and a reranker fallback are always said (they change what the results mean); notes unless quiet."""
     console = stderr_console()
     if ranking.no_match:
         console.print("[yellow]no match:[/yellow] no candidate reached --min-score")
@@ -24,7 +25,7 @@ def report_on_stderr(ranking: Ranking) -> None:
             f"[yellow]warning:[/yellow] the {ranking.rerank} reranker's output was unusable "
             f"({escape(ranking.fallback)}); the coarse order and scores are shown"
         )
-    elif ranking.forced_answer:
+    elif ranking.forced_answer and not quiet:
         console.print("[yellow]note:[/yellow] the reasoner stopped without an answer; it was made to name one")
 
 

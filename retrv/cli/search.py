@@ -33,6 +33,7 @@ class RerankMode(str, Enum):
 
 @handle_errors
 def search(
+    ctx: typer.Context,
     query: Annotated[
         str | None,
         typer.Argument(metavar="QUERY", help="Words to search for, or the path of an image.", show_default=False),
@@ -115,6 +116,7 @@ def search(
 
     silence_library(quiet)
     settings = settings_from_flags(
+        ctx,
         index=index,
         device=device,
         reasoner=reasoner,
@@ -136,7 +138,7 @@ def search(
         notify=notice(quiet),
     )
     ranking = engine.search(q, k=k)
-    report_on_stderr(ranking)
+    report_on_stderr(ranking, quiet=quiet)
     if json_out:
         print_json(
             {

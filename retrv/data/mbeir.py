@@ -156,8 +156,8 @@ class MBeirCandidate:
         return Item(
             id=self.did,
             source=self.did,
-            modality=self.modality,
-            text=self.text or None,  # type: ignore[arg-type]
+            modality=self.modality,  # type: ignore[arg-type]  # checked against MODALITIES when read
+            text=self.text or None,
             image_path=self.image_path,
         )
 
@@ -199,11 +199,11 @@ def _check_id(value: object, key: str, where: str) -> str:
 def _check_modality(modality: object, text: str | None, image: str | None, where: str) -> str:
     if modality not in MODALITIES:
         raise DataError(f"{where}: modality should be one of {', '.join(MODALITIES)}, got {modality!r}")
-    parts = modality.split(",")  # type: ignore[union-attr]
+    parts = modality.split(",")
     if ("text" in parts and not text) or ("image" in parts and not image):
         missing = "text" if "text" in parts and not text else "image path"
         raise DataError(f"{where}: modality {modality!r} but no {missing}")
-    return modality  # type: ignore[return-value]
+    return modality
 
 
 def _did_list(record: dict, key: str, where: str, required: bool) -> list[str]:

@@ -166,4 +166,5 @@ def query_tokens(model: Any, parts: Any, query: Query, budget: TokenBudget = Tok
 
     Composed parts of a query (`add` / `subtract`) steer the coarse vector only; the reasoner reads the main query.
     """
-    return tokens_of(model, parts, [query_text(query)], [query.image], budget)[0]
+    image = str(query.image) if query.image is not None else None
+    return tokens_of(model, parts, [query_text(query)], [image], budget)[0]

@@ -220,7 +220,7 @@ class AnnIndex:
             return scores, keys
         search_params = None
         if self.kind == HNSW:
-            search_params = faiss.SearchParametersHNSW()
+            search_params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # faiss's stubs lag
             search_params.efSearch = max(self.params.ef_search, fetch)
             if self.dead.any():
                 search_params.sel = self._alive_selector()
@@ -290,7 +290,8 @@ class AnnIndex:
         if index.ntotal != len(labels) - (int(dead.sum()) if kind == IVF else 0) or index.d != store.meta.dim:
             return None
         if kind == HNSW:
-            params = replace(params, m=index.hnsw.nb_neighbors(1), ef_construction=index.hnsw.efConstruction)
+            graph = index.hnsw  # type: ignore[attr-defined]  # an IndexHNSWFlat, as _new_faiss makes it
+            params = replace(params, m=graph.nb_neighbors(1), ef_construction=graph.efConstruction)
         return cls(index, labels, dead, kind, version, params, path=path, source="cache")
 
     def _save(self, store: Store) -> None:

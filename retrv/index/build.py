@@ -456,9 +456,11 @@ def _read_file(path: str, digest: Any, keep: int = 0) -> bytes:
 
 
 def _write_all(pool: ThreadPoolExecutor, writer: _Writer, encoder: Encoder, options: BuildOptions) -> None:
+    import numpy as np
+
     for start in range(0, len(writer.reuse), REUSE_BATCH):
         works = writer.reuse[start : start + REUSE_BATCH]
-        writer.write(works, [writer.known[w.content_hash] for w in works], encoded=False)
+        writer.write(works, np.stack([writer.known[w.content_hash] for w in works]), encoded=False)
 
     image_size = getattr(encoder, "image_size", None)
     draft = 2 * int(image_size) if image_size else None

@@ -44,9 +44,17 @@ class RerankResult:
 
 @runtime_checkable
 class Reranker(Protocol):
-    mode: str  # "score" | "reason"
-    calibrated: bool  # rerank scores are probabilities a threshold (--min-score) can be set on
-    precomputed_table: str | None  # the index side table of per-item rows it reads (None: it reads none)
+    @property
+    def mode(self) -> str:
+        """ "score" | "reason"."""
+
+    @property
+    def calibrated(self) -> bool:
+        """Its rerank scores are probabilities a threshold (--min-score) can be set on."""
+
+    @property
+    def precomputed_table(self) -> str | None:
+        """The index side table of per-item rows it reads (None: it reads none); see `retrv.precomputed`."""
 
     def rerank(self, query: Query, candidates: list[Candidate]) -> RerankResult: ...
 

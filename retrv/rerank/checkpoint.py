@@ -269,7 +269,7 @@ def load_reasoner(
     linear_patch_embeddings(model)
     cap_image_tokens(image_processor, max_image_tokens)
     processor = build_processor(model.config.model_type, image_processor, tokenizer)
-    model.to(choice.device).eval()
+    model.to(choice.device).eval()  # type: ignore[arg-type]  # transformers' stubs type `to` oddly
 
     icm = None
     if config.icm is not None and (root / ICM_WEIGHTS).is_file():
@@ -338,8 +338,8 @@ def save_reasoner(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_model = _llm_base_for(loaded, weights, out)  # checked before anything is deleted
-    for stale in (ICM_WEIGHTS, TOKEN_EMBEDDINGS, "adapter_model.safetensors", "adapter_config.json"):
-        (out / stale).unlink(missing_ok=True)
+    for name in (ICM_WEIGHTS, TOKEN_EMBEDDINGS, "adapter_model.safetensors", "adapter_config.json"):
+        (out / name).unlink(missing_ok=True)
     for stale in out.glob("model*.safetensors"):
         stale.unlink()
 

@@ -149,7 +149,8 @@ def generate_with_inspection(
         started = time.perf_counter()
         logits = _synced(forward_segment(model, cache, prompt))
         clock["prefill"] = time.perf_counter() - started
-        position, run_start, run = prompt.next_position, prompt.next_position, []
+        position, run_start = prompt.next_position, prompt.next_position
+        run: list[int] = []
 
         def flush() -> None:
             nonlocal run
@@ -258,7 +259,8 @@ def _force_answer(
     trace.segments.append(injected)
     trace.injections.append(Injection(len(trace.generated_ids), "forced", None, position, len(injected)))
     logits = forward_segment(model, cache, concat_segments([*fed, injected]))
-    position, written, ids = injected.next_position, "", []
+    position, written = injected.next_position, ""
+    ids: list[int] = []
     while True:
         if logits_hook is not None:
             logits = logits_hook(list(trace.generated_ids), logits)
@@ -271,6 +273,7 @@ def _force_answer(
             others[list(digits)] = float("-inf")
             if best is None or float(others.max()) >= float(logits[best]):
                 break
+        assert best is not None  # a number that is not whole yet always has a next digit in range
         ids.append(best)
         trace.generated_ids.append(best)
         trace.logprobs.append(float(torch.log_softmax(logits.float(), -1)[best]))

@@ -29,7 +29,7 @@ def _processor_class(model_type: str) -> type | None:
         classes["qwen3_vl"] = Qwen3VLProcessor
     except ImportError:
         pass
-    base = classes.get(model_type)
+    base: Any = classes.get(model_type)
     if base is None:
         return None
 

@@ -170,6 +170,7 @@ class Reasoner:
         from retrv.icm.module import pad_tokens
 
         icm = self.icm
+        assert icm is not None, "soft tokens need the ICM"
         weight = next(icm.parameters())
         hidden = icm.config.hidden_size
         content: list[torch.Tensor | None] = [None] * len(candidates)
@@ -193,8 +194,9 @@ class Reasoner:
                 tokens, mask = pad_tokens([cache[i].embeds.to(weight.dtype) for i in missing])
                 for j, (c, m) in enumerate(zip(icm.content(tokens, mask), icm.memory(tokens, mask), strict=True)):
                     content[missing[j]], memory[missing[j]] = c, m
-            relation = icm.relation(torch.stack(memory), query.embeds[None].to(weight.dtype))
-            return torch.stack([torch.stack(content), relation], dim=1)
+            assert all(c is not None for c in content) and all(m is not None for m in memory)
+            relation = icm.relation(torch.stack(memory), query.embeds[None].to(weight.dtype))  # type: ignore[arg-type]
+            return torch.stack([torch.stack(content), relation], dim=1)  # type: ignore[arg-type]
 
     def prepare(self, query: Query, candidates: list[Candidate]) -> PreparedPrompt:
         """Encode the query, make the candidates' soft tokens (or full tokens) and build the prompt."""

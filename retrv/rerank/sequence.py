@@ -165,6 +165,7 @@ class SegmentBuilder:
     def candidate(self, tokens: CandidateTokens) -> SegmentBuilder:
         """Full tokens: the image block (if any) then the text's token embeddings."""
         if tokens.n_image:
+            assert tokens.image_grid is not None, "image tokens come with their grid"
             self.image(tokens.embeds[: tokens.n_image], tokens.image_grid)
         if tokens.text_ids:
             self._push(
@@ -196,7 +197,8 @@ def prompt_layout(
     so does `retrv train pretrain --prompt-style`, which lays its texts out the same way with placeholders."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
-    s, parts = special, []
+    s = special
+    parts: list[tuple[str, str | int | None]] = []
     if style == "chat":
         parts += [
             ("text", f"{s.im_start}system\n{system_prompt(s, use_icm)}{s.im_end}\n{s.im_start}user\nQuery: "),
@@ -231,7 +233,7 @@ def build_prompt(
     """
     if (soft_tokens is None) == (full is None):
         raise ValueError("build_prompt needs exactly one of soft_tokens or full")
-    k = len(full) if full is not None else soft_tokens.shape[0]
+    k = len(full) if full is not None else int(soft_tokens.shape[0])  # type: ignore[union-attr]
     b = SegmentBuilder(tokenizer, embed_tokens, 0, special)
     for kind, value in prompt_layout(k, style, soft_tokens is not None, special):
         if kind == "text":
@@ -262,7 +264,10 @@ def text_segment(
     tokenizer: Any, embed_tokens: Any, text_or_ids: str | list[int], start_position: int, kind: str = "generated"
 ) -> Segment:
     b = SegmentBuilder(tokenizer, embed_tokens, start_position)
-    (b.text if isinstance(text_or_ids, str) else b.ids)(text_or_ids)
+    if isinstance(text_or_ids, str):
+        b.text(text_or_ids)
+    else:
+        b.ids(text_or_ids)
     return b.build(kind)
 
 

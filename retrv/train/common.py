@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 from retrv.errors import TrainConfigError
 from retrv.train.config import TASKS_HELP, TrainConfig, help_text, parse_tasks
 
+# The LLM's linear layers a LoRA wraps by default (Qwen2/2.5/3-VL names; the vision tower's are left alone).
+LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 if TYPE_CHECKING:
     from retrv.icm.features import TokenBudget
     from retrv.rerank.checkpoint import LoadedReasoner

@@ -206,10 +206,10 @@ def train_cot(config: CotConfig, progress: ProgressCallback | None = None) -> Co
     config.validate()
     issues = DataIssues(progress)
     samples = load_reasoning_samples(
-        config.data,
+        str(config.data),  # validated: given
         config.split,
         pool=config.pool,
-        num_candidates=config.num_candidates,  # type: ignore[arg-type]
+        num_candidates=config.num_candidates,
         seed=config.seed,
         instructions=config.instructions,
         limit=config.limit,
@@ -219,8 +219,8 @@ def train_cot(config: CotConfig, progress: ProgressCallback | None = None) -> Co
     summary = synthesize(
         samples,
         scorer_judge(teacher),
-        config.out,
-        hard_candidates=config.hard_candidates,  # type: ignore[arg-type]
+        str(config.out),  # validated: given
+        hard_candidates=config.hard_candidates,
         issues=issues,
         progress=progress,
     )

@@ -285,10 +285,10 @@ def train_encoder(config: EncoderTrainConfig, progress: ProgressCallback | None 
     summary = train(model, step, batches, config, progress=progress, issues=issues)
     summary.examples = len(pairs)
     save_pretrained_model(
-        config.out,
+        str(config.out),  # validated: given
         model,
         encoder.tokenizer,
-        encoder.image_processor,  # type: ignore[arg-type]
+        encoder.image_processor,
         {"stage": "encoder", "config": asdict(config)},
         summary,
     )

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.errors import DataError, TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.common import ReasonerDataConfig, token_budget
+from retrv.train.common import LLM_PROJECTIONS, ReasonerDataConfig, token_budget
 from retrv.train.config import help_text, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, train
 from retrv.train.rewards import group_advantages, grpo_loss, lambda_schedule, reward
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from retrv.train.samples import ReasoningSample
 
 LogitsHook = Callable[[list[int], "torch.Tensor"], "torch.Tensor"]
-LLM_LINEAR_LAYERS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
 @dataclass
@@ -95,7 +94,7 @@ class GrpoTrainConfig(ReasonerDataConfig):
     lora_alpha: float = field(default=32.0, metadata=help_text("LoRA alpha (scale = alpha / rank)."))
     lora_dropout: float = field(default=0.0, metadata=help_text("LoRA dropout (0 keeps the update exactly on-policy)."))
     lora_targets: str = field(
-        default=LLM_LINEAR_LAYERS,
+        default=", ".join(LLM_PROJECTIONS),
         metadata=help_text("Comma-separated linear layers of the LLM's text stack that get LoRA adapters."),
     )
     limit: int = field(
@@ -169,10 +168,10 @@ def load_grpo_samples(config: GrpoTrainConfig, issues: DataIssues | None = None)
 
         index = Index.open(config.index, device=config.device)
     samples = load_reasoning_samples(
-        config.data,
+        str(config.data),  # validated: given
         config.split,
         pool=config.pool,
-        num_candidates=config.num_candidates,  # type: ignore[arg-type]
+        num_candidates=config.num_candidates,
         seed=config.seed,
         instructions=config.instructions,
         index=index,
@@ -236,7 +235,8 @@ def rollout_group(
 
 def generated_rows(trace: Trace) -> list[int]:
     """Row of each generated token in `trace.sequence()` (prompt and injected rows are not generated)."""
-    rows, offset = [], len(trace.prompt)
+    rows: list[int] = []
+    offset = len(trace.prompt)
     for segment in trace.segments:
         if segment.kind == "generated":
             rows.extend(range(offset, offset + len(segment)))
@@ -378,7 +378,7 @@ def add_lora(model: Any, config: GrpoTrainConfig) -> Any:
     pattern = r".*language_model.*\.(" + "|".join(targets) + r")$"  # never the vision tower's MLP of the same names
     lora = LoraConfig(
         r=config.lora_rank,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft's hint says int; a float scales the same
         lora_dropout=config.lora_dropout,
         target_modules=pattern,
         bias="none",
@@ -440,6 +440,7 @@ def train_grpo(
             f"{config.data}: no hard training prompts (every positive is the coarse top-1, or no usable query)"
         )
 
+    assert loaded.icm is not None  # load_reasoner(require_icm=True)
     loaded.icm.requires_grad_(False)
     set_seed(config.seed)  # LoRA's A matrices are drawn here
     peft_model = add_lora(loaded.model, config)

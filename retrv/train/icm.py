@@ -213,10 +213,10 @@ def prepare_icm(config: IcmTrainConfig, progress: ProgressCallback | None = None
     config.validate()
     issues = DataIssues(progress)
     samples = load_reasoning_samples(
-        config.data,
+        str(config.data),  # validated: given
         config.split,
         pool=config.pool,
-        num_candidates=config.num_candidates,  # type: ignore[arg-type]
+        num_candidates=config.num_candidates,
         seed=config.seed,
         instructions=config.instructions,
         limit=config.limit,

@@ -350,8 +350,8 @@ def train(
         step += 1
 
         n = len(losses) or math.nan  # nan when every micro-batch of this step was dropped as bad data
-        values = torch.tensor([sum(losses) / n, *(v / n for v in sums.values())], device=accelerator.device)
-        values = accelerator.reduce(values, reduction="mean").tolist() if world > 1 else values.tolist()
+        local = torch.tensor([sum(losses) / n, *(v / n for v in sums.values())], device=accelerator.device)
+        values = accelerator.reduce(local, reduction="mean").tolist() if world > 1 else local.tolist()
         last_loss = values[0]
         record = {
             "step": step,

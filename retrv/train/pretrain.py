@@ -355,7 +355,10 @@ class PretrainCollator:
         from retrv.images import load_image
         from retrv.scan import SkipFile
 
-        kept, prompts, images, looks = [], [], [], []
+        kept: list[PretrainExample] = []
+        prompts: list[str] = []
+        images: list[list[Any]] = []  # PIL images per example, in prompt order
+        looks: list[list[Any]] = []  # the images its inspections inject
         for e in examples:
             text, paths = self.prompt(e)
             inspected = [s.image_path for s in e.inspections if isinstance(s, Side) and s.image_path]
@@ -447,7 +450,9 @@ def length_buckets(batch: dict[str, Any], size: int = LENGTH_BUCKET) -> Iterator
     for start in range(0, len(order), size):
         rows = order[start : start + size]
         width = int(lengths[rows].max())
-        inputs = {k: batch[k][rows, :width] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in batch}
+        inputs: dict[str, Any] = {
+            k: batch[k][rows, :width] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in batch
+        }
         if "pixel_values" in batch:
             images = (
                 list(range(len(patches)))
@@ -467,7 +472,9 @@ def pretrain_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict
     import torch
     import torch.nn.functional as F
 
-    losses, pair_logits, order = [], [], []
+    losses: list[torch.Tensor] = []
+    pair_rows: list[torch.Tensor] = []
+    order: list[int] = []
     for rows, inputs in length_buckets(batch, LENGTH_BUCKET):
         logits = model(**inputs, use_cache=False).logits[:, :-1].float()
         labels = batch["labels"][rows, 1 : inputs["input_ids"].shape[1]]
@@ -475,17 +482,17 @@ def pretrain_loss(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict
         counted = (labels != IGNORE).float()
         losses.append((token_loss * counted).sum(1) / counted.sum(1).clamp(min=1))
         first = counted.argmax(1)  # the first answer position: a pair's Yes/No
-        pair_logits.append(logits.detach()[torch.arange(len(rows)), first][:, batch["answer_ids"]])
+        pair_rows.append(logits.detach()[torch.arange(len(rows)), first][:, batch["answer_ids"]])
         order += rows
     inverse = torch.tensor(order).argsort()
-    per_example, pair_logits = torch.cat(losses)[inverse], torch.cat(pair_logits)[inverse]
+    per_example, pair_logits = torch.cat(losses)[inverse], torch.cat(pair_rows)[inverse]
     loss = per_example.mean()
     metrics: dict[str, float] = {}
     is_pair, is_text = batch["is_pair"], batch["is_text"]
     is_caption = ~is_pair & ~is_text
     with torch.no_grad():
         if is_caption.any():
-            metrics["pretrain_loss"] = float(per_example.detach()[is_caption].mean())
+            metrics["caption_loss"] = float(per_example.detach()[is_caption].mean())
         if is_text.any():
             metrics["text_loss"] = float(per_example.detach()[is_text].mean())
         if is_pair.any():
@@ -555,10 +562,10 @@ def pretrain_vlm(config: PretrainConfig, progress: ProgressCallback | None = Non
     config.validate()
     issues = DataIssues(progress)
     examples = load_examples(
-        config.data,
+        str(config.data),  # validated: given
         config.split,
         captions=config.captions,
-        pairs=config.pairs,  # type: ignore[arg-type]
+        pairs=config.pairs,
         texts=config.texts,
         texts_file=config.texts_file,
         hard_negatives=config.hard_negatives,
@@ -584,10 +591,10 @@ def pretrain_vlm(config: PretrainConfig, progress: ProgressCallback | None = Non
     summary.examples = len(examples)
 
     save_pretrained_model(
-        config.out,
+        str(config.out),  # validated: given
         model,
         base.tokenizer,
-        base.image_processor,  # type: ignore[arg-type]
+        base.image_processor,
         {
             "stage": "caption",
             "config": asdict(config),

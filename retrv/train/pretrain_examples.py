@@ -144,17 +144,17 @@ def load_examples(
         for where, query, context, text, dids in _world_texts(
             Path(texts_file or ds.root / "cot" / f"{split}_cot.jsonl"), issues
         ):
-            q = queries.get(query.get("qid", ""))
-            if "qid" in query and q is None:
+            owner = queries.get(query.get("qid", ""))
+            if "qid" in query and owner is None:
                 issues.report(where, f"qid {query['qid']} is not a {split} query")
                 continue
-            pool = pools.get(q.dataset, {}) if q else {}
+            pool = pools.get(owner.dataset, {}) if owner else {}
             if missing := [d for d in dids if d not in pool]:
                 issues.report(
-                    where, f"candidate {missing[0]} is not in the local pool of {q.dataset if q else 'a query'}"
+                    where, f"candidate {missing[0]} is not in the local pool of {owner.dataset if owner else 'a query'}"
                 )
                 continue
-            side = _side(q) if q else Side(query.get("query"), None, "text")
+            side = _side(owner) if owner else Side(query.get("query"), None, "text")
             inspections = _inspections(text, [_side(pool[d]) for d in dids])
             out.append(
                 PretrainExample(

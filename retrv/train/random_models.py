@@ -107,11 +107,11 @@ def build_random_dual_encoder(
             eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
             pad_token_id=tok.pad_token_id,
         )
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
+        model: Any = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32))
         # Like the real CLIP tokenizer, wrap every text in <|startoftext|> ... <|endoftext|>: CLIP pools the text at the
         # first end token, so without it a padded batch and a single text would pool different positions.
         _wrap_in_start_end_tokens(tok, "<|startoftext|>", "<|endoftext|>")
-        processor = CLIPImageProcessor(
+        processor: Any = CLIPImageProcessor(
             size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
         )
     elif kind == "siglip":
@@ -171,6 +171,11 @@ def build_random_vlm(
     if len(mrope) != 3 or sum(mrope) != half or min(mrope) < 0:
         raise ValueError(f"mrope_section must be 3 non-negative ints summing to head_dim / 2 = {half}, got {mrope}")
     ids = tok.convert_tokens_to_ids
+    special_ids: dict[str, Any] = {
+        "bos_token_id": ids("<|endoftext|>"),
+        "eos_token_id": ids("<|im_end|>"),
+        "pad_token_id": tok.pad_token_id,
+    }
     config = Qwen2_5_VLConfig(
         text_config=dict(
             hidden_size=hidden,
@@ -201,9 +206,7 @@ def build_random_vlm(
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
-        bos_token_id=ids("<|endoftext|>"),
-        eos_token_id=ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id,
+        **special_ids,
     )
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.save_pretrained(out)

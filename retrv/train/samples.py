@@ -85,8 +85,8 @@ def _read_split(root: str | Path, split: str, pool: str, issues: DataIssues) -> 
         path = ds.pool_file(None if pool == "global" else dataset, pool)
         if path not in by_file:
             found: dict[str, MBeirCandidate] = {}
-            parse = partial(parse_candidate, root=ds.root, dataset=dataset)
-            for _, c in parsed_lines(path, ds.root, parse, issues.report):
+            parse_pool = partial(parse_candidate, root=ds.root, dataset=dataset)
+            for _, c in parsed_lines(path, ds.root, parse_pool, issues.report):
                 found.setdefault(c.did, c)
             by_file[path] = found
         out.pools[dataset] = by_file[path]
@@ -160,7 +160,7 @@ def load_reasoning_samples(
             continue
         query = _query_of(data, q, cands[positive], instructions)
         if index is None:
-            items, scores = _seeded_candidates(q, cands, positive, num_candidates, seed), []
+            items, scores = _seeded_candidates(q, cands, positive, num_candidates, seed), list[float]()
         else:
             items, scores = index.coarse(query, num_candidates)
         answer = next((i for i, item in enumerate(items) if item.id in q.pos), None)

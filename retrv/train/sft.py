@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from retrv.errors import RetrvError, TrainConfigError
 from retrv.progress import ProgressCallback, emit
-from retrv.train.common import CachedFeaturesConfig, load_stage_reasoner, save_stage, token_budget, training_record
+from retrv.train.common import (
+    LLM_PROJECTIONS,
+    CachedFeaturesConfig,
+    load_stage_reasoner,
+    save_stage,
+    token_budget,
+    training_record,
+)
 from retrv.train.config import help_text, parse_tasks
 from retrv.train.loop import DataIssues, ShuffledBatches, TrainSummary, set_seed, train
 
@@ -42,7 +49,6 @@ if TYPE_CHECKING:
     from retrv.train.samples import FeatureCache, ReasoningSample
 
 IGNORE = -100
-LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -71,7 +77,7 @@ class SftTrainConfig(CachedFeaturesConfig):
     lora_alpha: float = field(default=32.0, metadata=help_text("LoRA scaling numerator (scale = alpha / r)."))
     lora_dropout: float = field(default=0.05, metadata=help_text("Dropout on the LoRA input."))
     lora_targets: str = field(
-        default=",".join(LLM_PROJECTIONS),
+        default=", ".join(LLM_PROJECTIONS),
         metadata=help_text(
             "Comma-separated projection names the LoRA wraps, in the LLM's layers only (never the vision tower)."
         ),
@@ -317,7 +323,7 @@ def attach_lora(model: Any, config: SftTrainConfig) -> Any:
         raise TrainConfigError(f"--lora-targets {config.lora_targets!r} matches no module of the LLM")
     lora = LoraConfig(
         r=config.lora_r,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft's hint says int; a float scales the same
         lora_dropout=config.lora_dropout,
         target_modules=pattern,
         bias="none",
@@ -356,10 +362,10 @@ def prepare_sft(config: SftTrainConfig, progress: ProgressCallback | None = None
     config.validate()
     issues = DataIssues(progress)
     samples = load_cot_samples(
-        config.data,
-        config.cot,
+        str(config.data),  # validated: given
+        str(config.cot),  # validated: given
         config.split,
-        pool=config.pool,  # type: ignore[arg-type]
+        pool=config.pool,
         instructions=config.instructions,
         limit=config.limit,
         tasks=parse_tasks(config.tasks),

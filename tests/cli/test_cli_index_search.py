@@ -158,3 +158,27 @@ def test_installed_entry_point_runs(photo_index):
     assert first[0] == "1" and first[2] == "image" and Path(first[3]).name == "rocket.jpg"
     version = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert version.stdout.startswith("retrv ")
+
+
+def test_a_missing_image_path_as_query_is_warned_about(photo_index, tmp_path):
+    missing = tmp_path / "photos" / "missing.jpg"
+    result = runner.invoke(app, ["search", str(missing), "--index", str(photo_index), "-f", "--k", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {str(missing)!r} looks like an image path, but there is no such file" in " ".join(
+        result.stderr.split()
+    )
+    assert len(result.stdout.split()) == 1  # still searched, as words
+    words = runner.invoke(app, ["search", "a cup of coffee", "--index", str(photo_index), "-f", "--k", "1"])
+    assert words.stderr == ""
+
+
+def test_an_encoder_that_matches_no_file_locks_no_index(sample_photos_dir, tmp_path):
+    root = tmp_path / "text-index"
+    result = runner.invoke(
+        app, ["build-index", str(sample_photos_dir), "--index", str(root), "--encoder", "text", "-q"]
+    )
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1 and result.stderr.startswith("retrv: error: ")
+    assert "cannot embed images" in result.stderr and "--encoder clip" in result.stderr
+    assert not root.exists()
+    ok = runner.invoke(app, ["build-index", str(sample_photos_dir), "--index", str(root), "--encoder", "lite", "-q"])
+    assert ok.exit_code == 0 and (root / "retrv.json").is_file()  # the same path is free for the right encoder

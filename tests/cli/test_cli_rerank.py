@@ -196,3 +196,37 @@ def test_reason_mode_without_icm_suggests_score(mixed_index, tiny_reasoner_dir):
     )
     assert result.exit_code == 1
     assert "--rerank score" in result.stderr
+
+
+def _reason(index, checkpoint, *extra):
+    args = ["search", "a rocket", "--index", str(index), "--rerank", "reason", "--reasoner", str(checkpoint)]
+    return runner.invoke(app, [*args, "--k", "5", "--max-new-tokens", "3", *extra])
+
+
+@pytest.mark.parametrize("mode", [[], ["-f"], ["--json"], ["--show-reasoning"]])
+def test_a_fallback_is_said_on_stderr_in_every_output_mode(mixed_index, reasoner_checkpoint, mode):
+    result = _reason(mixed_index, reasoner_checkpoint, *mode)  # 3 tokens: no answer, the coarse order stands
+    assert result.exit_code == 0, result.output
+    assert "reranker's output was unusable (max_new_tokens (3) reached" in result.stderr
+    assert "unusable" not in result.stdout
+
+
+def test_a_fallback_shows_coarse_scores_not_scores_made_up_from_rank(mixed_index, reasoner_checkpoint):
+    data = json.loads(_reason(mixed_index, reasoner_checkpoint, "--json").stdout)
+    assert data["fallback"] is not None
+    assert [h["score"] for h in data["hits"]] == [h["coarse_score"] for h in data["hits"]]
+    assert all(h["rerank_score"] is None and not h["chosen"] for h in data["hits"])
+
+
+def test_min_score_in_reason_mode_is_on_the_coarse_score(mixed_index, reasoner_checkpoint):
+    coarse = json.loads(runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--json"]).stdout)
+    scores = sorted(h["coarse_score"] for h in coarse["hits"])
+    threshold = (scores[-2] + scores[-3]) / 2  # keeps the coarse top 2, whatever the reasoner picks
+    for extra in ([], ["--force-answer"]):  # a fallback, and a forced pick (chosen, rerank_score 1.0)
+        data = json.loads(
+            _reason(mixed_index, reasoner_checkpoint, "--json", "--min-score", str(threshold), *extra).stdout
+        )
+        assert len(data["hits"]) == 2 and all(h["coarse_score"] >= threshold for h in data["hits"])
+        assert data["no_match"] is False
+    none_left = _reason(mixed_index, reasoner_checkpoint, "--json", "--force-answer", "--min-score", "1.01")
+    assert json.loads(none_left.stdout)["no_match"] is True and "no match" in none_left.stderr

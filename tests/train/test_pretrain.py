@@ -231,7 +231,7 @@ def test_length_buckets_give_the_whole_batchs_loss_and_gradients(synth_world, tr
     whole, *bucketed = results
     for loss, metrics, grads in bucketed:
         torch.testing.assert_close(loss, whole[0], rtol=1e-5, atol=1e-6)
-        assert metrics.keys() == whole[1].keys() == {"pretrain_loss", "pair_loss", "pair_accuracy", "text_loss"}
+        assert metrics.keys() == whole[1].keys() == {"caption_loss", "pair_loss", "pair_accuracy", "text_loss"}
         assert all(abs(metrics[k] - whole[1][k]) < 1e-5 for k in metrics)
         assert len(grads) == len(whole[2])
         for g, w in zip(grads, whole[2]):
