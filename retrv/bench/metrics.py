@@ -34,10 +34,6 @@ KS: tuple[int, ...] = (1, 5, 10)
 R10_DATASET_IDS = frozenset({1, 7})  # Fashion200K, FashionIQ: UniIR reports Recall@10 for them
 
 
-def dataset_id_of(any_id: str) -> int:
-    return int(any_id.split(":", 1)[0])
-
-
 def headline_k(dataset_id: int) -> int:
     return 10 if dataset_id in R10_DATASET_IDS else 5
 

@@ -52,8 +52,8 @@ def _value_kind(param: Any) -> tuple[str, tuple[str, ...]]:
     return "value", ()
 
 
-def command_specs(app: typer.Typer) -> list[CommandSpec]:
-    root = typer.main.get_command(app)
+def command_specs(root: Any) -> list[CommandSpec]:
+    """Every command below `root` (the app's click group), with its options."""
     specs: list[CommandSpec] = []
 
     def walk(command: Any, path: tuple[str, ...]) -> None:
@@ -196,8 +196,9 @@ def fish_script(specs: list[CommandSpec]) -> str:
     return "\n".join(out) + "\n"
 
 
-def script_for(shell: str, app: typer.Typer) -> str:
-    specs = command_specs(app)
+def script_for(shell: str, root: Any) -> str:
+    """The completion script for `shell` of the command tree under `root` (a click group)."""
+    specs = command_specs(root)
     return {"bash": bash_script, "zsh": zsh_script, "fish": fish_script}[shell](specs)
 
 
@@ -207,10 +208,8 @@ class Shell(str, enum.Enum):
     fish = "fish"
 
 
-def completions(shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:
+def completions(ctx: typer.Context, shell: Annotated[Shell, typer.Argument(help="bash, zsh or fish.")]) -> None:
     """Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/completions/retrv`)."""
     import sys
 
-    from retrv.cli.app import app
-
-    sys.stdout.write(script_for(shell.value, app))
+    sys.stdout.write(script_for(shell.value, ctx.find_root().command))

@@ -22,7 +22,7 @@ def check(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")] = False,
 ) -> None:
     """Validate a dataset: every problem as FILE:LINE: message; exit 1 if there is any."""
-    from retrv.data.mbeir import check as check_dataset
+    from retrv.data.check import check_dataset
 
     with progress_bar(quiet) as progress:
         problems = check_dataset(root, progress=progress)

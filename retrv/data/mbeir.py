@@ -35,7 +35,6 @@ from retrv.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     from retrv.items import Item, Query
-    from retrv.progress import ProgressCallback
 
 T = TypeVar("T")
 
@@ -540,9 +539,3 @@ def write_dataset(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
-
-def check(root: str | Path, progress: ProgressCallback | None = None) -> list[Problem]:
-    """Every problem of an M-BEIR-layout dataset, with file and line (see `retrv.data.check`)."""
-    from retrv.data.check import check_dataset
-
-    return check_dataset(root, progress)

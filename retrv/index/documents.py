@@ -22,7 +22,6 @@ from __future__ import annotations
 import codecs
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrv.scan import EMPTY_FILE, NOT_UTF8, SkipFile
@@ -105,15 +104,6 @@ def parse_document(
 ) -> TextDocument:
     text = decode_text(data, truncated=truncated)
     return TextDocument(text.strip()[:PREVIEW_CHARS], chunk_text(text, chunk_chars, max_chunks), truncated)
-
-
-def read_document(path: str | Path, *, max_bytes: int, chunk_chars: int = CHUNK_CHARS) -> TextDocument:
-    """Read and parse one document (the index build does this itself while hashing)."""
-    with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if not data:
-        raise SkipFile(EMPTY_FILE)
-    return parse_document(data[:max_bytes], truncated=len(data) > max_bytes, chunk_chars=chunk_chars)
 
 
 def chunk_chars_for(encoder: Encoder) -> int:

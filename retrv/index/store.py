@@ -221,15 +221,6 @@ class Store:
         by_key = {key_for_id(item.id): item for item in self._items_where("key", wanted)}
         return [by_key.get(int(k)) for k in keys]
 
-    def ids_for_keys(self, keys: Sequence[int]) -> list[str | None]:
-        """Ids by faiss key, aligned with `keys` (None for -1 padding or a key no longer stored)."""
-        wanted = [int(k) for k in dict.fromkeys(int(k) for k in keys) if k != -1]
-        found: dict[int, str] = {}
-        for where in _in_filters("key", wanted):
-            t = self._scan(["key", "id"], where)
-            found.update(zip(t.column("key").to_pylist(), t.column("id").to_pylist()))
-        return [found.get(int(k)) for k in keys]
-
     def file_states(self) -> dict[str, FileState]:
         """source -> what an incremental build needs to decide whether to re-encode it."""
         t = self._scan(["source", "id", "mtime", "size", "content_hash"])
@@ -291,11 +282,6 @@ class Store:
 
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
-
-    def optimize(self) -> None:
-        """Compact small fragments left by many incremental writes (a new version; data unchanged)."""
-        self._table.checkout_latest()
-        self._table.optimize()
 
     # ---- side tables (precomputed reasoner data, e.g. icm_<reasoner-id>) --------------------
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from retrv.cli.app import app
@@ -136,7 +137,7 @@ def test_completions_are_fresh():
 
     folder = Path(__file__).resolve().parents[2] / "completions"
     for shell in ("bash", "zsh", "fish"):
-        assert (folder / f"retrv.{shell}").read_text() == script_for(shell, app), f"completions/retrv.{shell} is stale"
+        assert (folder / f"retrv.{shell}").read_text() == script_for(shell, typer.main.get_command(app)), f"completions/retrv.{shell} is stale"
     if shutil.which("bash"):
         subprocess.run(["bash", "-n", str(folder / "retrv.bash")], check=True)
 

@@ -47,7 +47,7 @@ def test_flat_ranking_equals_brute_force(store):
     want_scores, want_keys = brute_force(store, queries, 10)
     np.testing.assert_array_equal(keys, want_keys)
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
-    assert store.ids_for_keys(keys[0].tolist())[0] == f"doc{int(np.argmax(unit(300, 0) @ queries[0]))}"
+    assert store.items_for_keys(keys[0].tolist())[0].id == f"doc{int(np.argmax(unit(300, 0) @ queries[0]))}"
 
 
 def test_fewer_items_than_k_pads_with_minus_one(tmp_path):

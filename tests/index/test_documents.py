@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retrv.index.documents import CHUNK_CHARS, MAX_CHUNKS, chunk_text, decode_text, parse_document, read_document
+from retrv.index.documents import CHUNK_CHARS, MAX_CHUNKS, chunk_text, decode_text, parse_document
 from retrv.scan import EMPTY_FILE, NOT_UTF8, SkipFile
 
 
@@ -50,10 +50,8 @@ def test_decode_rules():
         decode_text(cut)  # not truncated by us: the file itself is broken
 
 
-def test_read_document_caps_and_previews(tmp_path):
-    path = tmp_path / "long.txt"
-    path.write_text("  " + "z" * 2000)
-    doc = read_document(path, max_bytes=1200)
+def test_a_capped_document_is_truncated_and_previewed():
+    doc = parse_document(("  " + "z" * 2000).encode()[:1200], truncated=True)
     assert doc.truncated and doc.preview == "z" * 500
     assert sum(len(c) for c in doc.chunks) == 1198
     assert parse_document(b"short").preview == "short" and not parse_document(b"short").truncated
