@@ -87,3 +87,15 @@ def test_no_import_cycles_between_modules():
             visit(module, [module])
     cycles = [c for c in cycles if not (len(c) == 2 and c[0] == "retrv")]
     assert not cycles, cycles
+
+
+def test_images_are_opened_in_one_place():
+    """`retrv/images.py` is the one guarded image opener (size checked before decoding, every mode to RGB)."""
+    callers = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "images.py" and path.parent == PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "open" and getattr(node.value, "id", "") == "Image":
+                callers.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not callers, callers
