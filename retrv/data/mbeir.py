@@ -538,4 +538,3 @@ def write_dataset(
         target = resolve_image(root, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-

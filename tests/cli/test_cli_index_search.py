@@ -137,7 +137,9 @@ def test_completions_are_fresh():
 
     folder = Path(__file__).resolve().parents[2] / "completions"
     for shell in ("bash", "zsh", "fish"):
-        assert (folder / f"retrv.{shell}").read_text() == script_for(shell, typer.main.get_command(app)), f"completions/retrv.{shell} is stale"
+        assert (folder / f"retrv.{shell}").read_text() == script_for(shell, typer.main.get_command(app)), (
+            f"completions/retrv.{shell} is stale"
+        )
     if shutil.which("bash"):
         subprocess.run(["bash", "-n", str(folder / "retrv.bash")], check=True)
 
