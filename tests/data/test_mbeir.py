@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retrv.data.mbeir import Instruction, MBeirCandidate, MBeirDataset, MBeirQuery, Problem, check, write_dataset
+from retrv.data.check import check_dataset as check
+from retrv.data.mbeir import Instruction, MBeirCandidate, MBeirDataset, MBeirQuery, Problem, write_dataset
 from retrv.errors import DataError
 
 QUERY_FILE = "query/test/mbeir_mscoco_task0_test.jsonl"

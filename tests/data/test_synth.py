@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retrv.data.mbeir import MBeirDataset, check
+from retrv.data.check import check_dataset as check
+from retrv.data.mbeir import MBeirDataset
 from retrv.data.synth import COLOURS, SYNTH_DATASET_ID, Scene, Shape, SynthConfig, generate
 from retrv.errors import DataError
 
