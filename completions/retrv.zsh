@@ -10,8 +10,8 @@ _retrv() {
         '1:command:->command' \
         '*::arg:->args'
     case $state in
-        command) local -a cmds=('bench:Benchmarks recall and cost of the engine on a dataset' 'build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'compress:Precompute the reasoners compressed tokens for every item (incremental; Ctrl-C keeps finished batch' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both' 'train:Train retrvs models the encoder, and the reasoner in stages (icm -> sft -> grpo)'); _describe command cmds ;;
-        args) case $line[1] in bench) _retrv_bench ;; build-index) _retrv_build_index ;; completions) _retrv_completions ;; compress) _retrv_compress ;; data) _retrv_data ;; info) _retrv_info ;; search) _retrv_search ;; train) _retrv_train ;; esac ;;
+        command) local -a cmds=('bench:Benchmarks recall and cost of the engine on a dataset' 'build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'compress:Precompute the reasoners compressed tokens for every item (incremental; Ctrl-C keeps finished batch' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'index:Look after indexes repair a damaged one' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both' 'train:Train retrvs models the encoder, and the reasoner in stages (icm -> sft -> grpo)'); _describe command cmds ;;
+        args) case $line[1] in bench) _retrv_bench ;; build-index) _retrv_build_index ;; completions) _retrv_completions ;; compress) _retrv_compress ;; data) _retrv_data ;; index) _retrv_index ;; info) _retrv_info ;; search) _retrv_search ;; train) _retrv_train ;; esac ;;
     esac
 }
 
@@ -65,6 +65,7 @@ _retrv_build_index() {
         '--exclude[Paths to skip (repeatable), e.g. */thumbnails/*]:value: ' \
         '--include-hidden[Also index hidden files and folders]' \
         '--max-megapixels[Skip images larger than this (decompression-bomb guard)]:value: ' \
+        '--prune[Remove the items whose files are gone even when they are more than half of the index, or all under a]' \
         '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--verbose -v)'{--verbose,-v}'[List every skipped file with its reason]' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
@@ -126,6 +127,27 @@ _retrv_data_synth() {
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 
+_retrv_index() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '(--help -h)'{--help,-h}'[Show help and exit]' \
+        '1:command:->command' \
+        '*::arg:->args'
+    case $state in
+        command) local -a cmds=('repair:Make a damaged index readable again the newest version whose every row reads becomes the latest (da'); _describe command cmds ;;
+        args) case $line[1] in repair) _retrv_index_repair ;; esac ;;
+    esac
+}
+
+_retrv_index_repair() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:value: ' \
+        '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
 _retrv_info() {
     local curcontext=$curcontext state line
     _arguments -s -C \
@@ -156,6 +178,7 @@ _retrv_search() {
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
         '--trust-remote-code[Allow model code from the hub (off by default)]' \
         '(--paths-only -f)'{--paths-only,-f}'[Print only paths, one per line (for xargs)]' \
+        '(--null -0)'{--null,-0}'[Print only paths, each ended by a NUL byte (for xargs -0)]' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
         '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'

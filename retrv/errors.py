@@ -34,6 +34,14 @@ class IndexSchemaError(RetrvError):
     """An index this retrv cannot read (a newer schema, a damaged `retrv.json` or table)."""
 
 
+class IndexDamagedError(RetrvError):
+    """Files of an index's tables are truncated or missing; the message names them and says how to repair."""
+
+
+class DiskFullError(RetrvError):
+    """No space left where the index is written; what was committed before stays readable."""
+
+
 class EncoderMismatchError(RetrvError):
     pass
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,26 @@ def modality_of(has_text: bool, has_image: bool) -> Modality:
     if has_text:
         return "text"
     raise ValueError("an item or query needs text, an image, or both")
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_CONTROL_NAMES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def valid_utf8(text: str) -> str:
+    r"""`text` with the bytes of a file name that is not UTF-8 (Python's surrogate escapes) as `\xNN`."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def display_text(text: str) -> str:
+    r"""`text` safe to print on one line of a terminal or a pipe: non-UTF-8 bytes as `\xNN`, control
+    characters (newline, tab, ESC, ...) as `\n`, `\t`, `\x1b`. A backslash itself is left as it is."""
+    return _CONTROL.sub(lambda m: _CONTROL_NAMES.get(m.group(), f"\\x{ord(m.group()):02x}"), valid_utf8(text))
 
 
 def file_item_id(path: str) -> str:

@@ -40,6 +40,7 @@ UNSUPPORTED_TYPE = "unsupported file type"
 UNREADABLE = "unreadable"
 EMPTY_FILE = "empty file"
 NOT_UTF8 = "not UTF-8 text"
+NAME_NOT_UTF8 = "file name is not UTF-8"
 NOT_AN_IMAGE = "not an image"
 CORRUPT_IMAGE = "corrupt or truncated image"
 IMAGE_TOO_LARGE = "image too large"
@@ -83,6 +84,16 @@ def kind_of(name: str) -> Kind | None:
     if suffix in TEXT_SUFFIXES:
         return "text"
     return None
+
+
+def is_utf8(path: str) -> bool:
+    """False for a path with bytes that are not UTF-8 (Python gives them as surrogate escapes): the index
+    stores UTF-8 text, so such a file is skipped and counted, with its name shown escaped."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def resolve_roots(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -131,7 +142,7 @@ def scan(
             yield _stat_failure(root, e)
             continue
         if stat.S_ISDIR(st.st_mode):
-            walk = _walk(root, root, patterns, include_hidden, ((st.st_dev, st.st_ino),))
+            walk = _walk(root, patterns, include_hidden, (st.st_dev, st.st_ino))
         else:  # a file named on the command line is taken as it is: no hidden or exclude test
             walk = iter([_file_entry(root, st, explicit=True)])
         for found in walk:
@@ -142,15 +153,22 @@ def scan(
 
 
 def _walk(
-    folder: str, root: str, patterns: tuple[str, ...], include_hidden: bool, ancestors: tuple[tuple[int, int], ...]
+    root: str, patterns: tuple[str, ...], include_hidden: bool, root_key: tuple[int, int]
 ) -> Iterator[FileEntry | Skip | None]:
-    try:
-        with os.scandir(folder) as it:
-            names = sorted(entry.name for entry in it)
-    except OSError as e:
-        yield _stat_failure(folder, e)
+    """Depth first, by name, without recursion (a tree may be deeper than Python's recursion limit)."""
+    # Each frame: (folder, the (device, inode) of it and its ancestors, the names left to visit, reversed).
+    stack: list[tuple[str, tuple[tuple[int, int], ...], list[str]]] = []
+    listed = _listing(root)
+    if isinstance(listed, Skip):
+        yield listed
         return
-    for name in names:
+    stack.append((root, (root_key,), listed))
+    while stack:
+        folder, ancestors, names = stack[-1]
+        if not names:
+            stack.pop()
+            continue
+        name = names.pop()
         if not include_hidden and name.startswith("."):
             continue
         path = os.path.join(folder, name)
@@ -169,13 +187,28 @@ def _walk(
             if key in ancestors:
                 yield Skip(path, SYMLINK_LOOP, f"leads back to {os.path.realpath(path)}")
                 continue
-            yield from _walk(path, root, patterns, include_hidden, ancestors + (key,))
+            listed = _listing(path)
+            if isinstance(listed, Skip):
+                yield listed
+            else:
+                stack.append((path, (*ancestors, key), listed))
         elif kind_of(name) is not None:
             yield _file_entry(path, st)
 
 
+def _listing(folder: str) -> list[str] | Skip:
+    """The names in `folder`, in reverse order (the walk pops them), or why it cannot be listed."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted((entry.name for entry in it), reverse=True)
+    except OSError as e:
+        return _stat_failure(folder, e)
+
+
 def _file_entry(path: str, st: os.stat_result, explicit: bool = False) -> FileEntry | Skip | None:
     kind = kind_of(path)
+    if kind is not None and not is_utf8(path):
+        return Skip(path, NAME_NOT_UTF8, "rename it to a UTF-8 name to index it")
     if kind is None:
         return Skip(path, UNSUPPORTED_TYPE, "expected an image or a .txt/.md document") if explicit else None
     if not stat.S_ISREG(st.st_mode):  # a fifo named x.jpg would block the reader forever

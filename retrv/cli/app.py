@@ -13,6 +13,7 @@ from retrv.cli.common import apply_offline
 from retrv.cli.completions import completions
 from retrv.cli.compress import compress
 from retrv.cli.data import app as data_app
+from retrv.cli.index import app as index_app
 from retrv.cli.info import info
 from retrv.cli.search import search
 from retrv.cli.train import app as train_app
@@ -53,6 +54,7 @@ app.command("info")(info)
 app.command("compress")(compress)
 app.command("completions")(completions)
 app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
 app.add_typer(bench_app, name="bench")
 app.add_typer(train_app, name="train")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,6 +23,21 @@ from retrv.cli.common import (
     stderr_console,
     stop_on_interrupt,
 )
+from retrv.items import display_text
+
+if TYPE_CHECKING:
+    from retrv.index.build import BuildReport
+
+
+def confirm_removal(report: BuildReport, *, quiet: bool) -> bool:
+    """Ask on a terminal whether to remove what a build held back; never asks a script."""
+    import sys
+
+    if quiet or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    sample = ", ".join(display_text(source) for source, _ in report.held_back[:3])
+    stderr_console().print(f"{escape(report.held_back_why or '')} (e.g. {escape(sample)}).", style="yellow")
+    return typer.confirm(f"Remove these {len(report.held_back)} item(s) from the index?", default=False, err=True)
 
 
 @handle_errors
@@ -49,6 +64,14 @@ def build_index(
             metavar="MP", envvar="RETRV_MAX_MEGAPIXELS", help="Skip images larger than this (decompression-bomb guard)."
         ),
     ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Remove the items whose files are gone even when they are more than half of the index, or all "
+            "under a PATH (without it such a build asks on a terminal, else keeps them and says so).",
+        ),
+    ] = False,
     quiet: QuietOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every skipped file with its reason.")] = False,
     json_out: JsonOption = False,
@@ -64,7 +87,7 @@ def build_index(
     settings = settings_from_flags(
         ctx, index=index, encoder=encoder, batch_size=batch_size, device=device, max_megapixels=max_megapixels
     )
-    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    missing = [display_text(str(p)) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise ScanError(f"no such file or folder: {', '.join(missing)}")
     resolve_device(settings.device, origin=settings.origin("device"))
@@ -73,7 +96,10 @@ def build_index(
     )
     err = stderr_console()
     if not quiet:
-        err.print(f"index {escape(str(idx.root))} · encoder {idx.encoder_spec} on {idx.encoder.device}", style="dim")
+        err.print(
+            f"index {escape(display_text(str(idx.root)))} · encoder {idx.encoder_spec} on {idx.encoder.device}",
+            style="dim",
+        )
     with stop_on_interrupt() as should_stop, progress_bar(quiet) as progress:
         report = idx.add(
             paths,
@@ -83,9 +109,13 @@ def build_index(
             loader_threads=settings.loader_threads,
             max_megapixels=settings.max_megapixels,
             max_text_bytes=settings.max_text_bytes,
+            prune=prune,
             progress=progress,
             should_stop=should_stop,
         )
+    if report.held_back and confirm_removal(report, quiet=quiet or json_out):
+        report.removed = idx.remove([item_id for _, item_id in report.held_back])
+        report.held_back, report.held_back_why = [], None
     if json_out:
         print_json({"schema": "retrv.build/1", "index": str(idx.root), "encoder": idx.encoder_spec, **report.to_dict()})
     else:
@@ -98,9 +128,15 @@ def build_index(
             err.print("skipped: " + ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())), style="yellow")
         if verbose:
             for skip in report.skipped:
-                err.print(f"  skipped {skip.path}: {skip.reason}", markup=False)
+                err.print(f"  skipped {display_text(skip.path)}: {skip.reason}", markup=False)
         elif report.skipped and not quiet:
             err.print("  (--verbose lists them)", style="dim")
+    if report.held_back:
+        err.print(
+            f"kept {len(report.held_back)} item(s) whose files are gone: {escape(report.held_back_why or '')}. "
+            "If they are gone for good, run again with --prune.",
+            style="yellow",
+        )
     if report.stopped:
         if not quiet:
             err.print("stopped: the next build-index picks up where this one stopped", style="yellow")

@@ -82,7 +82,9 @@ def stdout_console() -> Console:
 
 def fail(message: str, code: int = 1) -> None:
     """Print `retrv: error: message` on stderr (one line) and exit non-zero."""
-    line = " ".join(str(message).split())
+    from retrv.items import display_text
+
+    line = display_text(" ".join(str(message).split()))
     print(f"retrv: error: {line}", file=sys.stderr)
     raise typer.Exit(code)
 
@@ -153,9 +155,13 @@ def warn(message: str) -> None:
 
 
 def escape(text: str) -> str:
+    """Text safe to print through rich on one line: markup escaped, control characters and non-UTF-8 bytes
+    shown as escapes (`items.display_text`)."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(text)
+    from retrv.items import display_text
+
+    return rich_escape(display_text(text))
 
 
 @contextmanager
@@ -209,6 +215,10 @@ def progress_bar(quiet: bool) -> Iterator[Callable[[ProgressEvent], None] | None
 
 
 def print_json(data: Any) -> None:
+    """JSON on stdout, valid UTF-8 whatever the data: the bytes of a file name that is not UTF-8 (Python's
+    surrogate escapes) are written as JSON escapes (`\\udcff`), which decode back to the same name."""
     import json
+    import re
 
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write(re.sub(r"[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")

@@ -1,5 +1,9 @@
-"""Rendering of results: a rich table on a terminal, tab-separated lines otherwise, paths only with -f.
+"""Rendering of results: a rich table on a terminal, tab-separated lines otherwise, paths only with -f,
+NUL-separated paths with -0.
 
+Every line output shows a source with `items.display_text`: control characters (a newline or tab in a file
+name, ESC) as `\n`, `\t`, `\x1b`, so one line is one result and nothing reaches the terminal raw. `-0`
+writes the sources exactly, each followed by a NUL byte, for `xargs -0`.
 What a person must know about a ranking (no match, a reranker whose output was not used, a forced answer)
 goes to stderr in every output mode, so that stdout stays the results alone.
 """
@@ -10,6 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from retrv.cli.common import escape, stderr_console, stdout_console
+from retrv.items import display_text
 
 if TYPE_CHECKING:
     from retrv.items import Ranking
@@ -30,20 +35,27 @@ def report_on_stderr(ranking: Ranking, *, quiet: bool = False) -> None:
 
 
 def render_ranking(
-    ranking: Ranking, *, paths_only: bool = False, show_reasoning: bool = False, quiet: bool = False
+    ranking: Ranking, *, paths_only: bool = False, null: bool = False, show_reasoning: bool = False, quiet: bool = False
 ) -> None:
-    if paths_only:
+    if paths_only or null:
         if show_reasoning and ranking.reasoning and not quiet:
             stderr_console().print(ranking.reasoning, markup=False)
+        if null:
+            import os
+
+            sys.stdout.flush()
+            sys.stdout.buffer.write(b"".join(os.fsencode(hit.source) + b"\0" for hit in ranking.hits))
+            sys.stdout.buffer.flush()
+            return
         for hit in ranking.hits:
-            sys.stdout.write(hit.source + "\n")
+            sys.stdout.write(display_text(hit.source) + "\n")
         return
     tty = sys.stdout.isatty()
     if show_reasoning:
         render_reasoning(ranking, tty)
     if not tty:
         for hit in ranking.hits:
-            sys.stdout.write(f"{hit.rank}\t{hit.score:.4f}\t{hit.modality}\t{hit.source}\n")
+            sys.stdout.write(f"{hit.rank}\t{hit.score:.4f}\t{hit.modality}\t{display_text(hit.source)}\n")
         return
     if ranking.no_match:
         return
@@ -60,7 +72,7 @@ def render_ranking(
     for hit in ranking.hits:
         mark = " ★" if hit.chosen else (" 🔍" if hit.inspected else "")
         row = [str(hit.rank), f"{hit.score:.3f}"] + ([f"{hit.coarse_score:.3f}"] if reranked else [])
-        table.add_row(*row, hit.modality, escape(hit.source) + mark)
+        table.add_row(*row, hit.modality, escape(display_text(hit.source)) + mark)
     stdout_console().print(table)
 
 
@@ -69,7 +81,8 @@ def render_reasoning(ranking: Ranking, tty: bool) -> None:
         text = f"(no reasoning: rerank mode is {ranking.rerank})"
     else:
         inspected = ", ".join(f"[{i + 1}]" for i in ranking.inspected) or "none"
-        text = f"{ranking.reasoning.strip()}\n(inspected: {inspected})"
+        reasoning = "\n".join(display_text(line) for line in ranking.reasoning.strip().splitlines())
+        text = f"{reasoning}\n(inspected: {inspected})"
     if tty:
         from rich.panel import Panel
 

@@ -104,6 +104,9 @@ def search(
     paths_only: Annotated[
         bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line (for xargs).")
     ] = False,
+    null: Annotated[
+        bool, typer.Option("--null", "-0", help="Print only paths, each ended by a NUL byte (for xargs -0).")
+    ] = False,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -149,4 +152,4 @@ def search(
             }
         )
         return
-    render_ranking(ranking, paths_only=paths_only, show_reasoning=show_reasoning, quiet=quiet)
+    render_ranking(ranking, paths_only=paths_only, null=null, show_reasoning=show_reasoning, quiet=quiet)

@@ -11,6 +11,7 @@ from retrv.data.mbeir import (
     SPLITS,
     MBeirDataset,
     Problem,
+    image_problem,
     numbered_lines,
     parse_candidate,
     parse_instruction,
@@ -43,8 +44,9 @@ def check_dataset(root: str | Path, progress: ProgressCallback | None = None) ->
         problems.append(Problem(file, int(line), message) if line.isdigit() else Problem(where, None, message))
 
     def image_exists(path: str | None, where: str) -> None:
-        if path is not None and not Path(path).is_file():
-            report(where, f"image not found: {Path(path).relative_to(root).as_posix()}")
+        problem = image_problem(path) if path is not None else None
+        if problem is not None:
+            report(where, f"{problem}: {Path(str(path)).relative_to(root).as_posix()}")
 
     def scan_pool(path: Path) -> set[str] | None:
         """The pool's dids, or None when some line is unreadable (then missing positives are not reported)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,13 +172,30 @@ class Instruction:
 
 
 def resolve_image(root: Path, path: str) -> Path:
-    """`path` (relative to root, or absolute) as an absolute path that stays inside root, else DataError."""
+    """`path` (relative to root, or absolute) as an absolute path that stays inside root, else DataError.
+
+    Inside means lexically, and also after following symlinks when the file exists: a link inside the dataset
+    that points elsewhere on the machine is refused like `../../etc/passwd`."""
     root = Path(os.path.normpath(Path(root).absolute()))
     p = Path(path)
     full = Path(os.path.normpath(p if p.is_absolute() else root / p))
     if not full.is_relative_to(root):
         raise DataError(f"image path {path!r} leaves the dataset root")
+    if os.path.lexists(full) and not Path(os.path.realpath(full)).is_relative_to(os.path.realpath(root)):
+        raise DataError(f"image path {path!r} is a link that leads outside the dataset root")
     return full
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why a dataset's image file cannot be read, or None: missing, or not a regular file (a FIFO would block
+    every reader, a device never ends)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "image not found"
+    if not stat.S_ISREG(st.st_mode):
+        return "image is not a regular file (a FIFO, device or folder)"
+    return None
 
 
 def _str_or_none(record: dict, key: str, where: str) -> str | None:

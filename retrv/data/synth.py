@@ -325,7 +325,13 @@ def generate(
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise DataError(f"{out} is not empty (use --force to replace the synthetic world in it)")
-        for sub in ("query", "cand_pool", "qrels", "instructions", IMAGES, "cot", "synth.json"):
+        parts = ("query", "cand_pool", "qrels", "instructions", IMAGES, "cot", "synth.json")
+        if any((out / sub).exists() for sub in parts) and not _is_synthetic_world(out):
+            raise DataError(
+                f"{out} holds a dataset but no synthetic world written by retrv (no synth.json of ours): "
+                "--force only replaces one"
+            )
+        for sub in parts:
             p = out / sub
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     world, queries, cots, skills = _World(config.seed), [], [], []
@@ -403,6 +409,14 @@ def generate(
     }
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def _is_synthetic_world(root: Path) -> bool:
+    try:
+        meta = json.loads((root / "synth.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("dataset") == SYNTH_DATASET
 
 
 def _cot_record(q: MBeirQuery, truth: Scene, by_did: dict[str, Scene], k: int, rng: random.Random) -> dict:

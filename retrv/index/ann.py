@@ -11,7 +11,9 @@ and a single-query latency linear in n (0.35-0.5 ms per 1k 512-d vectors on this
 Neither recalls the top 50 of i.i.d. random 512-d vectors well (the hard case; see §2).
 
 The cache is `root/ann/v<version>.<kind>.faiss` + `.npz` (the key of every position in the faiss
-index, and which positions are dead). When the table moved on since the cached version, the index
+index, which positions are dead, and the identity of the table version it was built from,
+`Store.identity`: a cache of a table re-created at the same path, or rolled back and written again, has the
+same version number but not the same identity, and is rebuilt). When the table moved on since the cached version, the index
 is updated instead of rebuilt: rows written after the cached version (the store's `written`
 column) are appended, and rows deleted or replaced since are removed (flat, IVF) or masked at
 search time (HNSW cannot remove; it is rebuilt once more than `REBUILD_DEAD_FRACTION` is masked).
@@ -266,10 +268,15 @@ class AnnIndex:
             return None
         version, kind = max(cached)
         path = _cache_path(store, version, kind)
+        try:
+            with np.load(path.with_suffix(".npz")) as arrays:
+                built_from = str(arrays["identity"])
+        except (OSError, KeyError, ValueError):
+            built_from = ""
         return {
             "kind": kind,
             "version": version,
-            "current": version == store.version(),
+            "current": version == store.version() and bool(built_from) and built_from == store.identity(),
             "file": str(path),
             "file_bytes": path.stat().st_size if path.exists() else None,
         }
@@ -281,12 +288,15 @@ class AnnIndex:
         import faiss
 
         path = _cache_path(store, version, kind)
+        identity = store.identity(version)
         try:
             with np.load(path.with_suffix(".npz")) as arrays:
                 labels, dead = arrays["labels"], arrays["dead"]
+                if not identity or str(arrays["identity"]) != identity:
+                    return None  # built from another table that had this version number: rebuild
             index = faiss.read_index(str(path))
         except (OSError, RuntimeError, KeyError, ValueError):
-            return None  # unreadable or half-deleted by another process: rebuild
+            return None  # unreadable, half-deleted by another process, or from before identities: rebuild
         if index.ntotal != len(labels) - (int(dead.sum()) if kind == IVF else 0) or index.d != store.meta.dim:
             return None
         if kind == HNSW:
@@ -303,7 +313,7 @@ class AnnIndex:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path.with_suffix(".npz" + tmp), "wb") as f:
-                np.savez(f, labels=self.labels, dead=self.dead)
+                np.savez(f, labels=self.labels, dead=self.dead, identity=np.array(store.identity(self.version)))
             path.with_suffix(".npz" + tmp).replace(path.with_suffix(".npz"))
             faiss.write_index(self.index, str(path.with_suffix(".faiss" + tmp)))
             path.with_suffix(".faiss" + tmp).replace(path)

@@ -17,7 +17,10 @@ image file, a text document, inline text, or an image with text). `build_index` 
    text); an image with text gets `encoders.base.combine` of the two. Each batch is one `store.upsert`, so an
    interrupted build leaves every finished batch readable and the next build picks up where it stopped.
 5. Stored rows in the build's scope whose source is gone (or can no longer be read) are deleted: for folders,
-   rows under the given roots; for a dataset, every row not among its items. A stopped build deletes nothing.
+   rows under the given roots; for a dataset, every row not among its items. A stopped build deletes nothing,
+   and a folder build that would remove more than half of the index, or every row under one of its roots,
+   removes nothing unless `prune` is set (`guard_removal`: that looks like an unmounted drive, not deleted
+   photos); it reports what it held back.
 
 Bad input never stops a build: each source that cannot be used becomes a `Skip` with a reason.
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +46,7 @@ from retrv.scan import (
     EMPTY_FILE,
     ENCODER_NO_IMAGES,
     ENCODER_NO_TEXT,
+    NOT_REGULAR,
     PERMISSION_DENIED,
     UNREADABLE,
     VANISHED,
@@ -97,6 +102,8 @@ class BuildReport:
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
     stopped: bool = False  # should_stop() asked to stop before the end; nothing was removed
+    held_back: list[tuple[str, str]] = field(default_factory=list)  # (source, id) gone from disk, kept (see prune)
+    held_back_why: str | None = None
 
     def skipped_by_reason(self) -> dict[str, int]:
         return dict(Counter(s.reason for s in self.skipped).most_common())
@@ -113,6 +120,8 @@ class BuildReport:
             "skipped_by_reason": self.skipped_by_reason(),
             "seconds": round(self.seconds, 3),
             "stopped": self.stopped,
+            "held_back": len(self.held_back),
+            "held_back_why": self.held_back_why,
         }
 
 
@@ -122,6 +131,7 @@ class BuildOptions:
     loader_threads: int = 2
     max_megapixels: float = 64.0
     max_text_bytes: int = 8_000_000
+    prune: bool = False  # remove what is gone from disk even when `guard_removal` would hold it back
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.loader_threads < 1:
@@ -201,12 +211,13 @@ def ingest_files(
     should_stop: Callable[[], bool] | None = None,
     **options: Any,
 ) -> BuildReport:
-    """`ingest` the scanned `sources` of `roots`: stored rows under the roots that were not found are removed."""
+    """`ingest` the scanned `sources` of `roots`: stored rows under the roots that were not found are removed,
+    within the limits of `guard_removal` unless `prune`."""
     return ingest(
         store,
         encoder,
         sources,
-        in_scope=lambda src: any(is_under(src, r) for r in roots),
+        roots=roots,
         options=BuildOptions(**options),
         report=BuildReport(skipped=list(skips)),
         progress=progress,
@@ -241,8 +252,8 @@ def ingest_items(
         store,
         encoder,
         sources,
-        in_scope=lambda _: True,
-        options=BuildOptions(**options),
+        roots=None,
+        options=BuildOptions(**options, prune=True),
         progress=progress,
         should_stop=should_stop,
     )
@@ -265,13 +276,14 @@ def ingest(
     encoder: Encoder,
     sources: list[Source],
     *,
-    in_scope: Callable[[str], bool],
+    roots: list[str] | None,
     options: BuildOptions | None = None,
     report: BuildReport | None = None,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> BuildReport:
-    """Bring `store` up to date with `sources`; stored rows whose source is `in_scope` and not among them go."""
+    """Bring `store` up to date with `sources`. Stored rows not among them go when they are in scope: under
+    `roots`, or every row when `roots` is None (a dataset); `guard_removal` may hold them back."""
     started = time.perf_counter()
     options = options or BuildOptions()
     options.validate()
@@ -312,13 +324,38 @@ def ingest(
             pool.shutdown(wait=True, cancel_futures=True)
 
     if not report.stopped:
-        stale = [s.id for src, s in states.items() if src not in present and in_scope(src)]
-        if stale:
-            store.delete(stale)
+        in_scope = (lambda src: any(is_under(src, r) for r in roots)) if roots is not None else (lambda _: True)
+        stale = {src: s.id for src, s in states.items() if src not in present and in_scope(src)}
+        found = {s.source for s in sources}
+        why = None if options.prune or roots is None else guard_removal(stale, states, roots, found)
+        if why is not None:
+            report.held_back, report.held_back_why = sorted(stale.items()), why
+        elif stale:
+            store.delete(list(stale.values()))
             report.removed = len(stale)
             emit(progress, "remove", len(stale), len(stale))
     report.seconds = time.perf_counter() - started
     return report
+
+
+PRUNE_GUARD_SHARE = 0.5
+
+
+def guard_removal(stale: dict[str, str], states: dict[str, FileState], roots: list[str], found: set[str]) -> str | None:
+    """Why a build should not remove the `stale` rows (source -> id) without `--prune`, or None when it may.
+
+    Removing more than `PRUNE_GUARD_SHARE` of the index's items in one build, or every item under a root in
+    which the scan `found` nothing at all, looks like a drive that is not mounted or a folder that was moved,
+    not like deleted photos."""
+    if not stale:
+        return None
+    if len(stale) > PRUNE_GUARD_SHARE * len(states):
+        return f"{len(stale)} of the index's {len(states)} items are gone from disk"
+    for root in roots:
+        under = [src for src in states if is_under(src, root)]
+        if under and all(src in stale for src in under) and not any(is_under(src, root) for src in found):
+            return f"every one of the {len(under)} items under {root} is gone from disk, and the folder is empty"
+    return None
 
 
 def _same_stamp(state: FileState | None, src: Source) -> bool:
@@ -438,6 +475,8 @@ def _read_file(path: str, digest: Any, keep: int = 0) -> bytes:
     head = bytearray()
     total = 0
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the build, a device never end
+            raise SkipFile(NOT_REGULAR)
         with open(path, "rb") as f:
             while block := f.read(HASH_BLOCK):
                 digest.update(block)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from retrv.encoders.base import Encoder
     from retrv.index.ann import AnnIndex
     from retrv.index.build import BuildReport, Source
+    from retrv.index.repair import RepairReport
     from retrv.index.store import Store
     from retrv.progress import ProgressCallback
 
@@ -51,7 +53,7 @@ class Index:
         self.notify = notify
         self._encoder = encoder
         self._ann: AnnIndex | None = None
-        self._ann_version: int | None = None
+        self._ann_identity: str | None = None
 
     @classmethod
     def open(
@@ -118,12 +120,11 @@ class Index:
                 )
         return self._encoder
 
-    def _create_for(self, sources: list[Source]) -> None:
-        """Create the store on the first write, unless the encoder can embed none of what is being added."""
-        from retrv.index.store import Store
+    def _refuse_unembeddable(self, sources: list[Source]) -> None:
+        """A new index is not created (and locked to its encoder) when the encoder can embed none of `sources`."""
         from retrv.scan import ENCODER_NO_IMAGES, ENCODER_NO_TEXT
 
-        if self._store is not None:
+        if self._store is not None or (self.root / "retrv.json").is_file():
             return
         usable = [s for s in sources if not (s.needs - self.encoder.modalities)]
         refused = len(sources) - len(usable)
@@ -133,7 +134,29 @@ class Index:
                 f"{kind} ({self.encoder.spec}), and none of the {refused} file(s) given is something it can; "
                 f"no index was created at {self.root}. Choose an encoder for them, e.g. --encoder clip or --encoder lite"
             )
-        self._store = Store.create(self.root, encoder_spec=self.encoder.spec, dim=self.encoder.dim)
+
+    @contextmanager
+    def _writing(self, sources: list[Source]) -> Iterator[Store]:
+        """Hold the index's write lock for a write; create the index first if it is new. Another process may
+        have created it while this one waited: then this write joins it (same encoder) or fails clearly."""
+        from retrv.index.lock import write_lock
+        from retrv.index.store import Store
+
+        self._refuse_unembeddable(sources)
+        with write_lock(self.root, notify=self.notify):
+            if self._store is None:
+                if Store.exists(self.root):
+                    store = Store.open(self.root)
+                    if store.meta.encoder != self.encoder.spec:
+                        raise EncoderMismatchError(
+                            f"index {self.root} was created meanwhile by another build, with encoder "
+                            f"{store.meta.encoder!r}, not {self.encoder.spec!r}; run again to add to it with its "
+                            "encoder, or choose another --index"
+                        )
+                    self._store = store
+                else:
+                    self._store = Store.create(self.root, encoder_spec=self.encoder.spec, dim=self.encoder.dim)
+            yield self._store
 
     def add(
         self,
@@ -149,11 +172,11 @@ class Index:
         from retrv.index.build import folder_sources, ingest_files
 
         roots, sources, skips = folder_sources(paths, excludes=excludes, include_hidden=include_hidden)
-        self._create_for(sources)
-        report = ingest_files(
-            self.store, self.encoder, roots, sources, skips, progress=progress, should_stop=should_stop, **options
-        )
-        return self._after_write(report, progress)
+        with self._writing(sources) as store:
+            report = ingest_files(
+                store, self.encoder, roots, sources, skips, progress=progress, should_stop=should_stop, **options
+            )
+            return self._after_write(report, progress)
 
     def add_items(
         self,
@@ -167,9 +190,17 @@ class Index:
         from retrv.index.build import ingest_items, item_sources
 
         sources = item_sources(items)
-        self._create_for(sources)
-        report = ingest_items(self.store, self.encoder, sources, progress=progress, should_stop=should_stop, **options)
-        return self._after_write(report, progress)
+        with self._writing(sources) as store:
+            report = ingest_items(store, self.encoder, sources, progress=progress, should_stop=should_stop, **options)
+            return self._after_write(report, progress)
+
+    def remove(self, ids: list[str]) -> int:
+        """Remove items by id (their files are not touched); returns how many there were."""
+        with self._writing([]) as store:
+            before = store.count()
+            store.delete(ids)
+            self._ann = None
+            return before - store.count()
 
     def _after_write(self, report: BuildReport, progress: ProgressCallback | None) -> BuildReport:
         self._ann = None
@@ -182,9 +213,10 @@ class Index:
         from retrv.index.ann import AnnIndex
 
         self.store.refresh()
-        if self._ann is None or self._ann_version != self.store.version():
+        identity = self.store.identity() or f"v{self.store.version()}"
+        if self._ann is None or self._ann_identity != identity:
             self._ann = AnnIndex.load_or_build(self.store, exact_max=self.exact_max, progress=progress)
-            self._ann_version = self.store.version()
+            self._ann_identity = identity
         return self._ann
 
     def embed_query(self, query: Query | str) -> np.ndarray:
@@ -220,6 +252,7 @@ class Index:
                 f"index {self.root} is empty; add files with: retrv build-index FOLDER --index {self.root}"
             )
         vector = self.embed_query(query)
+        k = min(k, self.store.count())  # a k far above the index size must not allocate for k
         scores, keys = self.ann().search(vector[None], k)
         pairs = [(int(key), float(s)) for key, s in zip(keys[0], scores[0], strict=True) if key != -1]
         items = self.store.items_for_keys([key for key, _ in pairs])
@@ -248,3 +281,15 @@ class Index:
             "side_tables": self.store.side_tables(),
             "ann": AnnIndex.describe_cache(self.store),
         }
+
+
+def repair_index(index: str | os.PathLike[str] | None, *, notify: Callable[[str], None] | None = None) -> RepairReport:
+    """Repair the index at `index` (`retrv.index.repair`), holding its write lock."""
+    from retrv.index.lock import write_lock
+    from retrv.index.repair import repair
+    from retrv.index.store import items_schema, read_meta
+
+    root = resolve_index_path(index)
+    meta = read_meta(root)
+    with write_lock(root, notify=notify):
+        return repair(root, schema=items_schema(meta.dim))

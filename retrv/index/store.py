@@ -13,19 +13,22 @@ saw until `refresh()`.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
+import inspect
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from retrv.errors import IndexNotFoundError, IndexSchemaError, RetrvError
+from retrv.errors import DiskFullError, IndexDamagedError, IndexNotFoundError, IndexSchemaError, RetrvError
 from retrv.items import Item
 
 if TYPE_CHECKING:
@@ -93,6 +96,68 @@ def _in_filters(column: str, values: Sequence[Any]) -> Iterator[str]:
         yield f"{column} IN ({literals})"
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def lance_errors(method: F) -> F:
+    """Errors of Lance reading or writing this index become one-line RetrvErrors: a full disk says so, damaged
+    files are named with the repair to run. Anything else (retrv's own checks) passes through."""
+
+    def translate(self: Store, exc: BaseException) -> BaseException:
+        text = str(exc)
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text:
+            return DiskFullError(
+                f"no space left on the device of {self.root}: the index keeps its last complete write; "
+                "free some space and run the command again"
+            )
+        if "lance" not in text.lower():
+            return exc
+        from retrv.index.repair import describe_damage
+
+        return IndexDamagedError(
+            f"index {self.root} is damaged ({describe_damage(self.root, exc)}); "
+            f"run `retrv index repair --index {self.root}`, then build-index to add back what it lost"
+        )
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from method(self, *args, **kwargs)
+            except (OSError, RuntimeError, ValueError) as exc:
+                raise translate(self, exc) from exc
+
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise translate(self, exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def read_meta(root: Path) -> IndexMeta:
+    """The index's `retrv.json`, checked; IndexNotFoundError or IndexSchemaError with what is wrong."""
+    meta_path = root / META_FILE
+    if not meta_path.is_file():
+        raise IndexNotFoundError(f"no index at {root}; build one with: retrv build-index FOLDER --index {root}")
+    try:
+        raw = json.loads(meta_path.read_text())
+        meta = IndexMeta(**{f: raw[f] for f in IndexMeta.__dataclass_fields__})
+    except (ValueError, KeyError, TypeError) as e:
+        raise IndexSchemaError(f"{meta_path}: not a valid retrv index file ({e})") from None
+    if not isinstance(meta.schema_version, int) or meta.schema_version > SCHEMA_VERSION:
+        raise IndexSchemaError(
+            f"index {root} has schema version {meta.schema_version!r}, but this retrv "
+            f"({_retrv_version()}) reads up to {SCHEMA_VERSION}; upgrade retrv or rebuild the index"
+        )
+    return meta
+
+
 def _fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> np.ndarray:
     """A fixed_size_list column as a (rows, size) array (zero-copy for a single chunk)."""
     import pyarrow as pa
@@ -122,6 +187,8 @@ class Store:
 
     @classmethod
     def create(cls, root: str | os.PathLike[str], *, encoder_spec: str, dim: int) -> Store:
+        """A new, empty index at `root`. Hold the index's write lock (`index/lock.py`): a table left by a create
+        that crashed before `retrv.json` was written is dropped here, which would drop another writer's."""
         root = Path(root).expanduser().resolve()
         if cls.exists(root):
             raise RetrvError(f"an index already exists at {root}; open it, or choose another --index")
@@ -147,26 +214,17 @@ class Store:
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> Store:
         root = Path(root).expanduser().resolve()
-        meta_path = root / META_FILE
-        if not meta_path.is_file():
-            raise IndexNotFoundError(f"no index at {root}; build one with: retrv build-index FOLDER --index {root}")
-        try:
-            raw = json.loads(meta_path.read_text())
-            meta = IndexMeta(**{f: raw[f] for f in IndexMeta.__dataclass_fields__})
-        except (ValueError, KeyError, TypeError) as e:
-            raise IndexSchemaError(f"{meta_path}: not a valid retrv index file ({e})") from None
-        if not isinstance(meta.schema_version, int) or meta.schema_version > SCHEMA_VERSION:
-            raise IndexSchemaError(
-                f"index {root} has schema version {meta.schema_version!r}, but this retrv "
-                f"({_retrv_version()}) reads up to {SCHEMA_VERSION}; upgrade retrv or rebuild the index"
-            )
+        meta = read_meta(root)
         db = _lancedb().connect(str(root / "lance"))
-        try:
-            table = db.open_table(ITEMS)
-        except (ValueError, FileNotFoundError, OSError) as e:
-            raise IndexSchemaError(f"index {root} has no readable items table ({e}); rebuild it") from None
-        return cls(root, meta, db, table)
+        store = cls(root, meta, db, None)
+        store._table = store._open_items()
+        return store
 
+    @lance_errors
+    def _open_items(self) -> Any:
+        return self._db.open_table(ITEMS)
+
+    @lance_errors
     def refresh(self) -> int:
         """Move to the latest committed version (writes by other processes become visible)."""
         self._table.checkout_latest()
@@ -175,8 +233,24 @@ class Store:
     def version(self) -> int:
         return int(self._table.version)
 
+    def identity(self, version: int | None = None) -> str:
+        """What tells version `version` (default: the current one) of this table from a version of the same
+        number of another table at the same path (the index re-created, or rolled back and written again):
+        the version and its manifest file's inode, size and modification time. Caches of derived data (the
+        faiss index) are keyed by it. '' when there is no such manifest (cleaned up, or not a local file)."""
+        v = self.version() if version is None else version
+        folder = self.root / "lance" / f"{ITEMS}.lance" / "_versions"
+        for name in (f"{2**64 - 1 - v}.manifest", f"{v}.manifest"):  # Lance's v2 and v1 manifest names
+            try:
+                st = os.stat(folder / name)
+            except OSError:
+                continue
+            return f"{v}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        return ""
+
     # ---- items -----------------------------------------------------------------------------
 
+    @lance_errors
     def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> int:
         """Insert or replace (by id) `items` with their vectors, as ONE new version; returns it."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -200,6 +274,7 @@ class Store:
             self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
         return self.version()
 
+    @lance_errors
     def delete(self, ids: Iterable[str]) -> int:
         """Delete rows by id as ONE new version (none if nothing to delete); returns the version."""
         keys = sorted({key_for_id(i) for i in ids})
@@ -210,23 +285,27 @@ class Store:
                 self._table.delete(where)
         return self.version()
 
+    @lance_errors
     def get(self, ids: Sequence[str]) -> list[Item]:
         """Items by id, in the order asked; unknown ids are skipped."""
         by_id = {item.id: item for item in self._items_where("id", list(dict.fromkeys(ids)))}
         return [by_id[i] for i in ids if i in by_id]
 
+    @lance_errors
     def items_for_keys(self, keys: Sequence[int]) -> list[Item | None]:
         """Items by faiss key, aligned with `keys` (None for -1 padding or a key no longer stored)."""
         wanted = [int(k) for k in dict.fromkeys(int(k) for k in keys) if k != -1]
         by_key = {key_for_id(item.id): item for item in self._items_where("key", wanted)}
         return [by_key.get(int(k)) for k in keys]
 
+    @lance_errors
     def file_states(self) -> dict[str, FileState]:
         """source -> what an incremental build needs to decide whether to re-encode it."""
         t = self._scan(["source", "id", "mtime", "size", "content_hash"])
         cols = [t.column(c).to_pylist() for c in ("source", "id", "mtime", "size", "content_hash")]
         return {src: FileState(i, m, s, h) for src, i, m, s, h in zip(*cols)}
 
+    @lance_errors
     def texts(self, ids: Sequence[str]) -> dict[str, str | None]:
         """id -> stored text, for the ids that have a row."""
         found: dict[str, str | None] = {}
@@ -235,6 +314,7 @@ class Store:
             found.update(zip(t.column("id").to_pylist(), t.column("text").to_pylist(), strict=True))
         return found
 
+    @lance_errors
     def vectors_for_hashes(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """content hash -> a stored vector with that hash (to reuse for renamed or duplicated files)."""
         wanted = sorted({h for h in hashes if h})
@@ -246,9 +326,11 @@ class Store:
                 found.setdefault(h, v.copy())
         return found
 
+    @lance_errors
     def keys(self) -> np.ndarray:
         return self._scan(["key"]).column("key").to_numpy()
 
+    @lance_errors
     def iter_vectors(
         self, where: str | None = None, batch_size: int = 65_536
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -271,9 +353,11 @@ class Store:
         """(keys, vectors) of rows inserted or replaced after `version` (what an ANN cache must add)."""
         return self.iter_vectors(where=f"written > {int(version)}")
 
+    @lance_errors
     def count(self) -> int:
         return int(self._table.count_rows())
 
+    @lance_errors
     def counts_by_modality(self) -> dict[str, int]:
         import pyarrow.compute as pc
 
@@ -288,6 +372,7 @@ class Store:
     def side_tables(self) -> list[str]:
         return sorted(n for n in self._table_names() if n != ITEMS)
 
+    @lance_errors
     def side_upsert(self, name: str, ids: Sequence[str], columns: dict[str, np.ndarray]) -> None:
         """Insert or replace rows of side table `name`: each column is an array (len(ids), *shape)."""
         import pyarrow as pa
@@ -323,6 +408,7 @@ class Store:
         else:
             table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
 
+    @lance_errors
     def side_get(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
         """id -> {column: array of the stored shape and dtype}; ids not in the table are left out."""
         _check_side_name(name)
@@ -338,6 +424,7 @@ class Store:
                 out[row_id] = {c: cols[c][row].reshape(shapes[c]).copy() for c in shapes}
         return out
 
+    @lance_errors
     def side_ids(self, name: str) -> set[str]:
         _check_side_name(name)
         if name not in self._table_names():
@@ -345,6 +432,7 @@ class Store:
         table = self._db.open_table(name)
         return set(table.search().select(["id"]).limit(None).to_arrow().column("id").to_pylist())
 
+    @lance_errors
     def side_delete(self, name: str, ids: Iterable[str]) -> None:
         """Delete rows of side table `name` by id (one new version of that table; none if nothing matches)."""
         _check_side_name(name)
@@ -356,6 +444,7 @@ class Store:
         if table.count_rows(where):
             table.delete(where)
 
+    @lance_errors
     def side_drop(self, name: str) -> None:
         _check_side_name(name)
         if name in self._table_names():
@@ -363,6 +452,7 @@ class Store:
 
     # ---- internals -------------------------------------------------------------------------
 
+    @lance_errors
     def _table_names(self) -> list[str]:
         return list(self._db.list_tables(limit=None).tables)
 

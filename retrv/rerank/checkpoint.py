@@ -264,6 +264,10 @@ def load_reasoner(
         if is_checkpoint and config.weights == "lora":
             from peft import PeftModel
 
+            if not (root / "adapter_model.safetensors").is_file():
+                raise ModelLoadError(
+                    f"reasoner {spec!r}: no adapter_model.safetensors in {root} (retrv loads safetensors weights only)"
+                )
             model = PeftModel.from_pretrained(model, str(root)).merge_and_unload()
 
     linear_patch_embeddings(model)

@@ -307,12 +307,12 @@ def train(
         step, micro, last_loss = meta["step"], meta["micro_batches"], meta.get("loss", math.nan)
         start_step = step
         _load_trainable_state(model, ckpt / "model.safetensors")
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        state = _load_tensors_only(ckpt / "training_state.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng = ckpt / f"rng-{rank}.pt"
         if rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=True))
+            _set_rng_state(_load_tensors_only(rng))
         emit(progress, "train", step, config.max_steps, f"resumed from {ckpt}")
     if main:
         if ckpt is None:
@@ -383,6 +383,20 @@ def train(
         data_issues=list(issues.items) if issues else [],
         seconds=time.perf_counter() - started,
     )
+
+
+def _load_tensors_only(path: Path) -> Any:
+    """A state file this loop wrote (torch.save of tensors, numbers and dicts), read with `weights_only=True`:
+    anything else, a pickle that would run code above all, is refused in one line."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RetrvError(f"{path}: not a training state this retrv wrote, refused ({first[:120]})") from None
 
 
 def _save_checkpoint(

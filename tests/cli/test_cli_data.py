@@ -67,6 +67,13 @@ def test_synth_json_and_refusals(tmp_path):
 
     assert runner.invoke(app, ["synth", "--out", str(out), "--size", "1", "--force", "-q"]).exit_code == 0
 
+    real = tmp_path / "real-mbeir"  # a dataset someone else wrote: --force must not touch it
+    (real / "query" / "test").mkdir(parents=True)
+    (real / "query" / "test" / "mbeir_mscoco_task0_test.jsonl").write_text('{"qid": "9:1"}\n')
+    refused = runner.invoke(app, ["synth", "--out", str(real), "--size", "1", "--force"])
+    assert refused.exit_code == 1 and "no synthetic world written by retrv" in " ".join(refused.stderr.split())
+    assert (real / "query" / "test" / "mbeir_mscoco_task0_test.jsonl").read_text() == '{"qid": "9:1"}\n'
+
 
 def test_check_on_a_missing_folder_fails_in_one_line(tmp_path):
     result = runner.invoke(app, ["check", str(tmp_path / "nope")])

@@ -12,6 +12,7 @@ from PIL import Image
 from retrv.data.check import check_dataset as check
 from retrv.data.mbeir import Instruction, MBeirCandidate, MBeirDataset, MBeirQuery, Problem, write_dataset
 from retrv.errors import DataError
+from retrv.items import Item
 
 QUERY_FILE = "query/test/mbeir_mscoco_task0_test.jsonl"
 POOL_FILE = "cand_pool/local/mbeir_mscoco_task0_test_cand_pool.jsonl"
@@ -306,3 +307,28 @@ def test_write_then_read_round_trip(tmp_path):
     assert ds.instruction("toy_task3", "image", "text") == "Say what you see."
     with pytest.raises(DataError, match="leaves the dataset root"):
         write_dataset(tmp_path / "w2", [], {}, None, [], {"../evil.png": b"x"})
+
+
+def test_a_link_out_of_the_dataset_and_a_fifo_are_refused_by_check_and_by_indexing(mbeir, tmp_path):
+    import os
+
+    from retrv.index.index import Index
+    from retrv.scan import NOT_REGULAR
+
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes((mbeir / "mbeir_images/mscoco_images/a.jpg").read_bytes())
+    images = mbeir / "mbeir_images/mscoco_images"
+    (images / "a.jpg").unlink()
+    (images / "a.jpg").symlink_to(outside)  # inside the root by name, elsewhere on the machine in fact
+    (images / "c.jpg").unlink()
+    os.mkfifo(images / "c.jpg")  # reading it would block every reader forever
+    problems = [str(p) for p in check(mbeir)]
+    assert any("is a link that leads outside the dataset root" in p for p in problems)
+    assert any("image is not a regular file" in p and "c.jpg" in p for p in problems)
+    with pytest.raises(DataError, match="leads outside the dataset root"):
+        list(MBeirDataset.open(mbeir, "test").candidates(pool="local", dataset="mscoco_task0"))
+
+    index = Index.open(tmp_path / "index", create=True, encoder="lite", device="cpu")
+    fifo = Item("8:7", "8:7", "image", image_path=str(images / "c.jpg"))
+    report = index.add_items([fifo, Item("9:300", "9:300", "text", text="a caption")])  # the FIFO is never opened
+    assert [(s.path, s.reason) for s in report.skipped] == [("8:7", NOT_REGULAR)] and report.added == 1

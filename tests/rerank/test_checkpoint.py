@@ -148,6 +148,12 @@ def test_lora_checkpoint_is_merged_on_load(tiny_reasoner_dir, tmp_path):
     with torch.no_grad():
         assert torch.allclose(back.model(input_ids=ids).logits, expected, atol=1e-5)
 
+    # an adapter saved as a pickle (.bin) is refused, not unpickled
+    (out / "adapter_model.safetensors").rename(out / "adapter_model.bin")
+    with pytest.raises(ModelLoadError, match=r"no adapter_model\.safetensors") as err:
+        load_reasoner(str(out), device="cpu")
+    assert "\n" not in str(err.value)
+
 
 def test_image_token_budget_caps_processor_and_changes_id(tiny_reasoner_dir, loaded):
     small = load_reasoner(str(tiny_reasoner_dir), device="cpu", max_image_tokens=4)

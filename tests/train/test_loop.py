@@ -230,3 +230,19 @@ def test_two_processes_under_torchrun_equal_one_process_accumulating_two(tmp_pat
         "trainer_state.json",
         "training_state.pt",
     ]
+
+
+def test_a_training_state_that_is_a_pickle_is_refused_in_one_line(tmp_path):
+    import pickle
+
+    _run(_config(tmp_path, "run", max_steps=4))
+    state = latest_checkpoint(tmp_path / "run") / "training_state.pt"
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this would run",))
+
+    state.write_bytes(pickle.dumps({"optimizer": Payload()}))
+    with pytest.raises(RetrvError, match="not a training state this retrv wrote, refused") as info:
+        _run(_config(tmp_path, "run", resume=True, max_steps=6))
+    assert "\n" not in str(info.value)
