@@ -12,7 +12,7 @@ _retrv_options() {
     case "$1" in
         "") echo "--offline --version --help -h" ;;
         "bench") echo "--help -h" ;;
-        "bench mbeir") echo "--tasks --split --pool --k -k --rerank --encoder --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --no-icm --force-answer --instructions --no-instructions --limit --json --run --plot --index-dir --device --quiet -q --help -h" ;;
+        "bench mbeir") echo "--tasks --split --pool --k -k --rerank --encoder --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --force-answer --instructions --no-instructions --limit --json --run --plot --index-dir --device --quiet -q --help -h" ;;
         "build-index") echo "--index -i --encoder --batch-size --device --exclude --include-hidden --max-megapixels --prune --quiet -q --verbose -v --json --help -h" ;;
         "completions") echo "--help -h" ;;
         "compress") echo "--reasoner --index -i --batch-size --drop-stale --device --trust-remote-code --quiet -q --json --help -h" ;;
@@ -22,7 +22,7 @@ _retrv_options() {
         "index") echo "--help -h" ;;
         "index repair") echo "--index -i --json --quiet -q --help -h" ;;
         "info") echo "--index -i --json --help -h" ;;
-        "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --min-score --show-reasoning --encoder --device --trust-remote-code --paths-only -f --null -0 --json --quiet -q --help -h" ;;
+        "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --min-score --show-reasoning --encoder --device --trust-remote-code --paths-only -f --null -0 --json --quiet -q --help -h" ;;
         "train") echo "--help -h" ;;
         "train caption") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --prompt-style --num-candidates --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
         "train cot") echo "--data --teacher --out --split --pool --num-candidates --hard-candidates --instructions --no-instructions --limit --batch-size --seed --device --json --quiet -q --help -h" ;;
@@ -46,6 +46,10 @@ _retrv_value() {
         "bench mbeir:--fusion-weight") echo "value" ;;
         "bench mbeir:--max-inspections") echo "value" ;;
         "bench mbeir:--max-new-tokens") echo "value" ;;
+        "bench mbeir:--candidate-tokens") echo "value" ;;
+        "bench mbeir:--glance-image-tokens") echo "value" ;;
+        "bench mbeir:--glance-text-tokens") echo "value" ;;
+        "bench mbeir:--score-style") echo "value" ;;
         "bench mbeir:--limit") echo "value" ;;
         "bench mbeir:--run") echo "file" ;;
         "bench mbeir:--plot") echo "file" ;;
@@ -78,6 +82,10 @@ _retrv_value() {
         "search:--fusion-weight") echo "value" ;;
         "search:--max-inspections") echo "value" ;;
         "search:--max-new-tokens") echo "value" ;;
+        "search:--candidate-tokens") echo "value" ;;
+        "search:--glance-image-tokens") echo "value" ;;
+        "search:--glance-text-tokens") echo "value" ;;
+        "search:--score-style") echo "value" ;;
         "search:--min-score") echo "value" ;;
         "search:--encoder") echo "value" ;;
         "search:--device") echo "value" ;;

@@ -41,7 +41,11 @@ _retrv_bench_mbeir() {
         '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
-        '--no-icm[reason mode every candidates full tokens instead of 2 ICM tokens (ablation)]' \
+        '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
+        '--glance-image-tokens[reason mode, glance image tokens per candidate (4)]:value: ' \
+        '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
+        '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
+        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR)]' \
         '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Prefix queries with UniIRs task instructions]' \
         '--limit[At most this many queries per dataset]:value: ' \
@@ -172,6 +176,11 @@ _retrv_search() {
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
+        '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
+        '--glance-image-tokens[reason mode, glance image tokens per candidate (4)]:value: ' \
+        '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
+        '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
+        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR)]' \
         '--min-score[Drop results below S P(yes) in score mode, the coarse cosine otherwise (reason modes pick is not a]:value: ' \
         '--show-reasoning[Print the reasoners reasoning (inspected candidates marked)]' \
         '--encoder[Refuse to search unless the index was built with this encoder]:value: ' \

@@ -27,6 +27,8 @@ else:  # pragma: no cover - Python 3.10
 APP_NAME = "retrv"
 DEFAULT_INDEX = "default"
 RERANK_MODES = ("none", "score", "reason")
+CANDIDATE_TOKENS = ("icm", "glance", "full")
+SCORE_STYLES = ("lamra", "retllm")
 
 
 def _setting(default: Any, *, minimum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
@@ -48,6 +50,11 @@ class Settings:
     fusion_weight: float = 1.0
     max_inspections: int = _setting(5, minimum=0)
     max_new_tokens: int = _setting(512, minimum=1)
+    candidate_tokens: str | None = _setting(None, choices=CANDIDATE_TOKENS)  # None: icm with ICM weights, else glance
+    glance_image_tokens: int = _setting(4, minimum=1)
+    glance_text_tokens: int = _setting(16, minimum=0)
+    score_style: str = _setting("lamra", choices=SCORE_STYLES)
+    visual_retracing: bool = False
     exact_search_max: int = _setting(50_000, minimum=0)
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -94,6 +101,12 @@ def coerce(name: str, raw: Any, origin: str) -> Any:
 
     if raw is None or (from_text and raw == "" and "None" in kind):
         return None
+    if kind.startswith("bool"):
+        if isinstance(raw, bool):
+            return raw
+        if from_text and raw.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        raise bad("true or false")
     if kind.startswith("int"):
         if isinstance(raw, bool) or not (isinstance(raw, int) or (from_text and re.fullmatch(r"\s*[+-]?\d+\s*", raw))):
             raise bad("an integer")

@@ -18,27 +18,35 @@ def reranker_from_settings(
     settings: Settings,
     *,
     force_answer: bool = False,
-    use_icm: bool = True,
     trust_remote_code: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> Reranker | None:
     """The reranker `settings` ask for: `rerank` (default: score with a reasoner, else none) over `reasoner`."""
     from retrv.devices import resolve_device
+    from retrv.icm.features import GlanceBudget
     from retrv.rerank.factory import make_reranker
+    from retrv.rerank.reasoner import ReasonerOptions
+    from retrv.rerank.retracing import RetracingConfig
 
     mode = settings.rerank or ("score" if settings.reasoner else "none")
     if mode == "none":
         return None
     resolve_device(settings.device, origin=settings.origin("device"))  # fail early, naming where it came from
+    reason = ReasonerOptions(
+        max_new_tokens=settings.max_new_tokens,
+        max_inspections=settings.max_inspections,
+        candidate_tokens=settings.candidate_tokens,
+        glance=GlanceBudget(settings.glance_image_tokens, settings.glance_text_tokens),
+        force_answer=force_answer,
+    )
     return make_reranker(
         mode,
         settings.reasoner,
         device=settings.device,
         fusion_weight=settings.fusion_weight,
-        max_inspections=settings.max_inspections,
-        max_new_tokens=settings.max_new_tokens,
-        use_icm=use_icm,
-        force_answer=force_answer,
+        score_style=settings.score_style,
+        retracing=RetracingConfig() if settings.visual_retracing else None,
+        reason=reason,
         trust_remote_code=trust_remote_code,
         notify=notify,
     )
@@ -69,7 +77,6 @@ class Engine:
         encoder: str | None = None,
         min_score: float | None = None,
         force_answer: bool = False,
-        use_icm: bool = True,
         trust_remote_code: bool = False,
         notify: Callable[[str], None] | None = None,
     ) -> Engine:
@@ -87,7 +94,7 @@ class Engine:
             notify=notify,
         )
         reranker = reranker_from_settings(
-            settings, force_answer=force_answer, use_icm=use_icm, trust_remote_code=trust_remote_code, notify=notify
+            settings, force_answer=force_answer, trust_remote_code=trust_remote_code, notify=notify
         )
         table = getattr(reranker, "precomputed_table", None)
         if table and notify is not None and table not in index.store.side_tables():
@@ -138,6 +145,7 @@ class Engine:
         ranking.inspected = list(result.inspected)
         ranking.fallback = result.fallback
         ranking.forced_answer = result.forced_answer
+        ranking.candidate_tokens = result.candidate_tokens
         ranking.prompt_tokens = result.prompt_tokens
         ranking.generated_tokens = result.generated_tokens
         ranking.latency_ms.update({f"rerank.{name}": ms for name, ms in result.latency_ms.items()})

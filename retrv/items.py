@@ -197,6 +197,7 @@ class Ranking:
     `no_match` is True when a `min_score` was asked for and no candidate reached it.
     `fallback` names why a reranker's output was not used (malformed output), else None.
     `forced_answer` is True when the reasoner stopped without a usable answer and was made to name a candidate.
+    `candidate_tokens` says how reason mode showed the candidates (icm, glance, full); None in other modes.
     `latency_ms` is per stage ("encode", "coarse", "fetch", "rerank", "total").
     """
 
@@ -208,6 +209,7 @@ class Ranking:
     inspected: list[int] = field(default_factory=list)
     fallback: str | None = None
     forced_answer: bool = False
+    candidate_tokens: str | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -228,6 +230,7 @@ class Ranking:
             "inspected": list(self.inspected),
             "fallback": self.fallback,
             "forced_answer": self.forced_answer,
+            "candidate_tokens": self.candidate_tokens,
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "latency_ms": dict(self.latency_ms),

@@ -57,6 +57,16 @@ def tiny_reasoner_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hub_vlm_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2.5-VL saved the way the hub ships an instruct model: Qwen's own special tokens only
+    (retrv's tags are plain text to it), a chat template, a preprocessor_config.json."""
+    from retrv.train.random_models import DEFAULT_CORPUS, build_random_vlm
+
+    corpus = [*DEFAULT_CORPUS, *["Please output True or False. True. False."] * 20]  # one token each, as in Qwen's
+    return build_random_vlm(tmp_path_factory.mktemp("hub-vlm"), hub_layout=True, corpus=corpus)
+
+
+@pytest.fixture(scope="session")
 def reasoner_checkpoint(tiny_reasoner_dir, tmp_path_factory) -> Path:
     """The tiny Qwen2.5-VL with a freshly initialised ICM, saved as a retrv reasoner checkpoint."""
     import torch

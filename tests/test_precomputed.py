@@ -133,7 +133,7 @@ def test_unreadable_image_is_reported_and_the_rest_computed(tmp_path, reasoner, 
 
 
 def test_bare_reasoner_cannot_compress(store, tiny_reasoner_dir):
-    bare = Reasoner.load(str(tiny_reasoner_dir), device="cpu", options=ReasonerOptions(use_icm=False))
+    bare = Reasoner.load(str(tiny_reasoner_dir), device="cpu", options=ReasonerOptions(candidate_tokens="glance"))
     assert bare.precomputed_table is None
     with pytest.raises(CompressError, match="no precomputed rows"):
         compress_index(store, bare)

@@ -42,7 +42,6 @@ class BenchConfig:
     limit: int | None = None  # queries per dataset
     run_file: Path | None = None
     index_dir: Path | None = None
-    use_icm: bool = True
     force_answer: bool = False
 
 
@@ -111,9 +110,7 @@ def run_mbeir(
     names = _selected(ds, config.datasets)
     encoder = encoder or load_encoder(settings.encoder, device=settings.device, notify=notify)
     if reranker is None:
-        reranker = reranker_from_settings(
-            settings, force_answer=config.force_answer, use_icm=config.use_icm, notify=notify
-        )
+        reranker = reranker_from_settings(settings, force_answer=config.force_answer, notify=notify)
     mode = reranker.mode if reranker is not None else "none"
     done: dict[str, list[str]] = {}
     if config.run_file is not None and config.run_file.exists():

@@ -9,11 +9,16 @@ import typer
 
 from retrv.cli.common import (
     FORCE_ANSWER_HELP,
+    CandidateTokensOption,
     DeviceOption,
     EncoderOption,
+    GlanceImageTokensOption,
+    GlanceTextTokensOption,
     JsonOption,
     QuietOption,
     ReasonerOption,
+    ScoreStyleOption,
+    VisualRetracingOption,
     handle_errors,
     notice,
     print_json,
@@ -70,10 +75,12 @@ def mbeir(
             help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer).",
         ),
     ] = None,
-    no_icm: Annotated[
-        bool,
-        typer.Option("--no-icm", help="reason mode: every candidate's full tokens instead of 2 ICM tokens (ablation)."),
-    ] = False,
+    candidate_tokens: CandidateTokensOption = None,
+    no_icm: Annotated[bool, typer.Option("--no-icm", hidden=True, help="Same as --candidate-tokens full.")] = False,
+    glance_image_tokens: GlanceImageTokensOption = None,
+    glance_text_tokens: GlanceTextTokensOption = None,
+    score_style: ScoreStyleOption = None,
+    visual_retracing: VisualRetracingOption = None,
     force_answer: Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)] = False,
     instructions: Annotated[
         bool, typer.Option("--instructions/--no-instructions", help="Prefix queries with UniIR's task instructions.")
@@ -118,6 +125,11 @@ def mbeir(
         fusion_weight=fusion_weight,
         max_inspections=max_inspections,
         max_new_tokens=max_new_tokens,
+        candidate_tokens="full" if no_icm else candidate_tokens,
+        glance_image_tokens=glance_image_tokens,
+        glance_text_tokens=glance_text_tokens,
+        score_style=score_style,
+        visual_retracing=visual_retracing,
     )
     config = BenchConfig(
         data=data,
@@ -129,7 +141,6 @@ def mbeir(
         limit=limit,
         run_file=run,
         index_dir=index_dir,
-        use_icm=not no_icm,
         force_answer=force_answer,
     )
     with progress_bar(quiet) as progress:

@@ -61,6 +61,45 @@ ReasonerOption = Annotated[
         help="Reasoner: a Hugging Face id or a local directory (a retrv checkpoint for reason mode).",
     ),
 ]
+CandidateTokensOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="icm|glance|full",
+        envvar="RETRV_CANDIDATE_TOKENS",
+        help="reason mode: candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first "
+        "words: any instruct VLM) or every token. Default: icm with ICM weights, else glance.",
+    ),
+]
+GlanceImageTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N", envvar="RETRV_GLANCE_IMAGE_TOKENS", help="reason mode, glance: image tokens per candidate (4)."
+    ),
+]
+GlanceTextTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N", envvar="RETRV_GLANCE_TEXT_TOKENS", help="reason mode, glance: text tokens per candidate (16)."
+    ),
+]
+ScoreStyleOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="lamra|retllm",
+        envvar="RETRV_SCORE_STYLE",
+        help="score mode: lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by "
+        "entropy).",
+    ),
+]
+VisualRetracingOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--visual-retracing/--no-visual-retracing",
+        envvar="RETRV_VISUAL_RETRACING",
+        help="score mode: when the model hesitates mid-way, its FFN looks again at the input (RetLLM's MemVR).",
+        show_default=False,
+    ),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, notices or library warnings on stderr.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (schemas in docs/cli.md).")]
 TrustRemoteCodeOption = Annotated[

@@ -10,12 +10,17 @@ import typer
 
 from retrv.cli.common import (
     FORCE_ANSWER_HELP,
+    CandidateTokensOption,
     DeviceOption,
+    GlanceImageTokensOption,
+    GlanceTextTokensOption,
     IndexOption,
     JsonOption,
     QuietOption,
     ReasonerOption,
+    ScoreStyleOption,
     TrustRemoteCodeOption,
+    VisualRetracingOption,
     handle_errors,
     notice,
     print_json,
@@ -84,6 +89,11 @@ def search(
         ),
     ] = None,
     force_answer: Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)] = False,
+    candidate_tokens: CandidateTokensOption = None,
+    glance_image_tokens: GlanceImageTokensOption = None,
+    glance_text_tokens: GlanceTextTokensOption = None,
+    score_style: ScoreStyleOption = None,
+    visual_retracing: VisualRetracingOption = None,
     min_score: Annotated[
         float | None,
         typer.Option(
@@ -128,6 +138,11 @@ def search(
         max_inspections=max_inspections,
         max_new_tokens=max_new_tokens,
         rerank=rerank,
+        candidate_tokens=candidate_tokens,
+        glance_image_tokens=glance_image_tokens,
+        glance_text_tokens=glance_text_tokens,
+        score_style=score_style,
+        visual_retracing=visual_retracing,
     )
     if no_rerank:
         settings = dataclasses.replace(settings, rerank="none")

@@ -23,6 +23,26 @@ if TYPE_CHECKING:
     from retrv.items import Item, Query
 
 DEFAULT_MAX_TEXT_TOKENS = 256
+PIXELS_PER_IMAGE_TOKEN = 28 * 28  # Qwen-VL merges 2x2 patches of 14 px: one image token covers 28x28 pixels
+
+
+@dataclass(frozen=True)
+class GlanceBudget:
+    """How small a candidate is in a reason-mode prompt without ICM: its image at most `image_tokens` merged
+    tokens (4 = a 2x2 grid: 56x56 px for Qwen-VL's 28-px merged patches; fewer for a long thin image), its text
+    the first `text_tokens` tokens. The model's own dynamic resolution, so no training is needed."""
+
+    image_tokens: int = 4
+    text_tokens: int = 16
+
+    def as_token_budget(self) -> TokenBudget:
+        # Half a token of slack: the processor floors each side to whole patches, and a square image asked for
+        # exactly N tokens' pixels can round down a whole row in floating point.
+        return TokenBudget(
+            max_image_pixels=int((self.image_tokens + 0.5) * PIXELS_PER_IMAGE_TOKEN),
+            min_image_pixels=PIXELS_PER_IMAGE_TOKEN,
+            max_text_tokens=self.text_tokens,
+        )
 
 
 @dataclass(frozen=True)

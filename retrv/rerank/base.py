@@ -37,6 +37,7 @@ class RerankResult:
     inspected: list[int] = field(default_factory=list)
     fallback: str | None = None
     forced_answer: bool = False  # the reasoner stopped without a usable answer and was made to name one
+    candidate_tokens: str | None = None  # reason mode: how the candidates entered the prompt (icm, glance, full)
     prompt_tokens: int = 0
     generated_tokens: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)

@@ -204,11 +204,14 @@ def load_reasoner(
     trust_remote_code: bool = False,
     require_icm: bool = False,
     max_image_tokens: int | None = DEFAULT_MAX_IMAGE_TOKENS,
+    role_tokens: bool | None = None,
 ) -> LoadedReasoner:
     """Load a reasoner by spec (see the module docstring); raise ModelLoadError with one line on failure.
 
-    CUDA runs bfloat16 with SDPA attention; the CPU runs float32. `require_icm` (reason mode) refuses a
-    bare base model, which has no ICM weights.
+    CUDA runs bfloat16 with SDPA attention; the CPU runs float32. `require_icm` (reason mode with ICM tokens)
+    refuses a bare base model, which has no ICM weights. `role_tokens` adds retrv's role tokens (`<|icm|>`, the
+    tags) to the tokenizer and the embeddings, as training needs; by default only a retrv checkpoint has them:
+    a plain instruct model writes the tags as text, with the tokens it knows.
     """
     from retrv.devices import resolve_device
 
@@ -222,7 +225,8 @@ def load_reasoner(
     if require_icm and (config.icm is None or not (root / ICM_WEIGHTS).is_file()):
         raise ModelLoadError(
             f"reasoner {spec!r} has no ICM weights ({'stage ' + config.stage if is_checkpoint else 'a bare base model'}); "
-            "reason mode needs a checkpoint from `retrv train`. Use --rerank score for training-free reranking with any VLM"
+            "ICM tokens need a checkpoint from `retrv train`. With any instruct VLM use --candidate-tokens glance "
+            "(reason mode) or --rerank score"
         )
     llm_dir = root if (not is_checkpoint or config.weights == "full") else resolve_spec(config.base_model)
     if not _has_safetensors(llm_dir):
@@ -256,7 +260,8 @@ def load_reasoner(
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"reasoner {spec!r}: cannot load from {llm_dir} ({first})") from None
 
-        ensure_special_tokens(model, tokenizer, config.special_tokens)
+        if role_tokens or (role_tokens is None and is_checkpoint):
+            ensure_special_tokens(model, tokenizer, config.special_tokens)
         if not getattr(tokenizer, "chat_template", None):
             tokenizer.chat_template = read_chat_template(root) or read_chat_template(llm_dir)
         if is_checkpoint and config.weights != "full" and (root / TOKEN_EMBEDDINGS).is_file():

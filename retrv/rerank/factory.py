@@ -1,4 +1,4 @@
-"""One front door for stage 2: a mode name and a reasoner spec in, a ready `Reranker` out."""
+"""One front door for stage 2: a mode name, a reasoner spec and the mode's options in, a ready `Reranker` out."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from retrv.errors import UsageError
 
 if TYPE_CHECKING:
     from retrv.rerank.base import Reranker
+    from retrv.rerank.reasoner import ReasonerOptions
+    from retrv.rerank.retracing import RetracingConfig
 
 
 def make_reranker(
@@ -18,17 +20,15 @@ def make_reranker(
     *,
     device: str = "auto",
     fusion_weight: float = 1.0,
-    max_inspections: int = 5,
-    max_new_tokens: int = 512,
-    use_icm: bool = True,
-    force_answer: bool = False,
+    score_style: str = "lamra",
+    retracing: RetracingConfig | None = None,
+    reason: ReasonerOptions | None = None,
     trust_remote_code: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> Reranker | None:
-    """`score`: any instruct VLM, training-free. `reason`: a retrv reasoner checkpoint (ICM + DIM).
-
-    `notify` hears which device the reasoner runs on and why.
-    """
+    """`score`: any instruct VLM, training-free (`score_style` lamra or retllm, optionally with visual
+    `retracing`). `reason`: any instruct VLM with glance tokens, or a retrv checkpoint with ICM tokens
+    (`reason.candidate_tokens`), with detail inspection. `notify` hears which device the reasoner runs on."""
     from retrv.rerank.checkpoint import DEFAULT_REASONER, load_reasoner
 
     if mode not in RERANK_MODES:
@@ -41,13 +41,12 @@ def make_reranker(
 
         loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code)
         _say(notify, f"reasoner {spec} on {loaded.device} ({loaded.device_reason})")
-        return Scorer(loaded, fusion_weight=fusion_weight)
+        return Scorer(loaded, style=score_style, fusion_weight=fusion_weight, retracing=retracing)
     from retrv.rerank.reasoner import Reasoner, ReasonerOptions
 
-    options = ReasonerOptions(
-        max_new_tokens=max_new_tokens, max_inspections=max_inspections, use_icm=use_icm, force_answer=force_answer
-    )
-    loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code, require_icm=use_icm)
+    options = reason or ReasonerOptions()
+    require_icm = options.candidate_tokens == "icm"
+    loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code, require_icm=require_icm)
     _say(notify, f"reasoner {spec} on {loaded.device} ({loaded.device_reason})")
     return Reasoner.from_loaded(loaded, options)
 

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Qwen-VL merges 2x2 patches of 14 px, so one image token covers 28x28 pixels. Candidates are capped at
-# 256 tokens (about 448x448 px) unless the caller asks otherwise: the hub default (1280 tokens) would make
-# a top-50 rerank 64k image tokens long. A processor that already asks for fewer pixels is kept as is.
-PIXELS_PER_IMAGE_TOKEN = 28 * 28
+from retrv.icm.features import PIXELS_PER_IMAGE_TOKEN
+
+# Candidates are capped at 256 image tokens (about 448x448 px) unless the caller asks otherwise: the hub default
+# (1280 tokens) would make a top-50 rerank 64k image tokens long. A processor that already asks for fewer
+# pixels is kept as is.
 DEFAULT_MAX_IMAGE_TOKENS = 256
 
 

@@ -78,6 +78,35 @@ def score_segments(
     return segments
 
 
+def retllm_segments(
+    *, query_text: str | None, query_image: bool, candidate_text: str | None, candidate_image: bool
+) -> list[Segment]:
+    """The user turn of RetLLM's question: "Does the image match the caption ...? Please output True or False.",
+    its composed variant (a reference image and a modification), and the same question for other pairs."""
+    ask = "Please output True or False."
+    if candidate_image and not query_image and query_text:  # caption -> image
+        return [Segment("image"), Segment("text", f'Does the image match the caption "{query_text}"? {ask}')]
+    if query_image and not query_text and candidate_text and not candidate_image:  # image -> caption
+        return [Segment("image"), Segment("text", f'Does the image match the caption "{candidate_text}"? {ask}')]
+    if query_image and query_text and candidate_image:  # composed: reference image + modification -> image
+        return [
+            Segment("text", "Reference image: "),
+            Segment("image"),
+            Segment("text", "\nCandidate image: "),
+            Segment("image"),
+            Segment(
+                "text",
+                f'\nDoes the candidate image match the reference image modified as follows: "{query_text}"? {ask}',
+            ),
+        ]
+    segments = [Segment("text", "Query: ")]
+    segments += [Segment("image")] if query_image else []
+    segments.append(Segment("text", f"{query_text or ''}\nCandidate: "))
+    segments += [Segment("image")] if candidate_image else []
+    segments.append(Segment("text", f"{candidate_text or ''}\nDoes the candidate match the query? {ask}"))
+    return segments
+
+
 def _chat_template_owner(tokenizer: Any, processor: Any) -> Any:
     for owner in (processor, tokenizer):
         if owner is not None and getattr(owner, "chat_template", None):

@@ -8,14 +8,16 @@ Malformed output never raises: the coarse order comes back with `RerankResult.fa
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from retrv.errors import RetrvError
+from retrv.errors import RetrvError, UsageError
 from retrv.icm.features import (
     CandidateTokens,
+    GlanceBudget,
     TokenBudget,
     candidate_tokens_batch,
     full_tokens_batch,
@@ -25,7 +27,7 @@ from retrv.icm.features import (
 from retrv.rerank.base import Candidate, RerankResult
 from retrv.rerank.decode import DecodeOptions, Trace, generate_with_inspection
 from retrv.rerank.grammar import parse_answer
-from retrv.rerank.sequence import Segment, SpecialTokens, build_prompt
+from retrv.rerank.sequence import CANDIDATE_TOKENS, Segment, SpecialTokens, build_prompt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,8 +45,12 @@ class ReasonerOptions:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
-    use_icm: bool = True  # False: every candidate's full tokens in the prompt (the "w/o ICM" ablation)
-    budget: TokenBudget = field(default_factory=TokenBudget)
+    # How candidates enter the prompt (`sequence.CANDIDATE_TOKENS`): "icm" (two soft tokens each, a checkpoint
+    # with ICM weights), "glance" (each at `glance`'s small budget: any instruct VLM, no training), "full"
+    # (every token: the paper's "w/o ICM"); None picks icm when the reasoner has an ICM, else glance.
+    candidate_tokens: str | None = None
+    glance: GlanceBudget = field(default_factory=GlanceBudget)
+    budget: TokenBudget = field(default_factory=TokenBudget)  # full tokens: inspections, the query, "full"
     force_answer: bool = False  # True: a decode without a usable answer is made to name a candidate
 
     def decode_options(self) -> DecodeOptions:
@@ -88,11 +94,21 @@ class Reasoner:
         checkpoint_id: str | None = None,
     ):
         self.model, self.tokenizer, self.image_processor, self.icm = model, tokenizer, image_processor, icm
-        self.options = options or ReasonerOptions()
+        options = options or ReasonerOptions()
+        if options.candidate_tokens is None:
+            options = dataclasses.replace(options, candidate_tokens="icm" if icm is not None else "glance")
+        if options.candidate_tokens not in CANDIDATE_TOKENS:
+            raise UsageError(
+                f"candidate tokens must be one of {', '.join(CANDIDATE_TOKENS)}, got {options.candidate_tokens!r}"
+            )
+        self.options = options
         self.special, self.prompt_style = special, prompt_style
         self.checkpoint_id = checkpoint_id
-        if self.options.use_icm and icm is None:
-            raise RetrvError("reason mode needs a reasoner checkpoint with ICM weights (or use_icm=False)")
+        if self.candidate_tokens == "icm" and icm is None:
+            raise UsageError(
+                "--candidate-tokens icm needs a reasoner checkpoint with ICM weights (retrv train icm); "
+                "use glance (any instruct VLM) or full"
+            )
         hidden = unwrap_model(model).get_input_embeddings().weight.shape[-1]
         if icm is not None and icm.config.hidden_size != hidden:
             raise RetrvError(
@@ -120,8 +136,13 @@ class Reasoner:
         from retrv.rerank.checkpoint import load_reasoner
 
         options = options or ReasonerOptions()
-        loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code, require_icm=options.use_icm)
+        require_icm = options.candidate_tokens == "icm"
+        loaded = load_reasoner(spec, device=device, trust_remote_code=trust_remote_code, require_icm=require_icm)
         return cls.from_loaded(loaded, options)
+
+    @property
+    def candidate_tokens(self) -> str:
+        return str(self.options.candidate_tokens)
 
     @property
     def device(self) -> str:
@@ -130,7 +151,7 @@ class Reasoner:
     @property
     def precomputed_table(self) -> str | None:
         """The index side table of this checkpoint's ICM rows (None without ICM or a checkpoint id)."""
-        if not self.options.use_icm or self.icm is None or not self.checkpoint_id:
+        if self.candidate_tokens != "icm" or self.icm is None or not self.checkpoint_id:
             return None
         return f"{ICM_TABLE_PREFIX}{self.checkpoint_id}"
 
@@ -217,20 +238,21 @@ class Reasoner:
 
         q = query_tokens(self.model, self, query, budget)
         embed = unwrap_model(self.model).get_input_embeddings()
-        if self.options.use_icm:
+        shown = self.candidate_tokens
+        if shown == "icm":
             soft = self._soft_tokens(q, candidates, full, cache)
             prompt = build_prompt(
                 self.tokenizer, embed, q, soft_tokens=soft, special=self.special, style=self.prompt_style
             )
         else:
-            full(list(range(len(candidates))))
+            if shown == "full":
+                full(list(range(len(candidates))))
+                previews = [cache[i] for i in range(len(candidates))]
+            else:  # glance: the same model's tokens of each candidate at a small budget
+                small = self.options.glance.as_token_budget()
+                previews = candidate_tokens_batch(self.model, self, [c.item for c in candidates], small)
             prompt = build_prompt(
-                self.tokenizer,
-                embed,
-                q,
-                full=[cache[i] for i in range(len(candidates))],
-                special=self.special,
-                style=self.prompt_style,
+                self.tokenizer, embed, q, full=previews, special=self.special, style=self.prompt_style, shown=shown
             )
         return PreparedPrompt(prompt, len(candidates), inspect, {"prepare": (time.perf_counter() - started) * 1000.0})
 
@@ -264,7 +286,9 @@ class Reasoner:
         started = time.perf_counter()
         k = len(candidates)
         if k == 0:
-            return RerankResult(order=[], scores=[], rerank_scores=[], confidences=[])
+            return RerankResult(
+                order=[], scores=[], rerank_scores=[], confidences=[], candidate_tokens=self.candidate_tokens
+            )
         prepared, trace = self.trace(query, candidates, logits_hook=logits_hook)
         answer = parse_answer(trace.forced_text or trace.text, k, self.special)
         fallback = None
@@ -293,6 +317,7 @@ class Reasoner:
             inspected=list(trace.inspected),
             fallback=fallback,
             forced_answer=trace.forced_text is not None,
+            candidate_tokens=self.candidate_tokens,
             prompt_tokens=len(prepared.prompt),
             generated_tokens=len(trace.generated_ids),
             latency_ms=latency,

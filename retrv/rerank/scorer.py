@@ -1,12 +1,21 @@
-"""`score` mode: training-free pointwise reranking with any instruct VLM (RetLLM, LamRA).
+"""`score` mode: training-free pointwise reranking with any instruct VLM, in two published styles.
 
-For each (query, candidate) the reasoner reads one prompt (`prompts.score_segments`: query, candidate,
-"Does the candidate match the query? Answer Yes or No.") and we read the next-token logits at the
-last position:
+`lamra` (LamRA's pointwise rerank, the default): for each (query, candidate) the reasoner reads one prompt
+(`prompts.score_segments`: query, candidate, "Does the candidate match the query? Answer Yes or No.") and we
+read the next-token logits at the last position:
 
     p    = softmax(logit[yes], logit[no])[yes]          the rerank score, a probability in [0, 1]
     conf = 1 - H(p, 1 - p) / log 2                      1 = certain, 0 = a coin flip
     fused = coarse + fusion_weight * p                  the final order; ties broken by conf
+
+`retllm` (RetLLM): the prompt asks "Does the image match the caption ...? Please output True or False."
+(`prompts.retllm_segments`, with a composed variant), and
+
+    p    = softmax(logits)[True], over the whole vocabulary, truncated to 2 decimals: the score and the order
+    H    = the entropy of that distribution: among equal scores the lower H ranks first (conf = 1 - H / log V)
+
+with no fusion with the coarse score. `visual_retracing` (RetLLM's MemVR-style FFN augmentation,
+`rerank/retracing.py`) may run inside either style's forward.
 
 Candidates are batched (right padding; each row's logit is taken at its own last real position, so a
 batch computes what one-by-one calls compute). The answer tokens are found in context: the token the
@@ -25,10 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrv.errors import ScoreError
+from retrv.config import SCORE_STYLES
+from retrv.errors import ScoreError, UsageError
 from retrv.images import load_image
 from retrv.rerank.base import Candidate, RerankResult
-from retrv.rerank.prompts import SCORE_SYSTEM, render, score_segments
+from retrv.rerank.prompts import SCORE_SYSTEM, render, retllm_segments, score_segments
+from retrv.rerank.retracing import RetracingConfig, visual_retracing
 from retrv.scan import SkipFile
 
 if TYPE_CHECKING:
@@ -62,15 +73,14 @@ def _answer_token_id(tokenizer: Any, prefix: str, word: str) -> int | None:
     return None
 
 
-def pick_answer_tokens(tokenizer: Any, prefix: str) -> AnswerTokens:
+def pick_answer_tokens(tokenizer: Any, prefix: str, pairs: tuple[tuple[str, str], ...] = ANSWER_PAIRS) -> AnswerTokens:
     """Yes/No (or True/False) token ids as the model would write them after `prefix`."""
-    for yes, no in ANSWER_PAIRS:
+    for yes, no in pairs:
         yes_id, no_id = _answer_token_id(tokenizer, prefix, yes), _answer_token_id(tokenizer, prefix, no)
         if yes_id is not None and no_id is not None and yes_id != no_id:
             return AnswerTokens(yes, no, yes_id, no_id)
-    raise ScoreError(
-        "the reasoner's tokenizer has no single token for Yes/No or True/False; score mode cannot read an answer"
-    )
+    words = " or ".join(f"{yes}/{no}" for yes, no in pairs)
+    raise ScoreError(f"the reasoner's tokenizer has no single token for {words}; score mode cannot read an answer")
 
 
 def normalised_confidence(p_yes: np.ndarray) -> np.ndarray:
@@ -91,20 +101,27 @@ class Scorer:
         self,
         reasoner: LoadedReasoner,
         *,
+        style: str = "lamra",
         fusion_weight: float = DEFAULT_FUSION_WEIGHT,
         batch_size: int = DEFAULT_BATCH_SIZE,
         max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
         system: str | None = SCORE_SYSTEM,
+        retracing: RetracingConfig | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if style not in SCORE_STYLES:
+            raise UsageError(f"score style must be one of {', '.join(SCORE_STYLES)}, got {style!r}")
         self.reasoner = reasoner
+        self.style = style
         self.fusion_weight = float(fusion_weight)
         self.batch_size = int(batch_size)
         self.max_text_tokens = int(max_text_tokens)
         self.system = system
+        self.retracing = retracing
         probe = render([], reasoner.tokenizer, reasoner.processor, system=system)
-        self.answers = pick_answer_tokens(reasoner.tokenizer, probe)
+        pairs = (("True", "False"),) if style == "retllm" else ANSWER_PAIRS
+        self.answers = pick_answer_tokens(reasoner.tokenizer, probe, pairs)
 
     # ---------------------------------------------------------------- prompts
 
@@ -118,6 +135,14 @@ class Scorer:
     def prompt(self, query: Query, candidate: Candidate, *, with_image: bool = True) -> str:
         """The exact prompt string of one pair (images as placeholders)."""
         item = candidate.item
+        if self.style == "retllm":
+            segments = retllm_segments(
+                query_text=self._truncate(query.text),
+                query_image=query.image is not None,
+                candidate_text=self._truncate(item.text),
+                candidate_image=with_image and item.image_path is not None,
+            )
+            return render(segments, self.reasoner.tokenizer, self.reasoner.processor, system=self.system)
         segments = score_segments(
             query_text=self._truncate(query.text),
             query_image=query.image is not None,
@@ -144,7 +169,8 @@ class Scorer:
     # ---------------------------------------------------------------- scoring
 
     def score(self, query: Query, candidates: list[Candidate]) -> tuple[list[float | None], list[float | None], int]:
-        """P(yes) and confidence per candidate (None where its image could not be read), and the prompt tokens."""
+        """The score and confidence per candidate (None where its image could not be read; the module doc says
+        what they are in each style), and the prompt tokens."""
         import torch
 
         query_images = []
@@ -169,7 +195,6 @@ class Scorer:
         p_yes: list[float | None] = [None] * len(candidates)
         conf: list[float | None] = [None] * len(candidates)
         prompt_tokens = 0
-        answer_ids = torch.tensor([self.answers.yes_id, self.answers.no_id])
         model = self.reasoner.model
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
@@ -177,21 +202,36 @@ class Scorer:
             mask = batch["attention_mask"]
             last = (mask.sum(1) - 1).long()
             prompt_tokens += int(mask.sum())
-            with torch.inference_mode():
+            with torch.inference_mode(), visual_retracing(model, self.retracing):
                 out = model(**batch, logits_to_keep=last[:, None], use_cache=False)
-            pair = out.logits[:, 0, answer_ids.to(out.logits.device)].float()
-            probs = torch.softmax(pair, dim=-1)[:, 0].cpu().numpy().astype(np.float64)
-            for (index, _, _), p, c in zip(chunk, probs, normalised_confidence(probs), strict=True):
+            scores, confidences = self._read(out.logits[:, 0].float())
+            for (index, _, _), p, c in zip(chunk, scores, confidences, strict=True):
                 p_yes[index], conf[index] = float(p), float(c)
         return p_yes, conf, prompt_tokens
+
+    def _read(self, logits: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, confidences) from the (B, V) next-token logits, as the style says (module doc)."""
+        import torch
+
+        if self.style == "lamra":
+            pair = logits[:, [self.answers.yes_id, self.answers.no_id]]
+            probs = torch.softmax(pair, dim=-1)[:, 0].cpu().numpy().astype(np.float64)
+            return probs, normalised_confidence(probs)
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        p_true = logp[:, self.answers.yes_id].exp().cpu().numpy()
+        entropy = -(logp.exp() * logp).sum(-1).cpu().numpy()
+        return np.floor(p_true * 100.0) / 100.0, 1.0 - entropy / math.log(logits.shape[-1])
 
     def rerank(self, query: Query, candidates: list[Candidate]) -> RerankResult:
         started = time.perf_counter()
         p_yes, conf, prompt_tokens = self.score(query, candidates)
-        fused = [
-            c.coarse_score + self.fusion_weight * p if p is not None else float(c.coarse_score)
-            for c, p in zip(candidates, p_yes, strict=True)
-        ]
+        if self.style == "retllm":  # the score alone orders, ties by the lower entropy; unscored ones last
+            fused = [p if p is not None else 0.0 for p in p_yes]
+        else:
+            fused = [
+                c.coarse_score + self.fusion_weight * p if p is not None else float(c.coarse_score)
+                for c, p in zip(candidates, p_yes, strict=True)
+            ]
         order = fusion_order(fused, conf)
         return RerankResult(
             order=order,

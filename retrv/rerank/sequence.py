@@ -35,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from retrv.config import CANDIDATE_TOKENS
+
 if TYPE_CHECKING:
     import torch
 
@@ -64,13 +66,26 @@ class SpecialTokens:
         return cls(**{k: v for k, v in (mapping or {}).items() if k in known})
 
 
-def system_prompt(special: SpecialTokens, use_icm: bool = True) -> str:
-    shown = "as two compressed tokens" if use_icm else "in full"
+_SHOWN = {
+    "icm": "as two compressed tokens",
+    "glance": "as a small preview (a thumbnail of its image and the first words of its text)",
+    "full": "in full",
+}
+
+
+def system_prompt(special: SpecialTokens, shown: str = "icm") -> str:
+    """The chat style's system prompt: the protocol, with the tags as they are written (one special token each
+    in a retrv checkpoint, plain text for an instruct model; the grammar reads both the same)."""
+    if shown not in _SHOWN:
+        raise ValueError(f"candidate tokens must be one of {CANDIDATE_TOKENS}, got {shown!r}")
+    # The glance prompt is for instruct models that were never trained on the protocol, so it spells out what
+    # an inspection does; the icm and full prompts stay as checkpoints were trained on them (PROMPT_VERSION 1).
+    then = " and stop: its full image and text follow. " if shown == "glance" else ". "
     return (
-        f"You rank candidates for a retrieval query. Each candidate [i] is shown {shown}. "
+        f"You rank candidates for a retrieval query. Each candidate [i] is shown {_SHOWN[shown]}. "
         "Think step by step: describe the ideal result, eliminate clearly wrong candidates, then check "
-        f"the close ones in detail. To see candidate i in full, write {special.inspect_start}i{special.inspect_end}. "
-        f"Finish with {special.answer_start}i{special.answer_end}, the number of the best candidate."
+        f"the close ones in detail. To see candidate i in full, write {special.inspect_start}i{special.inspect_end}"
+        f"{then}Finish with {special.answer_start}i{special.answer_end}, the number of the best candidate."
     )
 
 
@@ -190,7 +205,7 @@ def _long(values: tuple[int, ...]) -> torch.Tensor:
 
 
 def prompt_layout(
-    k: int, style: str, use_icm: bool = True, special: SpecialTokens = SpecialTokens()
+    k: int, style: str, shown: str = "icm", special: SpecialTokens = SpecialTokens()
 ) -> list[tuple[str, str | int | None]]:
     """The prompt of `k` candidates as parts in order: ("text", piece) tokenised on its own, ("query", None) the
     query's tokens, ("candidate", i) candidate i's two soft tokens (or its full tokens). `build_prompt` walks it;
@@ -201,7 +216,7 @@ def prompt_layout(
     parts: list[tuple[str, str | int | None]] = []
     if style == "chat":
         parts += [
-            ("text", f"{s.im_start}system\n{system_prompt(s, use_icm)}{s.im_end}\n{s.im_start}user\nQuery: "),
+            ("text", f"{s.im_start}system\n{system_prompt(s, shown)}{s.im_end}\n{s.im_start}user\nQuery: "),
             ("query", None),
             ("text", "\n"),
         ]
@@ -225,17 +240,18 @@ def build_prompt(
     full: list[CandidateTokens] | None = None,
     special: SpecialTokens = SpecialTokens(),
     style: str = "chat",
+    shown: str | None = None,
 ) -> Segment:
     """The prompt segment, starting at position 0, in `style` ("chat" or "bare", see the module docstring).
 
     Pass `soft_tokens` (K, 2, H) [content, relation] per candidate, or `full` (one `CandidateTokens` per
-    candidate) for the "w/o ICM" prompt; exactly one of them.
+    candidate: its full tokens, or its glance tokens with `shown="glance"`); exactly one of them.
     """
     if (soft_tokens is None) == (full is None):
         raise ValueError("build_prompt needs exactly one of soft_tokens or full")
     k = len(full) if full is not None else int(soft_tokens.shape[0])  # type: ignore[union-attr]
     b = SegmentBuilder(tokenizer, embed_tokens, 0, special)
-    for kind, value in prompt_layout(k, style, soft_tokens is not None, special):
+    for kind, value in prompt_layout(k, style, shown or ("icm" if soft_tokens is not None else "full"), special):
         if kind == "text":
             b.text(value)  # type: ignore[arg-type]
         elif kind == "query":

@@ -88,7 +88,7 @@ def load_stage_reasoner(spec: str, config: ReasonerDataConfig) -> LoadedReasoner
 
     from retrv.rerank.checkpoint import load_reasoner
 
-    loaded = load_reasoner(spec, device="cpu", max_image_tokens=config.max_image_tokens)
+    loaded = load_reasoner(spec, device="cpu", max_image_tokens=config.max_image_tokens, role_tokens=True)
     loaded.model.float().requires_grad_(False)
     if loaded.icm is not None:
         loaded.icm.float()

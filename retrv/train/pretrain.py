@@ -316,7 +316,7 @@ class PretrainCollator:
         icm = int(self.tokenizer.convert_tokens_to_ids(special.icm))
         ids: list[int] = []
         types: list[int] = []
-        for kind, value in prompt_layout(e.candidates or self.num_candidates, self.prompt_style, True, special):
+        for kind, value in prompt_layout(e.candidates or self.num_candidates, self.prompt_style, "icm", special):
             if kind == "text":
                 piece = self.tokenizer(value, add_special_tokens=False)["input_ids"]
                 ids, types = ids + piece, types + [0] * len(piece)

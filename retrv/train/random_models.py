@@ -11,6 +11,24 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Qwen2.5-VL-Instruct's chat template, without the video and tool parts.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 REASONER_SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -145,8 +163,13 @@ def build_random_vlm(
     seed: int = 0,
     rope_theta: float = 10000.0,
     mrope_section: Sequence[int] | None = None,
+    hub_layout: bool = False,
 ) -> Path:
     """Save a random Qwen2_5_VLForConditionalGeneration with its tokenizer and image processor.
+
+    `hub_layout` saves it the way Qwen ships an instruct model: the tokenizer has Qwen's own special tokens only
+    (retrv's tags are plain text to it) and a chat template; otherwise retrv's role tokens are special tokens,
+    as in a checkpoint `retrv train` writes.
 
     `rope_theta`, `mrope_section` (rotary pairs given to the temporal, height and width axes, summing to
     head_dim / 2; default about a third each): M-RoPE gives the width axis the lowest frequencies. A small
@@ -164,7 +187,10 @@ def build_random_vlm(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tok = train_byte_bpe_tokenizer(corpus, vocab_size)
+    specials = QWEN_SPECIAL_TOKENS if hub_layout else REASONER_SPECIAL_TOKENS
+    tok = train_byte_bpe_tokenizer(corpus, vocab_size, specials)
+    if hub_layout:
+        tok.chat_template = QWEN_CHAT_TEMPLATE
     head_dim = hidden // heads
     half = head_dim // 2
     mrope = list(mrope_section) if mrope_section else [half - 2 * (half // 3), half // 3, half // 3]

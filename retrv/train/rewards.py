@@ -33,12 +33,15 @@ def format_reward(text: str, num_candidates: int, special: SpecialTokens = Speci
 
 
 def lambda_schedule(step: int, total: int, fixed: float | None = None) -> float:
-    """λ for the efficiency term: `fixed` when given (ablation), else step/total clamped to [0, 1]."""
+    """λ for the efficiency term at 0-based `step` of `total`: `fixed` when given (ablation), else rising
+    linearly from 0 at the first step to 1 at the last (step / (total - 1), clamped; 1 for a single step)."""
     if fixed is not None:
         return float(fixed)
     if total <= 0:
         raise ValueError(f"total steps must be positive, got {total}")
-    return min(max(step / total, 0.0), 1.0)
+    if total == 1:
+        return 1.0
+    return min(max(step / (total - 1), 0.0), 1.0)
 
 
 def reward(

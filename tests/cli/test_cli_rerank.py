@@ -189,13 +189,23 @@ def test_compress_then_reason(mixed_index, reasoner_checkpoint):
     assert len(chosen) == 1 and chosen[0]["rank"] == 1 and forced["reasoning"].endswith("</answer>")
 
 
-def test_reason_mode_without_icm_suggests_score(mixed_index, tiny_reasoner_dir):
-    result = runner.invoke(
-        app,
-        ["search", "a rocket", "--index", str(mixed_index), "--rerank", "reason", "--reasoner", str(tiny_reasoner_dir)],
-    )
-    assert result.exit_code == 1
-    assert "--rerank score" in result.stderr
+def test_reason_mode_with_a_plain_model_glances_and_icm_needs_a_checkpoint(mixed_index, tiny_reasoner_dir):
+    args = [
+        "search",
+        "a rocket",
+        "--index",
+        str(mixed_index),
+        "--rerank",
+        "reason",
+        "--reasoner",
+        str(tiny_reasoner_dir),
+    ]
+    glance = runner.invoke(app, [*args, "--json", "--max-new-tokens", "4", "-q"])
+    assert glance.exit_code == 0, glance.output
+    assert json.loads(glance.stdout)["candidate_tokens"] == "glance"
+    icm = runner.invoke(app, [*args, "--candidate-tokens", "icm"])
+    assert icm.exit_code == 1
+    assert "--candidate-tokens glance" in icm.stderr and "--rerank score" in icm.stderr
 
 
 def _reason(index, checkpoint, *extra):

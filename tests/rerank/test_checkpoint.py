@@ -68,7 +68,9 @@ def test_base_without_role_tokens_gets_them_deterministically(tiny_reasoner_dir,
         base
     )
 
-    first, second = (load_reasoner(str(base), device="cpu") for _ in range(2))
+    plain = load_reasoner(str(base), device="cpu")  # an instruct model writes the tags as text: none added
+    assert plain.tokenizer.convert_tokens_to_ids("<answer>") in (None, plain.tokenizer.unk_token_id)
+    first, second = (load_reasoner(str(base), device="cpu", role_tokens=True) for _ in range(2))  # training
     ids = [first.token_id(role) for role in DEFAULT_SPECIAL_TOKENS]
     assert len(set(ids)) == len(ids) and min(ids) > 0
     emb = first.model.get_input_embeddings().weight

@@ -210,9 +210,14 @@ def test_stored_rows_of_the_wrong_shape_are_refused(reasoner, candidates):
 
 def test_without_icm_every_candidate_is_in_the_prompt_in_full(loaded, candidates):
     with pytest.raises(RetrvError, match="ICM"):
-        Reasoner(loaded.model, loaded.tokenizer, loaded.image_processor, None)
+        Reasoner(loaded.model, loaded.tokenizer, loaded.image_processor, None, ReasonerOptions(candidate_tokens="icm"))
+    assert Reasoner(loaded.model, loaded.tokenizer, loaded.image_processor, None).candidate_tokens == "glance"
     plain = Reasoner(
-        loaded.model, loaded.tokenizer, loaded.image_processor, None, ReasonerOptions(max_new_tokens=6, use_icm=False)
+        loaded.model,
+        loaded.tokenizer,
+        loaded.image_processor,
+        None,
+        ReasonerOptions(max_new_tokens=6, candidate_tokens="full"),
     )
     prompt = plain.prepare(Query(text="a cat"), candidates).prompt
     full = candidate_tokens_batch(loaded.model, loaded, [c.item for c in candidates])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from retrv.errors import ScoreError
+from retrv.images import load_image
 from retrv.items import Item, Query
 from retrv.rerank.base import Candidate, Reranker
 from retrv.rerank.checkpoint import load_reasoner
@@ -162,3 +163,113 @@ def test_model_chat_template_is_used(tiny_reasoner_dir, tmp_path, candidates, sa
     np.testing.assert_allclose(
         result.rerank_scores, [_reference_p_yes(scorer, query, c) for c in candidates[:2]], atol=1e-6
     )
+
+
+# ---------------------------------------------------------------- RetLLM's style
+
+
+def _reference_retllm(scorer: Scorer, query: Query, cand: Candidate) -> tuple[float, float]:
+    """Independently: a plain forward of the prompt, softmax over the whole vocabulary at the last position,
+    P("True") truncated to 2 decimals, and the entropy of that distribution."""
+    from PIL import Image
+
+    images = [p for p in (query.image, cand.item.image_path) if p is not None]
+    pics = [Image.open(p).convert("RGB") for p in images]
+    batch = scorer.reasoner.processor(text=[scorer.prompt(query, cand)], images=pics or None, return_tensors="pt")
+    with torch.no_grad():
+        logits = scorer.reasoner.model(**batch).logits[0, -1].double()
+    probs = torch.softmax(logits, -1)
+    true_id = scorer.reasoner.tokenizer.convert_tokens_to_ids("True")
+    assert scorer.answers.yes == "True" and scorer.answers.yes_id in (true_id, scorer.answers.yes_id)
+    p = probs[scorer.answers.yes_id].item()
+    return math.floor(p * 100) / 100, float(-(probs * probs.log()).sum())
+
+
+@pytest.fixture(scope="module")
+def hub(hub_vlm_dir):
+    return load_reasoner(str(hub_vlm_dir), device="cpu")
+
+
+def test_retllm_scores_are_p_true_over_the_vocabulary_truncated_and_entropy_breaks_ties(hub, candidates):
+    loaded = hub
+    query = Query(text="a photo of a cat")
+    scorer = Scorer(loaded, style="retllm", batch_size=3)
+    assert "Please output True or False." in scorer.prompt(query, candidates[1])
+    assert 'Does the image match the caption "a photo of a cat"?' in scorer.prompt(query, candidates[1])
+    result = scorer.rerank(query, candidates)
+    reference = [_reference_retllm(scorer, query, c) for c in candidates]
+    for i, (score, entropy) in enumerate(reference):
+        assert result.rerank_scores[i] == pytest.approx(score, abs=1e-9)
+        assert result.scores[i] == result.rerank_scores[i]  # no fusion with the coarse score
+        assert result.confidences[i] == pytest.approx(1 - entropy / math.log(len(loaded.tokenizer)), abs=1e-6)
+    # A random model's P(True) truncates to the same score for every candidate: the entropy alone orders them.
+    assert len({s for s, _ in reference}) == 1
+    assert result.order == sorted(range(len(candidates)), key=lambda i: reference[i][1])
+    assert result.order != list(range(len(candidates)))  # not just the coarse order
+
+
+def test_retllm_composed_and_reverse_prompts(hub, candidates, sample_photos_dir):
+    scorer = Scorer(hub, style="retllm")
+    composed = scorer.prompt(Query(text="make it blue", image=sample_photos_dir / "coffee.jpg"), candidates[1])
+    assert "modified as follows" in composed and composed.count("<|image_pad|>") == 2
+    reverse = scorer.prompt(Query(image=sample_photos_dir / "coffee.jpg"), candidates[3])
+    assert 'match the caption "a rocket launching into the sky"' in reverse
+
+
+# ---------------------------------------------------------------- visual retracing
+
+
+def _mlp_io(model, layer):
+    """Record the FFN input and output of `layer` in the next forward (after any other hook on it)."""
+    seen = {}
+
+    def hook(module, args, output):
+        seen["x"], seen["y"] = args[0].detach().clone(), output.detach().clone()
+
+    return seen, model.model.language_model.layers[layer].mlp.register_forward_hook(hook)
+
+
+def test_visual_retracing_never_triggered_is_bit_identical(loaded, candidates):
+    from retrv.rerank.retracing import RetracingConfig
+
+    query = Query(text="a photo of a cat")
+    plain = Scorer(loaded).score(query, candidates)
+    never = Scorer(loaded, retracing=RetracingConfig(first_layer=0, last_layer=2, threshold=1.01)).score(
+        query, candidates
+    )
+    assert never == plain
+
+
+def test_visual_retracing_forced_replaces_the_next_ffn_by_the_formula(loaded, candidates):
+    from retrv.rerank.retracing import RetracingConfig, visual_retracing
+
+    model = loaded.model
+    scorer = Scorer(loaded)
+    query = Query(text="a photo of a cat")
+    batch = scorer.encode([scorer.prompt(query, candidates[2])], [load_image(candidates[2].item.image_path)])
+    embeds = {}
+
+    def keep_input_embeddings(module, args, kwargs):
+        embeds.setdefault("v", kwargs["inputs_embeds"].detach().clone())
+
+    grab = model.model.language_model.register_forward_pre_hook(keep_input_embeddings, with_kwargs=True)
+    config = RetracingConfig(first_layer=0, last_layer=1, threshold=0.0, alpha=0.12)  # any entropy is above 0
+    try:
+        with torch.no_grad(), visual_retracing(model, config):
+            seen, record = _mlp_io(model, 1)  # registered after the retracing hook: sees what it returns
+            retraced_logits = model(**batch, use_cache=False).logits
+            record.remove()
+        with torch.no_grad():
+            plain_logits = model(**batch, use_cache=False).logits
+    finally:
+        grab.remove()
+    mlp = model.model.language_model.layers[1].mlp
+    x, v = seen["x"][0], embeds["v"][0]
+    with torch.no_grad():
+        ffn = mlp(x)
+        w1 = v * (mlp.gate_proj.weight.abs().mean() / v.abs().mean())
+        w2 = v * (mlp.down_proj.weight.abs().mean() / v.abs().mean())
+        recalled = mlp.act_fn(x @ w1.T) @ w2
+        expected = 0.88 * ffn + 0.12 * (ffn.abs().mean() / recalled.abs().mean()) * recalled
+    torch.testing.assert_close(seen["y"][0], expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(retraced_logits, plain_logits)  # and it changes what the model says

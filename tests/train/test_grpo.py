@@ -218,7 +218,9 @@ def test_resume_reproduces_an_uninterrupted_run(init_dir, tmp_path):
         load_file(str(tmp_path / "part" / "adapter_model.safetensors")),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["lambda"] for r in _rows(tmp_path / "full")] == [0.0, 0.25, 0.5, 0.75]  # the curriculum, step / total
+    assert [r["lambda"] for r in _rows(tmp_path / "full")] == pytest.approx(
+        [0.0, 1 / 3, 2 / 3, 1.0]
+    )  # 0 → 1, last step at 1
 
 
 def test_inspections_cost_reward_when_lambda_is_positive(init_dir):

@@ -46,10 +46,11 @@ def test_format_reward(text, k, expected):
 
 
 def test_lambda_schedule_linear_clamped_and_fixed():
-    assert lambda_schedule(0, 100) == 0.0
-    assert lambda_schedule(25, 100) == 0.25
-    assert lambda_schedule(100, 100) == 1.0
+    assert lambda_schedule(0, 101) == 0.0
+    assert lambda_schedule(25, 101) == 0.25
+    assert lambda_schedule(99, 100) == 1.0  # the last of 100 steps (0-based) trains at λ = 1
     assert lambda_schedule(150, 100) == 1.0
+    assert lambda_schedule(0, 1) == 1.0
     assert lambda_schedule(80, 100, fixed=0.3) == 0.3  # ablation: λ fixed whatever the step
     assert lambda_schedule(0, 100, fixed=0.0) == 0.0
     with pytest.raises(ValueError):
@@ -75,8 +76,8 @@ def test_reward_correctness_and_efficiency_term():
 def test_trl_style_reward_functions():
     completions = [GOOD, [{"role": "assistant", "content": "<answer>1</answer>"}], "garbage"]
     assert format_reward_func(completions, num_candidates=[5, 5, 5]) == [1.0, 1.0, 0.0]
-    acc = make_accuracy_reward_func(total_steps=10)
-    # step 5 of 10 -> λ = 0.5; GOOD inspects 2 of 5
+    acc = make_accuracy_reward_func(total_steps=11)
+    # step 5 of 11 (0-based) -> λ = 0.5; GOOD inspects 2 of 5
     assert acc(completions, target=[3, 1, 0], num_candidates=5, step=5) == pytest.approx([1 - 0.5 * 2 / 5, 0.0, 0.0])
 
     class State:
