@@ -7,6 +7,12 @@
 - relation token: the memory tokens cross-attend to the query's tokens (`num_layers` blocks), then one
   learnable query pools them into a single token. Computed at search time.
 
+Why the relation token is made from M memory tokens and not, as the paper writes it, from the candidate's full
+tokens attending to the query: it is the one part computed per (query, candidate) at search time, and from
+memory tokens it needs only what the index stores (M rows per item) and costs K·M·Q attention, while from full
+tokens every candidate's image would go through the vision tower at every search (or the index would store
+~256 rows per image instead of M + 1). The memory tokens are trained to keep what the relation needs.
+
 All tensors are in the reasoner LLM's hidden size, so the tokens go straight into `inputs_embeds`.
 Masks are boolean, True where a token is real (False = padding).
 """
