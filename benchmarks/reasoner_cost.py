@@ -1,20 +1,21 @@
-"""Benchmark 5: the cost of one `reason`-mode resolve with ICM vs with every candidate's full tokens,
-and benchmark 6: `score`-mode throughput. Random weights: the cost does not depend on their values.
+"""Benchmark 5: the cost of one `reason`-mode resolve by how the candidates enter the prompt, and benchmark 6:
+`score`-mode throughput. Random weights: the cost does not depend on their values.
 
     .venv/bin/python benchmarks/reasoner_cost.py                        # CPU config (~66M params), K=10,50
-    .venv/bin/python benchmarks/reasoner_cost.py --ks 10,50,100 --repeats 5
+    .venv/bin/python benchmarks/reasoner_cost.py --ks 10,50,100 --repeats 3
     .venv/bin/python benchmarks/reasoner_cost.py --config 3b --device cuda --ks 10,50,100
 
-What one resolve is (the timed region, identical for both arms):
-  encode the query (text) -> build the prompt -> prefill -> decode `--decode-tokens` tokens, forced
-  (the same token ids in both arms, so both decode exactly as many steps; no inspections).
-  * ICM arm: each candidate's content token and memory tokens come precomputed, as `retrv compress`
-    stores them (Candidate.precomputed); the relation token (memory x query cross-attention) is
-    computed inside the timed region, by `Reasoner.prepare` itself. Prompt: 2 soft tokens per candidate.
-  * full arm (the paper's "w/o ICM"): every candidate's full image tokens are in the prompt, built by
-    `sequence.build_prompt(full=...)` exactly as `Reasoner.prepare` does with `use_icm=False`.
-  The vision-tower features of the candidates are computed outside the timed region for BOTH arms
-  (in real use they are cached: the ICM rows are derived from them by `retrv compress`).
+What one resolve is (the timed region, the same code for every arm: `Reasoner.prepare`, then the decode loop):
+  encode the query -> make the candidates' tokens -> build the prompt -> prefill -> decode `--decode-tokens`
+  tokens, forced (the same token ids in every arm, so each decodes exactly as many steps; no inspections).
+  * icm-chat / icm-bare: each candidate's content and memory tokens come precomputed, as `retrv compress`
+    stores them; the relation token (memory x query cross-attention) is computed in the timed region.
+    Prompt: 2 soft tokens per candidate, in the chat style (system prompt, instruction) or the bare one.
+  * glance: each candidate's image through the vision tower at the glance budget (at most 4 tokens), in the
+    timed region: nothing stores glance tokens.
+  * full (the paper's "w/o ICM"): every candidate's image through the vision tower at the full budget (256
+    tokens at 448 px), in the timed region: in real use nothing caches full tokens (the index keeps only
+    the ICM rows), so the vision tower is part of what the full arm costs.
 
 Each (K, arm) runs in fresh child processes. Time: one warm-up resolve, then `--repeats` timed ones
 (median and min). Memory: on the CPU a separate child (glibc `MALLOC_MMAP_THRESHOLD_` fixed at 128 KiB so
@@ -196,42 +197,37 @@ class PeakMemory:
         return {"baseline_bytes": self.base, "peak_bytes": peak, "delta_bytes": peak - self.base}
 
 
+ARMS = ("icm-chat", "icm-bare", "glance", "full")
+
+
 def child_resolve(args: argparse.Namespace) -> dict:
     import torch
 
-    from retrv.icm.features import candidate_tokens_batch, query_tokens, unwrap_model
-    from retrv.icm.module import pad_tokens
     from retrv.items import Item, Query
     from retrv.rerank.base import Candidate
     from retrv.rerank.checkpoint import load_reasoner
     from retrv.rerank.decode import DecodeOptions, generate_with_inspection
     from retrv.rerank.reasoner import Reasoner, ReasonerOptions
-    from retrv.rerank.sequence import build_prompt
 
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_reasoner(args.ckpt, device=args.device, require_icm=True)
-    use_icm = args.arm == "icm"
+    shown = "icm" if args.arm.startswith("icm") else args.arm
     reasoner = Reasoner.from_loaded(
-        loaded, ReasonerOptions(use_icm=use_icm, max_new_tokens=args.decode_tokens, max_inspections=0)
+        loaded, ReasonerOptions(candidate_tokens=shown, max_new_tokens=args.decode_tokens, max_inspections=0)
     )
+    reasoner.prompt_style = "bare" if args.arm == "icm-bare" else "chat"
     paths = json.loads(Path(args.images).read_text())[: args.k]
     items = [Item(id=f"c{i}", source=p, modality="image", image_path=p) for i, p in enumerate(paths)]
     query = Query(text=QUERY)
-
-    # outside the timed region: the candidates' full tokens (vision tower), and for ICM the stored rows
-    full = []
-    for start in range(0, len(items), 8):
-        full += candidate_tokens_batch(loaded.model, loaded, items[start : start + 8])
     candidates = [Candidate(it, 1.0 - i / len(items)) for i, it in enumerate(items)]
-    if use_icm:
-        icm = loaded.icm
-        with torch.no_grad():
-            for start in range(0, len(full), 8):
-                tokens, mask = pad_tokens([f.embeds for f in full[start : start + 8]])
-                for j, (c, m) in enumerate(zip(icm.content(tokens, mask), icm.memory(tokens, mask), strict=True)):
-                    candidates[start + j].precomputed = {"content": c.clone(), "memory": m.clone()}
-        full = []  # the ICM arm keeps only the stored rows, as after `retrv compress`
+    if shown == "icm":  # outside the timed region: the rows `retrv compress` stores
+        for start in range(0, len(items), 8):
+            rows = reasoner.precompute(items[start : start + 8])
+            for j, c in enumerate(candidates[start : start + 8]):
+                c.precomputed = {name: values[j] for name, values in rows.items()}
+    # glance and full: the candidates' tokens come from the vision tower inside the timed region, since nothing
+    # stores them in real use (the index keeps only the ICM rows)
 
     forced = loaded.tokenizer(FORCED_TEXT, add_special_tokens=False)["input_ids"]
     forced = (forced * (args.decode_tokens // len(forced) + 1))[: args.decode_tokens]
@@ -241,28 +237,32 @@ def child_resolve(args: argparse.Namespace) -> dict:
         out[forced[len(generated)]] = 0.0
         return out
 
-    embed = unwrap_model(loaded.model).get_input_embeddings()
     decode = DecodeOptions(max_new_tokens=args.decode_tokens, max_inspections=0)
+
+    def token_breakdown(prompt) -> dict:
+        ids = prompt.token_ids
+        soft = int((ids == loaded.token_id("icm")).sum())
+        image = int((ids == loaded.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+        return {
+            "prompt_tokens": len(prompt),
+            "soft_tokens": soft,
+            "image_tokens": image,
+            "text_tokens": len(prompt) - soft - image,
+        }
 
     def resolve(cands: list = candidates) -> dict:
         sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
         sync()
         started = time.perf_counter()
         with torch.no_grad():
-            if use_icm:
-                prepared = reasoner.prepare(query, cands)
-                prompt, inspect = prepared.prompt, prepared.inspect
-            else:  # what Reasoner.prepare does with use_icm=False, on the cached full tokens
-                q = query_tokens(loaded.model, loaded, query, reasoner.options.budget)
-                prompt = build_prompt(loaded.tokenizer, embed, q, full=full[: len(cands)], special=reasoner.special)
-                inspect = full.__getitem__
+            prepared = reasoner.prepare(query, cands)
             sync()
             prepared_at = time.perf_counter()
             trace = generate_with_inspection(
                 loaded.model,
                 loaded.tokenizer,
-                prompt,
-                inspect,
+                prepared.prompt,
+                prepared.inspect,
                 len(cands),
                 decode,
                 special=reasoner.special,
@@ -276,37 +276,13 @@ def child_resolve(args: argparse.Namespace) -> dict:
             "prepare_s": prepared_at - started,
             "prefill_s": trace.latency_ms["prefill"] / 1000,
             "decode_s": trace.latency_ms["decode"] / 1000,
-            **token_breakdown(prompt),
-        }
-
-    def token_breakdown(prompt) -> dict:
-        ids = prompt.token_ids
-        soft = int((ids == loaded.token_id("icm")).sum())
-        image = int((ids == loaded.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
-        return {
-            "prompt_tokens": len(prompt),
-            "soft_tokens": soft,
-            "image_tokens": image,
-            "text_tokens": len(prompt) - soft - image,
+            **token_breakdown(prepared.prompt),
         }
 
     result: dict = {"k": args.k, "arm": args.arm, "threads": torch.get_num_threads()}
-    if not use_icm:
-        result["image_tokens_per_candidate"] = sorted({f.n_image for f in full})
-        result["image_grid"] = sorted({f.image_grid for f in full})
-    if args.measure == "tokens":  # the prompt only: no forward pass
+    if args.measure == "tokens":  # the prompt only: no decoding
         with torch.no_grad():
-            if use_icm:
-                prompt = reasoner.prepare(query, candidates).prompt
-            else:
-                prompt = build_prompt(
-                    loaded.tokenizer,
-                    embed,
-                    query_tokens(loaded.model, loaded, query),
-                    full=full,
-                    special=reasoner.special,
-                )
-        result["runs"] = [token_breakdown(prompt)]
+            result["runs"] = [token_breakdown(reasoner.prepare(query, candidates).prompt)]
         return result
     resolve(candidates[: min(len(candidates), 10)])  # warm-up: one-time library / kernel initialisation
     meter = PeakMemory(args.device)
@@ -418,24 +394,23 @@ def summarise(rows: list[dict], scores: list[dict], counts: list[dict] = ()) -> 
     by = {(r["k"], r["arm"]): r for r in [*counts, *rows]}
     lines += [
         "",
-        "| K | prompt tokens full/ICM | time full/ICM (median; min) | peak mem Δ full/ICM | abs peak full/ICM |",
-        "|---|---|---|---|---|",
+        "| K | arm | prompt tokens full/arm | time full/arm (median; min) | peak mem Δ full/arm | abs peak full/arm |",
+        "|---|---|---|---|---|---|",
     ]
     for k in sorted({r["k"] for r in [*rows, *counts]}):
-        if (k, "icm") not in by or (k, "full") not in by:
-            continue
-        f, i = by[(k, "full")], by[(k, "icm")]
-        line = f"| {k} | {f['runs'][0]['prompt_tokens'] / i['runs'][0]['prompt_tokens']:.1f}x |"
-        if "total_s" in f["runs"][0] and "total_s" in i["runs"][0]:
-            line += f" {med(f) / med(i):.1f}x; {low(f) / low(i):.1f}x |"
-        else:
-            line += " not run |"
-        fm, im = f.get("memory"), i.get("memory")
-        if fm and im:
-            line += f" {fm['delta_bytes'] / im['delta_bytes']:.1f}x | {fm['peak_bytes'] / im['peak_bytes']:.2f}x |"
-        else:
-            line += " | |"
-        lines.append(line)
+        for arm in [a for a in ARMS if a != "full" and (k, a) in by and (k, "full") in by]:
+            f, i = by[(k, "full")], by[(k, arm)]
+            line = f"| {k} | {arm} | {f['runs'][0]['prompt_tokens'] / i['runs'][0]['prompt_tokens']:.1f}x |"
+            if "total_s" in f["runs"][0] and "total_s" in i["runs"][0]:
+                line += f" {med(f) / med(i):.1f}x; {low(f) / low(i):.1f}x |"
+            else:
+                line += " not run |"
+            fm, im = f.get("memory"), i.get("memory")
+            if fm and im:
+                line += f" {fm['delta_bytes'] / im['delta_bytes']:.1f}x | {fm['peak_bytes'] / im['peak_bytes']:.2f}x |"
+            else:
+                line += " | |"
+            lines.append(line)
     if scores:
         lines += [
             "",
@@ -461,7 +436,7 @@ def main() -> None:
     p.add_argument("--score-k", type=int, default=50, help="0 skips score mode")
     p.add_argument("--score-batch-sizes", default="8,16")
     p.add_argument("--score-repeats", type=int, default=3)
-    p.add_argument("--arms", default="icm,full")
+    p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument(
         "--tokens-only-ks", default="", help="K values whose prompts are only built and counted (no forward)"
     )
@@ -473,7 +448,7 @@ def main() -> None:
     p.add_argument("--child-timeout", type=float, default=1800)
     # child-only
     p.add_argument("--child", choices=["resolve", "score"])
-    p.add_argument("--arm", choices=["icm", "full"])
+    p.add_argument("--arm", choices=ARMS)
     p.add_argument("--k", type=int)
     p.add_argument("--measure", choices=["time", "memory", "tokens"], default="time")
     p.add_argument("--batch-size", type=int, default=8)
@@ -531,7 +506,7 @@ def main() -> None:
     print(json.dumps(header), file=sys.stderr, flush=True)
     rows, scores, counts = [], [], []
     for k in [int(k) for k in args.tokens_only_ks.split(",") if k]:
-        for arm in ("icm", "full"):
+        for arm in ARMS:
             counts.append(run_child(args, ["resolve", "--arm", arm, "--k", str(k), "--measure", "tokens"]))
             print(json.dumps(counts[-1]), file=sys.stderr, flush=True)
     for k in ks:
@@ -572,7 +547,7 @@ def param_counts(ckpt: Path) -> dict[str, int]:
     base = Path(ReasonerConfig.read(ckpt).base_model)
     for f in sorted(base.glob("model*.safetensors")) + [ckpt / "icm.safetensors"]:
         with safe_open(str(f), "pt") as st:
-            for name in st:
+            for name in st.keys():  # noqa: SIM118 (a safe_open is not iterable)
                 n = 1
                 for d in st.get_slice(name).get_shape():
                     n *= d
