@@ -121,18 +121,17 @@ def main() -> None:
     from retrv.encoders.registry import load_encoder
     from retrv.engine import Engine
     from retrv.index.index import Index
-    from retrv.index.store import Store
     from retrv.rerank.factory import make_reranker
+    from retrv.rerank.reasoner import ReasonerOptions
 
     world = args.work / "test-world"
     ds = MBeirDataset.open(world, "test")
     name = next(n for n in ds.datasets if n.endswith("_task0"))
     encoder = load_encoder(f"clip:{args.work / 'encoder'}", device="cpu")
     root = pool_index_dir(BenchConfig(data=world, index_dir=args.work / "indexes"), encoder.spec, name)
-    index = Index(Store.open(root), device="cpu", encoder=encoder)
-    reranker = make_reranker(
-        "reason", args.reasoner, device="cpu", max_new_tokens=args.max_new_tokens, use_icm=not args.no_icm
-    )
+    index = Index.open(root, device="cpu", encoder=encoder)
+    options = ReasonerOptions(max_new_tokens=args.max_new_tokens, candidate_tokens="full" if args.no_icm else "icm")
+    reranker = make_reranker("reason", args.reasoner, device="cpu", reason=options)
     engine = Engine(index, reranker, rerank_k=args.k)
     scene = {c.did: scene_of(c.src_content) for c in ds.candidates(dataset=name)}
 

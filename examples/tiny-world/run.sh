@@ -4,6 +4,9 @@
 #
 #   bash examples/tiny-world/run.sh                   # WORK defaults to examples/tiny-world/work (git-ignored)
 #   WORK=/tmp/tw SIZE=24 bash examples/tiny-world/run.sh
+#   DEVICE=cuda bash examples/tiny-world/run.sh       # the GPU profile: a larger model, sized for <= 10 minutes
+#                                                     # on one H100 (written for the goals; not run yet: no GPU
+#                                                     # was lent to the session that wrote it)
 #
 # Two synthetic worlds: one to train on (TRAIN_SEED), one to test on (TEST_SEED, never trained on).
 # Stages: tiny CLIP encoder (contrastive); tiny VLM from scratch on captions -> the CoT's skills -> the CoT texts
@@ -14,6 +17,13 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DEVICE="${DEVICE:-cpu}"          # cpu (the profile measured on 2 cores) or cuda (the GPU profile below)
+if [ "$DEVICE" = cuda ]; then
+  # A model large enough to learn the chain of thought, and the steps it needs; every value can still be set.
+  : "${HIDDEN:=512}" "${LAYERS:=8}" "${HEADS:=8}" "${KV_HEADS:=4}" "${VISION_HIDDEN:=256}"
+  : "${CAPTION_STEPS:=600}" "${SKILL_STEPS:=1500}" "${SKILL_SEEDS:=1}" "${TEXT_STEPS:=400}" "${ICM_STEPS:=300}"
+  : "${SFT_STEPS:=800}" "${GRPO_STEPS:=60}" "${SFT_LR:=3e-4}" "${GRPO_LR:=1e-4}" "${ENCODER_STEPS:=800}"
+fi
 WORK="${WORK:-$HERE/work}"
 RETRV="${RETRV:-retrv}"          # the retrv command (e.g. RETRV=".venv/bin/retrv")
 PYTHON="${PYTHON:-python}"
@@ -73,7 +83,7 @@ stage "world (test)" "$WORK/test-world" $RETRV data synth --out "$WORK/test-worl
 # No pretrained model exists for this world: start the encoder from a random tiny CLIP.
 (
   stage "encoder init" "$WORK/clip-init" $PYTHON -c "import sys; from retrv.train.random_models import build_random_dual_encoder; build_random_dual_encoder(sys.argv[1])" "$WORK/clip-init"
-  stage "encoder" "$WORK/encoder" $RETRV train encoder --data "$WORK/train-world" --base "$WORK/clip-init" \
+  stage "encoder" "$WORK/encoder" $RETRV train encoder --device "$DEVICE" --data "$WORK/train-world" --base "$WORK/clip-init" \
     --out "$WORK/encoder" --max-steps "$ENCODER_STEPS" --batch-size 32 --lr 5e-3 --warmup-steps 10 --hard-negatives 1 \
     --save-every 0 --quiet
 ) &
@@ -82,21 +92,27 @@ lane=$!
 # The base VLM from scratch: captions alone until the vision tower sees the binding (at 224 px and width 128
 # the caption loss falls to 0.06-0.14 in 350 steps; at 112 px or width 64 it stays near 0.2 with the shapes'
 # sides confused).
-stage "caption pretraining" "$WORK/captions" $RETRV train pretrain --data "$WORK/train-world" --out "$WORK/captions" \
+stage "caption pretraining" "$WORK/captions" $RETRV train pretrain --device "$DEVICE" --data "$WORK/train-world" --out "$WORK/captions" \
   --max-steps "$CAPTION_STEPS" --batch-size 32 --save-every 0 --no-pairs --quiet \
   --hidden "$HIDDEN" --layers "$LAYERS" --heads "$HEADS" --kv-heads "$KV_HEADS" --image-size "$IMAGE_SIZE" \
   --vision-hidden "$VISION_HIDDEN"
 wait "$lane"
 
 bench() {  # bench NAME ARGS...: task 0 of the test world, the same encoder and index for every mode
-  stage "bench $1" "$WORK/bench/$1.json" $RETRV bench mbeir "$WORK/test-world" --tasks 0 --limit "$LIMIT" \
-    --encoder "clip:$WORK/encoder" --index-dir "$WORK/indexes" --rerank-k "$K" --device cpu --quiet \
-    --no-instructions --json "$WORK/bench/$1.json" "${@:2}" > /dev/null
+  stage "bench $1" "$WORK/bench/$1.json" bench_json "$@"
+}
+bench_json() {  # the JSON document on stdout, kept only when the bench finished
+  local name="$1"
+  shift
+  $RETRV bench mbeir "$WORK/test-world" --tasks 0 --limit "$LIMIT" --encoder "clip:$WORK/encoder" \
+    --index-dir "$WORK/indexes" --rerank-k "$K" --device "$DEVICE" --quiet --no-instructions --json "$@" \
+    > "$WORK/bench/$name.json.tmp"
+  mv "$WORK/bench/$name.json.tmp" "$WORK/bench/$name.json"
 }
 # Score mode's base: the captioner taught the (query, candidate -> Yes/No) prompt.
 (
   bench coarse --rerank none
-  stage "pairs (score mode)" "$WORK/base" $RETRV train pretrain --data "$WORK/train-world" --base "$WORK/captions" \
+  stage "pairs (score mode)" "$WORK/base" $RETRV train pretrain --device "$DEVICE" --data "$WORK/train-world" --base "$WORK/captions" \
     --out "$WORK/base" --max-steps "$PAIR_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
     --no-instructions --quiet
   bench score --rerank score --reasoner "$WORK/base"
@@ -112,7 +128,7 @@ lane=$!
 # coarse (docs/training.md). So several seeds train side by side (the other lane is idle for most of it) and the
 # run with the lowest loss over its last 50 steps, a training figure, becomes $WORK/skills.
 skills() {  # skills SEED
-  stage "skills (seed $1)" "$WORK/skills-seed$1" $RETRV train pretrain --data "$WORK/train-world" \
+  stage "skills (seed $1)" "$WORK/skills-seed$1" $RETRV train pretrain --device "$DEVICE" --data "$WORK/train-world" \
     --base "$WORK/captions" --out "$WORK/skills-seed$1" --max-steps "$SKILL_STEPS" --lr 3e-3 --warmup-steps 5 \
     --batch-size 32 --save-every 0 --no-captions --no-pairs --texts --texts-file "$WORK/train-world/cot/train_skills.jsonl" \
     --no-instructions --quiet --prompt-style "$PROMPT_STYLE" --num-candidates "$K" --seed "$1"
@@ -139,32 +155,32 @@ PY
   ln -s "skills-seed$best" "$WORK/skills"
 fi
 # Then whole CoTs, each after its query (text, image, or both), every inspected candidate injected where it is asked for.
-stage "texts" "$WORK/texts" $RETRV train pretrain --data "$WORK/train-world" --base "$WORK/skills" \
+stage "texts" "$WORK/texts" $RETRV train pretrain --device "$DEVICE" --data "$WORK/train-world" --base "$WORK/skills" \
   --out "$WORK/texts" --max-steps "$TEXT_STEPS" --lr 3e-3 --warmup-steps 5 --batch-size 32 --save-every 0 \
   --no-captions --no-pairs --texts --no-instructions --quiet --prompt-style "$PROMPT_STYLE" --num-candidates "$K"
 
-stage "icm" "$WORK/icm" $RETRV train icm --data "$WORK/train-world" --reasoner "$WORK/texts" --out "$WORK/icm" \
+stage "icm" "$WORK/icm" $RETRV train icm --device "$DEVICE" --data "$WORK/train-world" --reasoner "$WORK/texts" --out "$WORK/icm" \
   --max-steps "$ICM_STEPS" --batch-size 16 --lr 1e-3 --icm-heads 4 --save-every 0 --no-instructions \
   --prompt-style "$PROMPT_STYLE" --quiet
 
-stage "sft" "$WORK/sft" $RETRV train sft --data "$WORK/train-world" --cot "$WORK/train-world/cot/train_cot.jsonl" \
+stage "sft" "$WORK/sft" $RETRV train sft --device "$DEVICE" --data "$WORK/train-world" --cot "$WORK/train-world/cot/train_cot.jsonl" \
   --init "$WORK/icm" --out "$WORK/sft" --max-steps "$SFT_STEPS" --batch-size 4 --lr "$SFT_LR" --lora-r "$SFT_LORA_R" \
   --save-every 0 --no-instructions --quiet
 wait "$lane"
 
 (
   bench sft-icm --rerank reason --reasoner "$WORK/sft"
-  bench sft-full --rerank reason --reasoner "$WORK/sft" --no-icm
+  bench sft-full --rerank reason --reasoner "$WORK/sft" --candidate-tokens full
 ) &
 lane=$!
-stage "grpo" "$WORK/grpo" $RETRV train grpo --data "$WORK/train-world" --init "$WORK/sft" --out "$WORK/grpo" \
+stage "grpo" "$WORK/grpo" $RETRV train grpo --device "$DEVICE" --data "$WORK/train-world" --init "$WORK/sft" --out "$WORK/grpo" \
   --max-steps "$GRPO_STEPS" --batch-size 2 --group-size 4 --num-candidates "$K" --max-new-tokens 640 --temperature 0.7 \
   --max-inspections 5 --lr "$GRPO_LR" --save-every 0 --no-instructions --quiet
 wait "$lane"
 
 bench grpo-icm --rerank reason --reasoner "$WORK/grpo" &
 lane=$!
-bench grpo-full --rerank reason --reasoner "$WORK/grpo" --no-icm
+bench grpo-full --rerank reason --reasoner "$WORK/grpo" --candidate-tokens full
 wait "$lane"
 
 echo "wall $SECONDS" >> "$TIMES"
