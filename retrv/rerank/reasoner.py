@@ -70,6 +70,9 @@ class PreparedPrompt:
 
 
 ICM_TABLE_PREFIX = "icm_"
+# The decode loop feeds `model.model.language_model` directly with 3-row M-RoPE positions (`rerank/sequence.py`).
+# Qwen3-VL also injects its vision tower's deepstack features inside the text stack, which that loop does not do.
+REASON_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
 class Reasoner:
@@ -108,6 +111,12 @@ class Reasoner:
             raise UsageError(
                 "--candidate-tokens icm needs a reasoner checkpoint with ICM weights (retrv train icm); "
                 "use glance (any instruct VLM) or full"
+            )
+        model_type = getattr(unwrap_model(model).config, "model_type", "")
+        if model_type not in REASON_MODEL_TYPES:
+            raise UsageError(
+                f"reason mode drives the text stack of {' and '.join(REASON_MODEL_TYPES)} models with their M-RoPE "
+                f"positions; this reasoner is {model_type!r}: use --rerank score, which reads any instruct VLM"
             )
         hidden = unwrap_model(model).get_input_embeddings().weight.shape[-1]
         if icm is not None and icm.config.hidden_size != hidden:
