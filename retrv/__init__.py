@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
-__all__ = ["Engine", "Hit", "Index", "Query", "Ranking", "__version__"]
+__version__ = "0.3.0"
+__all__ = ["Engine", "Hit", "Index", "Query", "Ranking", "SearchFilter", "__version__"]
 
 _EXPORTS = {
     "Engine": "retrv.engine",
@@ -13,10 +13,12 @@ _EXPORTS = {
     "Query": "retrv.items",
     "Hit": "retrv.items",
     "Ranking": "retrv.items",
+    "SearchFilter": "retrv.index.filters",
 }
 
 if TYPE_CHECKING:
     from retrv.engine import Engine
+    from retrv.index.filters import SearchFilter
     from retrv.index.index import Index
     from retrv.items import Hit, Query, Ranking
 

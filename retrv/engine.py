@@ -10,6 +10,8 @@ from retrv.items import Hit, Item, Query, Ranking
 
 if TYPE_CHECKING:
     from retrv.config import Settings
+    from retrv.dedup import Kept
+    from retrv.index.filters import SearchFilter
     from retrv.index.index import Index
     from retrv.rerank.base import Reranker
 
@@ -104,15 +106,34 @@ class Engine:
             )
         return cls(index, reranker, rerank_k=settings.rerank_k, min_score=min_score)
 
-    def search(self, query: Query | str, k: int = 10) -> Ranking:
+    def search(
+        self,
+        query: Query | str,
+        k: int = 10,
+        *,
+        where: SearchFilter | None = None,
+        all_copies: bool = False,
+        near_duplicates: float | None = None,
+    ) -> Ranking:
+        """The best `k` items for `query` among those `where` accepts. Items with the same content hash come back
+        once (the best-ranked, the rest in its `copies`) unless `all_copies`; with `near_duplicates` (a cosine
+        similarity), items at least that close to a better-ranked one are folded into it too. The coarse stage
+        fetches more as copies fold, so that `k` results come back when there are `k` distinct items."""
         from retrv.errors import UsageError
 
         query = Query(text=query) if isinstance(query, str) else query
         if k < 1:
             raise UsageError(f"k must be at least 1, got {k}")
+        if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
+            raise UsageError(f"--dedup is a cosine similarity in (0, 1], got {near_duplicates}")
+        if near_duplicates is not None and all_copies:
+            raise UsageError("--all-copies keeps every copy and --dedup folds near-duplicates: give one of them")
         started = time.perf_counter()
+        if where is not None:
+            self.index.check_filter(where)
         depth = max(k, self.rerank_k) if self.reranker is not None else k
-        items, scores = self.index.coarse(query, depth)
+        kept = self._candidates(query, depth, where, all_copies, near_duplicates)
+        items, scores = [c.item for c in kept], [c.score for c in kept]
         latency = {"coarse": (time.perf_counter() - started) * 1000}
         ranking = Ranking(query=query, hits=[], rerank="none", latency_ms=latency)
         if self.reranker is None or not items:
@@ -121,6 +142,9 @@ class Engine:
             rerank_started = time.perf_counter()
             hits = self._rerank(query, items, scores, ranking)
             latency["rerank"] = (time.perf_counter() - rerank_started) * 1000
+        copies = {c.item.id: [copy.source for copy in c.copies] for c in kept}
+        for hit in hits:
+            hit.copies = copies[hit.id]
         if self.min_score is not None:
             calibrated = getattr(self.reranker, "calibrated", False) and ranking.fallback is None
             hits = [h for h in hits if _threshold_score(h, calibrated) >= self.min_score]
@@ -130,6 +154,25 @@ class Engine:
             hit.rank = rank
         latency["total"] = (time.perf_counter() - started) * 1000
         return ranking
+
+    def _candidates(
+        self, query: Query, depth: int, where: SearchFilter | None, all_copies: bool, near: float | None
+    ) -> list[Kept]:
+        """The coarse top-`depth` after folding copies, fetching twice as deep each time copies fold."""
+        from retrv.dedup import Kept, collapse
+
+        vector = self.index.embed_query(query)
+        fetch = depth
+        while True:
+            items, scores = self.index.nearest(vector, fetch, where)
+            if all_copies:
+                return [Kept(item, score) for item, score in zip(items, scores, strict=True)]
+            kept = collapse(
+                items, scores, near=near, vectors=lambda found: self.index.store.vectors_for_ids([i.id for i in found])
+            )
+            if len(kept) >= depth or len(items) < fetch:
+                return kept[:depth]
+            fetch *= 2
 
     def _rerank(self, query: Query, items: list[Item], scores: list[float], ranking: Ranking) -> list[Hit]:
         from retrv.precomputed import attach_rows

@@ -42,6 +42,10 @@ class DiskFullError(RetrvError):
     """No space left where the index is written; what was committed before stays readable."""
 
 
+class IndexBusyError(RetrvError):
+    """Another process is writing the index (a build), and this operation must not run beside it."""
+
+
 class EncoderMismatchError(RetrvError):
     pass
 

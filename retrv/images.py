@@ -120,3 +120,33 @@ def load_query_image(path: str | os.PathLike[str]) -> Image.Image:
         return load_image(p)
     except SkipFile as e:
         raise RetrvError(f"cannot read query image {p}: {e}") from None
+
+
+EXIF_HEAD_BYTES = 256 * 1024  # JPEG keeps EXIF in APP1 (at most 64 KiB) before the pixels; PNG and WebP near the start
+
+
+def capture_date(head: bytes) -> float | None:
+    """The capture time recorded in an image file's EXIF, given the file's first EXIF_HEAD_BYTES:
+    DateTimeOriginal (with OffsetTimeOriginal when present, else local time), else DateTime; None when the
+    file has neither, or they do not parse. Nothing is decoded."""
+    import io
+    import re
+    from datetime import datetime
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(head)) as im:
+            exif = im.getexif()
+            detail = exif.get_ifd(0x8769)  # the Exif IFD
+            stamp, offset = detail.get(0x9003), detail.get(0x9011)  # DateTimeOriginal, OffsetTimeOriginal
+            if not stamp:
+                stamp, offset = exif.get(0x0132), None  # DateTime
+        if not isinstance(stamp, str):
+            return None
+        when = datetime.strptime(stamp.strip().rstrip("\x00")[:19], "%Y:%m:%d %H:%M:%S")
+        if isinstance(offset, str) and re.fullmatch(r"[+-]\d{2}:\d{2}", offset.strip()):
+            when = datetime.fromisoformat(when.isoformat() + offset.strip())
+        return when.timestamp()
+    except Exception:  # no EXIF, a broken block, a header cut short: only the date is lost (mtime stands in)
+        return None

@@ -55,7 +55,8 @@ class Item:
     `id` is stable (`file_item_id` of the absolute path, or the dataset's did); `source` is what a
     person recognises (the path, or the did); `image_path` is where the pixels are, if any.
     `content_hash` is blake2b-128 of the item's bytes (the file's, the text's, or both; `index/build.py`):
-    equal hashes mean equal content, whatever the path.
+    equal hashes mean equal content, whatever the path. `date` (seconds since the epoch) is when the item was
+    made: a photo's EXIF capture time when its file records one, else the file's modification time.
     """
 
     id: str
@@ -66,6 +67,7 @@ class Item:
     mtime: float = 0.0
     size: int = 0
     content_hash: str = ""
+    date: float = 0.0
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Hit:
     image_path: str | None = None
     chosen: bool = False
     inspected: bool = False
+    copies: list[str] = field(default_factory=list)  # sources of the duplicates folded into this hit
 
     @classmethod
     def from_item(
@@ -187,6 +190,7 @@ class Hit:
             "image_path": self.image_path,
             "chosen": self.chosen,
             "inspected": self.inspected,
+            "copies": list(self.copies),
         }
 
 

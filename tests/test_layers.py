@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"scan", "images"},
     {"icm", "encoders", "data"},
     {"index", "rerank"},  # siblings: neither imports the other
-    {"engine", "precomputed"},
+    {"engine", "precomputed", "dedup"},
     {"bench", "train"},
     {"cli", "serve"},
 ]

@@ -13,6 +13,8 @@ from retrv.cli.common import apply_offline
 from retrv.cli.completions import completions
 from retrv.cli.compress import compress
 from retrv.cli.data import app as data_app
+from retrv.cli.export import export
+from retrv.cli.forget import forget
 from retrv.cli.index import app as index_app
 from retrv.cli.info import info
 from retrv.cli.search import search
@@ -52,6 +54,8 @@ app.command("build-index")(build_index)
 app.command("search")(search)
 app.command("info")(info)
 app.command("compress")(compress)
+app.command("forget")(forget)
+app.command("export")(export)
 app.command("completions")(completions)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")

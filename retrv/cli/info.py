@@ -7,7 +7,7 @@ import typer
 from retrv.cli.common import IndexOption, JsonOption, handle_errors, print_json, settings_from_flags, stdout_console
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -20,7 +20,7 @@ def _describe_ann(ann: dict | None) -> str:
     if not ann:
         return "no faiss cache yet (built at the next search)"
     state = "current" if ann["current"] else "stale: updated at the next search"
-    size = _size(ann["file_bytes"]) if ann.get("file_bytes") is not None else "?"
+    size = human_size(ann["file_bytes"]) if ann.get("file_bytes") is not None else "?"
     return f"{ann['kind']} · cache of table version {ann['version']} ({state}) · {size}"
 
 
@@ -39,7 +39,7 @@ def info(ctx: typer.Context, index: IndexOption = None, json_out: JsonOption = F
         ("index", data["path"]),
         ("encoder", f"{data['encoder']} ({data['dim']}-d)"),
         ("items", f"{data['items']}  " + ", ".join(f"{m}: {n}" for m, n in sorted(data["by_modality"].items()))),
-        ("size on disk", _size(data["size_bytes"])),
+        ("size on disk", human_size(data["size_bytes"])),
         ("table version", str(data["table_version"])),
         ("ann", _describe_ann(ann)),
         ("reasoner tokens", ", ".join(data["side_tables"]) or "none (retrv compress)"),

@@ -1,5 +1,5 @@
 """Rendering of results: a rich table on a terminal, tab-separated lines otherwise, paths only with -f,
-NUL-separated paths with -0.
+NUL-separated paths with -0, thumbnails with --preview (`cli/preview.py`).
 
 Every line output shows a source with `items.display_text`: control characters (a newline or tab in a file
 name, ESC) as `\n`, `\t`, `\x1b`, so one line is one result and nothing reaches the terminal raw. `-0`
@@ -11,6 +11,7 @@ goes to stderr in every output mode, so that stdout stays the results alone.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from retrv.cli.common import escape, stderr_console, stdout_console
@@ -90,3 +91,45 @@ def render_reasoning(ranking: Ranking, tty: bool) -> None:
     else:
         for line in text.splitlines():
             sys.stdout.write(f"# {line}\n")
+
+
+def preview_protocol_for(choice: str, *, notify: Callable[[str], None]) -> str | None:
+    """The protocol `--preview` draws with: `choice` when one is named, else the terminal's (`detect_protocol`);
+    None, said through `notify`, when stdout is no terminal or the terminal speaks none that retrv knows."""
+    import os
+
+    from retrv.cli.preview import detect_protocol
+
+    if choice != "auto":
+        return choice
+    if not sys.stdout.isatty():
+        notify("--preview: stdout is not a terminal; showing the results without thumbnails")
+        return None
+    found = detect_protocol(os.environ)
+    if found is None:
+        notify(
+            "--preview: this terminal speaks no image protocol retrv knows (kitty, iTerm2, sixel), or runs inside "
+            "tmux/screen; showing the results without thumbnails (force one with --preview-protocol)"
+        )
+    return found
+
+
+def render_previews(
+    ranking: Ranking, protocol: str | None, *, show_reasoning: bool = False, notify: Callable[[str], None]
+) -> None:
+    """One result per block: its rank, score and source, then its thumbnail (or the start of its text)."""
+    from retrv.cli.preview import render_preview
+    from retrv.scan import SkipFile
+
+    if show_reasoning:
+        render_reasoning(ranking, sys.stdout.isatty())
+    for hit in ranking.hits:
+        sys.stdout.write(f"{hit.rank:>3}  {hit.score:.3f}  {display_text(hit.source)}\n")
+        if hit.image_path and protocol is not None:
+            try:
+                sys.stdout.write(render_preview(hit.image_path, protocol))
+            except SkipFile as e:
+                notify(f"no preview of {display_text(hit.image_path)}: {e}")
+        elif hit.text:
+            sys.stdout.write(f"     {display_text(hit.text[:160])}\n")
+    sys.stdout.flush()

@@ -36,6 +36,19 @@ class RerankMode(str, Enum):
     reason = "reason"
 
 
+class ModalityChoice(str, Enum):
+    image = "image"
+    text = "text"
+    image_text = "image,text"
+
+
+class PreviewProtocol(str, Enum):
+    auto = "auto"
+    kitty = "kitty"
+    iterm2 = "iterm2"
+    sixel = "sixel"
+
+
 @handle_errors
 def search(
     ctx: typer.Context,
@@ -94,6 +107,46 @@ def search(
     glance_text_tokens: GlanceTextTokensOption = None,
     score_style: ScoreStyleOption = None,
     visual_retracing: VisualRetracingOption = None,
+    under: Annotated[
+        list[Path] | None,
+        typer.Option("--under", metavar="DIR", help="Only items at or below this folder (repeatable: any of them)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="DATE",
+            help="Only items made on or after DATE (2024-05-01, 2024-05, 2024, or 30d / 6w ago): the photo's EXIF "
+            "date, else the file's modification time.",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(metavar="DATE", help="Only items made on or before DATE (a month or year: all of it)."),
+    ] = None,
+    modality: Annotated[
+        ModalityChoice | None, typer.Option(help="Only items of this modality: image, text or image,text.")
+    ] = None,
+    all_copies: Annotated[
+        bool,
+        typer.Option(
+            "--all-copies", help="Show every copy of a file (by default items with the same content show once)."
+        ),
+    ] = False,
+    dedup: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SIM",
+            help="Also fold near-duplicates: items whose cosine similarity to a better result is at least SIM "
+            "(e.g. 0.97).",
+        ),
+    ] = None,
+    preview: Annotated[
+        bool, typer.Option("--preview", help="Show thumbnails in the terminal (kitty, iTerm2 or sixel).")
+    ] = False,
+    preview_protocol: Annotated[
+        PreviewProtocol,
+        typer.Option(help="How --preview draws: auto (detect from the terminal), kitty, iterm2 or sixel."),
+    ] = PreviewProtocol.auto,
     min_score: Annotated[
         float | None,
         typer.Option(
@@ -123,8 +176,10 @@ def search(
     """Search an index with words, an image, or both."""
     import dataclasses
 
-    from retrv.cli.render import render_ranking, report_on_stderr
+    from retrv.cli.render import preview_protocol_for, render_previews, render_ranking, report_on_stderr
     from retrv.engine import Engine
+    from retrv.errors import UsageError
+    from retrv.index.filters import SearchFilter
     from retrv.items import parse_query
 
     silence_library(quiet)
@@ -147,6 +202,12 @@ def search(
     if no_rerank:
         settings = dataclasses.replace(settings, rerank="none")
     q = parse_query(query, image, add=add or [], subtract=subtract or [], warn=warn)
+    where = SearchFilter.make(
+        under=under or [], since=since, until=until, modality=modality.value if modality else None
+    )
+    if preview and (json_out or paths_only or null):
+        raise UsageError("--preview draws on a terminal; it does not combine with --json, --paths-only or --null")
+    protocol = preview_protocol_for(preview_protocol.value, notify=notice(quiet)) if preview else None
     engine = Engine.from_settings(
         settings,
         encoder=encoder,
@@ -155,8 +216,10 @@ def search(
         trust_remote_code=trust_remote_code,
         notify=notice(quiet),
     )
-    ranking = engine.search(q, k=k)
+    ranking = engine.search(q, k=k, where=where, all_copies=all_copies, near_duplicates=dedup)
     report_on_stderr(ranking, quiet=quiet)
+    if where is not None and not ranking.hits and not quiet:
+        notice(quiet)(f"no item passes the filters ({where.describe()})")
     if json_out:
         print_json(
             {
@@ -166,5 +229,8 @@ def search(
                 **ranking.to_dict(),
             }
         )
+        return
+    if protocol is not None:
+        render_previews(ranking, protocol, show_reasoning=show_reasoning, notify=notice(quiet))
         return
     render_ranking(ranking, paths_only=paths_only, null=null, show_reasoning=show_reasoning, quiet=quiet)

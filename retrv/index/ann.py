@@ -210,25 +210,39 @@ class AnnIndex:
         """Searchable vectors (masked or removed ones excluded)."""
         return int(len(self.labels) - self.dead.sum())
 
-    def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (q, k) float32 and keys (q, k) int64, best first; padded with -inf / -1 past ntotal."""
+    def search(
+        self, query_vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (q, k) float32 and keys (q, k) int64, best first; padded with -inf / -1 past ntotal. With
+        `allowed` (keys), only those are searched (a faiss selector: exact for flat; HNSW and IVF may find fewer
+        than k when few keys are allowed, which `Index.coarse` makes up for)."""
         import faiss
 
         queries = np.ascontiguousarray(np.atleast_2d(query_vectors), dtype=np.float32)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         keys = np.full((len(queries), k), -1, np.int64)
-        fetch = min(k, self.ntotal)
+        selector, bits = None, None  # `bits` must outlive the search: the selector only points at it
+        if allowed is not None:
+            alive = np.isin(self.labels, allowed) & ~self.dead
+            bits = np.packbits(alive, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(alive), faiss.swig_ptr(bits))
+            fetch = min(k, int(alive.sum()))
+        else:
+            fetch = min(k, self.ntotal)
+            if self.dead.any():
+                selector = self._alive_selector()
         if fetch == 0 or not len(queries):
             return scores, keys
-        search_params = None
         if self.kind == HNSW:
             search_params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # faiss's stubs lag
             search_params.efSearch = max(self.params.ef_search, fetch)
-            if self.dead.any():
-                search_params.sel = self._alive_selector()
         elif self.kind == IVF:
             search_params = faiss.SearchParametersIVF()
             search_params.nprobe = min(self.params.nprobe, self.index.nlist)
+        else:
+            search_params = faiss.SearchParameters()
+        if selector is not None:
+            search_params.sel = selector
         with _single_thread(len(queries) < _PARALLEL_MIN_QUERIES):
             dist, pos = self.index.search(queries, fetch, params=search_params)
         found = pos >= 0

@@ -9,7 +9,8 @@ image file, a text document, inline text, or an image with text). `build_index` 
 2. Every new or changed source is read and hashed on the loader threads: its `content_hash` is blake2b-128 of
    its bytes (the file's for a file, the UTF-8 text's for inline text, both for an image with text),
    personalised with its kind so that an image and a text never share a vector. Documents are parsed in the
-   same read.
+   same read, and an image's EXIF capture time is taken from the head of that read (the item's `date`, else
+   its mtime).
 3. A hash the store already holds (a renamed, copied or touched file) reuses the stored vector: no model call.
    Sources sharing a hash within this build are encoded once.
 4. The rest goes through the model in batches. Images are decoded (`retrv.images`) and preprocessed on loader
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from retrv.errors import UsageError
-from retrv.images import load_image, pil_limits
+from retrv.images import EXIF_HEAD_BYTES, capture_date, load_image, pil_limits
 from retrv.index.documents import TextDocument, chunk_chars_for, embed_documents, parse_document
 from retrv.items import Item, file_item_id, modality_of
 from retrv.progress import ProgressCallback, emit
@@ -265,6 +266,7 @@ class _Work:
     existed: bool  # the store had a row for this source
     content_hash: str = ""
     document: TextDocument | None = None
+    taken: float | None = None  # the EXIF capture time of an image that records one
 
 
 class _Stopped(Exception):
@@ -430,7 +432,8 @@ def _item(w: _Work) -> Item:
     s = w.source
     text = s.text if s.text is not None else (w.document.preview if w.document is not None else None)
     modality = modality_of(text is not None, s.image_path is not None)
-    return Item(s.id, s.source, modality, text, s.image_path, s.mtime, s.size, w.content_hash)
+    date = w.taken if w.taken is not None else s.mtime
+    return Item(s.id, s.source, modality, text, s.image_path, s.mtime, s.size, w.content_hash, date)
 
 
 def _hash_all(
@@ -440,7 +443,7 @@ def _hash_all(
     usable: list[_Work] = []
     for i, (w, future) in enumerate(zip(works, futures, strict=True), 1):
         try:
-            w.content_hash, w.document = future.result()
+            w.content_hash, w.document, w.taken = future.result()
             usable.append(w)
         except SkipFile as e:
             writer.report.skipped.append(Skip(w.source.source, e.reason, e.detail))
@@ -451,23 +454,24 @@ def _hash_all(
     writer.plan(usable)
 
 
-def _read_and_hash(src: Source, max_text_bytes: int, chunk_chars: int) -> tuple[str, TextDocument | None]:
-    """(content hash, the parsed text) of a source; SkipFile with the reason when it cannot be used."""
+def _read_and_hash(src: Source, max_text_bytes: int, chunk_chars: int) -> tuple[str, TextDocument | None, float | None]:
+    """(content hash, the parsed text, the image's EXIF capture time) of a source; SkipFile with the reason when
+    it cannot be used."""
     if src.document_path is not None:
         digest = hashlib.blake2b(digest_size=16, person=b"text")
         head = _read_file(src.document_path, digest, keep=max_text_bytes + 1)
         truncated = len(head) > max_text_bytes
-        return digest.hexdigest(), parse_document(head[:max_text_bytes], truncated=truncated, chunk_chars=chunk_chars)
+        parsed = parse_document(head[:max_text_bytes], truncated=truncated, chunk_chars=chunk_chars)
+        return digest.hexdigest(), parsed, None
     text = src.text.encode("utf-8", "surrogateescape") if src.text is not None else None
     kind = b"image,text" if src.image_path and text is not None else b"image" if src.image_path else b"text"
     digest = hashlib.blake2b(digest_size=16, person=kind)
-    if src.image_path:
-        _read_file(src.image_path, digest)
-    document = None
+    taken = capture_date(_read_file(src.image_path, digest, keep=EXIF_HEAD_BYTES)) if src.image_path else None
+    document: TextDocument | None = None
     if text is not None:
         digest.update(text)
         document = parse_document(text, chunk_chars=chunk_chars)
-    return digest.hexdigest(), document
+    return digest.hexdigest(), document, taken
 
 
 def _read_file(path: str, digest: Any, keep: int = 0) -> bytes:

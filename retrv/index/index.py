@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +15,43 @@ from retrv.items import Hit, Item, Query
 
 if TYPE_CHECKING:
     import numpy as np
+    import pyarrow as pa
 
     from retrv.encoders.base import Encoder
     from retrv.index.ann import AnnIndex
     from retrv.index.build import BuildReport, Source
-    from retrv.index.repair import RepairReport
+    from retrv.index.filters import SearchFilter
     from retrv.index.store import Store
     from retrv.progress import ProgressCallback
+
+
+@dataclass
+class CompactReport:
+    index: str
+    bytes_before: int
+    bytes_after: int
+    version_before: int
+    version_after: int
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.bytes_before - self.bytes_after
+
+
+def _exact_top_k(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]], vector: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and scores of the `k` best of `batches` (keys, vectors) by inner product with `vector`, best first;
+    memory for one batch and k, whatever the number of rows."""
+    import numpy as np
+
+    best_keys, best_scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    for keys, vectors in batches:
+        keys = np.concatenate([best_keys, keys])
+        scores = np.concatenate([best_scores, vectors @ vector])
+        top = np.argsort(-scores, kind="stable")[:k]
+        best_keys, best_scores = keys[top], scores[top]
+    return best_keys, best_scores
 
 
 class Index:
@@ -194,6 +225,37 @@ class Index:
             report = ingest_items(store, self.encoder, sources, progress=progress, should_stop=should_stop, **options)
             return self._after_write(report, progress)
 
+    def forget(self, paths: Iterable[str | os.PathLike[str]]) -> int:
+        """Drop the items under `paths` (files or folders, present or gone) from the index, not touching the
+        files; a later `add` of those folders adds them again. Returns how many were dropped."""
+        from retrv.scan import is_under
+
+        roots = [os.path.realpath(os.path.abspath(os.fspath(p))) for p in paths]
+        states = self.store.file_states()
+        ids = [s.id for source, s in states.items() if any(is_under(source, r) for r in roots)]
+        if not ids:
+            raise UsageError(f"no item of index {self.root} is under {', '.join(roots)}")
+        return self.remove(ids)
+
+    def compact(self) -> CompactReport:
+        """Merge small data files and delete the versions before the latest (Lance compaction and cleanup);
+        refused while another process writes the index. Rows and vectors are unchanged."""
+        from datetime import timedelta
+
+        from retrv.index.lock import write_lock
+
+        before = self.store.size_on_disk()
+        versions = self.store.version()
+        with write_lock(self.root, wait=False):
+            self.store.compact(timedelta(0))
+        self._ann = None
+        return CompactReport(str(self.root), before, self.store.size_on_disk(), versions, self.store.version())
+
+    def to_arrow(self, columns: list[str] | None = None) -> pa.Table:
+        """Every item as an Arrow table: id, key, source, modality, text, image_path, mtime, size, content_hash,
+        written, vector (or the `columns` asked for). For large indexes `export.stream_batches` streams."""
+        return self.store.scan_all(columns)
+
     def remove(self, ids: list[str]) -> int:
         """Remove items by id (their files are not touched); returns how many there were."""
         with self._writing([]) as store:
@@ -245,23 +307,54 @@ class Index:
         norm = float(np.linalg.norm(vector))
         return (vector / norm if norm > 0 else vector).astype(np.float32)
 
-    def coarse(self, query: Query | str, k: int) -> tuple[list[Item], list[float]]:
-        """The top-`k` stored items and their cosine scores, best first."""
+    def coarse(self, query: Query | str, k: int, where: SearchFilter | None = None) -> tuple[list[Item], list[float]]:
+        """The top-`k` stored items (those `where` accepts) and their cosine scores, best first."""
+        return self.nearest(self.embed_query(query), k, where)
+
+    def nearest(self, vector: np.ndarray, k: int, where: SearchFilter | None = None) -> tuple[list[Item], list[float]]:
+        """The top-`k` stored items (those `where` accepts) by inner product with `vector`, best first.
+
+        Unfiltered, the ANN answers. Filtered, LanceDB first finds the keys that pass (a scan of its scalar
+        columns); up to `exact_max` of them are scored exactly, and above that the ANN searches only those keys,
+        falling back to the exact scan when it finds fewer than `k` (HNSW and IVF can, when few keys pass)."""
+        self.store.refresh()
         if self.store.count() == 0:
             raise RetrvError(
                 f"index {self.root} is empty; add files with: retrv build-index FOLDER --index {self.root}"
             )
-        vector = self.embed_query(query)
-        k = min(k, self.store.count())  # a k far above the index size must not allocate for k
-        scores, keys = self.ann().search(vector[None], k)
-        pairs = [(int(key), float(s)) for key, s in zip(keys[0], scores[0], strict=True) if key != -1]
+        if where is None:
+            k = min(k, self.store.count())  # a k far above the index size must not allocate for k
+            scores, keys = self.ann().search(vector[None], k)
+            return self._items_for(keys[0], scores[0])
+        predicate = where.where(date_column=self.store.date_column)
+        allowed = self.store.keys(predicate)  # LanceDB evaluates the filter on its scalar columns
+        k = min(k, len(allowed))
+        if k == 0:
+            return [], []
+        if len(allowed) > self.exact_max:
+            scores, keys = self.ann().search(vector[None], k, allowed=allowed)
+            if (keys[0] != -1).sum() == k:
+                return self._items_for(keys[0], scores[0])
+        return self._items_for(*_exact_top_k(self.store.iter_vectors(predicate), vector, k))
+
+    def check_filter(self, where: SearchFilter) -> None:
+        """UsageError for an `under` folder that holds no item of this index (a typo, or a folder never
+        indexed): an empty result would not say why."""
+        from retrv.index.filters import under_sql
+
+        for root in where.under:
+            if not self.store.count(under_sql(root)):
+                raise UsageError(f"--under {root}: index {self.root} holds no item at or below it")
+
+    def _items_for(self, keys: np.ndarray, scores: np.ndarray) -> tuple[list[Item], list[float]]:
+        pairs = [(int(key), float(s)) for key, s in zip(keys, scores, strict=True) if key != -1]
         items = self.store.items_for_keys([key for key, _ in pairs])
         found = [(item, s) for item, (_, s) in zip(items, pairs, strict=True) if item is not None]
         return [item for item, _ in found], [s for _, s in found]
 
-    def search(self, query: Query | str, k: int = 10) -> list[Hit]:
-        """Coarse search only (no reranking); `retrv.Engine` adds stage 2."""
-        items, scores = self.coarse(query, k)
+    def search(self, query: Query | str, k: int = 10, where: SearchFilter | None = None) -> list[Hit]:
+        """Coarse search only (no reranking, no de-duplication); `retrv.Engine` adds both."""
+        items, scores = self.coarse(query, k, where)
         return [Hit.from_item(item, score, rank=rank) for rank, (item, score) in enumerate(zip(items, scores), 1)]
 
     def info(self) -> dict[str, Any]:
@@ -281,15 +374,3 @@ class Index:
             "side_tables": self.store.side_tables(),
             "ann": AnnIndex.describe_cache(self.store),
         }
-
-
-def repair_index(index: str | os.PathLike[str] | None, *, notify: Callable[[str], None] | None = None) -> RepairReport:
-    """Repair the index at `index` (`retrv.index.repair`), holding its write lock."""
-    from retrv.index.lock import write_lock
-    from retrv.index.repair import repair
-    from retrv.index.store import items_schema, read_meta
-
-    root = resolve_index_path(index)
-    meta = read_meta(root)
-    with write_lock(root, notify=notify):
-        return repair(root, schema=items_schema(meta.dim))

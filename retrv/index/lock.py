@@ -17,8 +17,9 @@ LOCK_FILE = "write.lock"
 
 
 @contextmanager
-def write_lock(root: Path, *, notify: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold the index's write lock (creating `root` if needed), waiting for another writer to finish."""
+def write_lock(root: Path, *, notify: Callable[[str], None] | None = None, wait: bool = True) -> Iterator[None]:
+    """Hold the index's write lock (creating `root` if needed), waiting for another writer to finish, or with
+    `wait=False` raising IndexBusyError at once (for what must not run beside a build: rm, compact)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks; writers are not serialised
@@ -31,6 +32,11 @@ def write_lock(root: Path, *, notify: Callable[[str], None] | None = None) -> It
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "another process"
+            if not wait:
+                from retrv.errors import IndexBusyError
+
+                busy = f"{root} is being written by a running retrv (pid {holder}); try again when it ends"
+                raise IndexBusyError(busy) from None
             if notify is not None:
                 notify(f"waiting for another retrv writing {root} (pid {holder}) to finish")
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -34,10 +34,12 @@ from retrv.items import Item
 if TYPE_CHECKING:
     import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 2: the `date` column (EXIF capture time, else mtime). A version-1 index reads as is (dates are the mtimes)
+# and becomes version 2 at its next write.
+SCHEMA_VERSION = 2
 META_FILE = "retrv.json"
 ITEMS = "items"
-ITEM_COLUMNS = ("id", "source", "modality", "text", "image_path", "mtime", "size", "content_hash")
+ITEM_COLUMNS = ("id", "source", "modality", "text", "image_path", "mtime", "size", "content_hash", "date")
 _IN_CHUNK = 2000  # values per `col IN (...)` filter
 _SIDE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SHAPE_KEY = b"retrv.shape"
@@ -84,7 +86,7 @@ def _retrv_version() -> str:
         return "unknown"
 
 
-def _quote(value: str) -> str:
+def sql_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -92,7 +94,7 @@ def _in_filters(column: str, values: Sequence[Any]) -> Iterator[str]:
     """`column IN (...)` filters over chunks of `values` (strings quoted, ints as is)."""
     for start in range(0, len(values), _IN_CHUNK):
         chunk = values[start : start + _IN_CHUNK]
-        literals = ", ".join(_quote(v) if isinstance(v, str) else str(int(v)) for v in chunk)
+        literals = ", ".join(sql_quote(v) if isinstance(v, str) else str(int(v)) for v in chunk)
         yield f"{column} IN ({literals})"
 
 
@@ -158,6 +160,12 @@ def read_meta(root: Path) -> IndexMeta:
     return meta
 
 
+def _write_meta(root: Path, meta: IndexMeta) -> None:
+    tmp = root / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    tmp.replace(root / META_FILE)
+
+
 def _fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> np.ndarray:
     """A fixed_size_list column as a (rows, size) array (zero-copy for a single chunk)."""
     import pyarrow as pa
@@ -206,9 +214,7 @@ class Store:
         if ITEMS in db.list_tables(limit=None).tables:  # left by a create that crashed before retrv.json
             db.drop_table(ITEMS)
         table = db.create_table(ITEMS, schema=items_schema(meta.dim))
-        tmp = root / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
-        tmp.replace(root / META_FILE)  # retrv.json last: its presence means the index is complete
+        _write_meta(root, meta)  # retrv.json last: its presence means the index is complete
         return cls(root, meta, db, table)
 
     @classmethod
@@ -265,6 +271,7 @@ class Store:
             keep = sorted(last.values())
             items, vectors = [items[i] for i in keep], vectors[keep]
         self._table.checkout_latest()
+        self._add_missing_columns()
         written = self.version() + 1
         data = self._items_arrow(items, vectors, written)
         keys = data.column("key").to_numpy()
@@ -327,8 +334,25 @@ class Store:
         return found
 
     @lance_errors
-    def keys(self) -> np.ndarray:
-        return self._scan(["key"]).column("key").to_numpy()
+    def vectors_for_ids(self, ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of `ids`, aligned with them (n, dim); KeyError for an id with no row."""
+        found: dict[str, np.ndarray] = {}
+        for where in _in_filters("id", list(dict.fromkeys(ids))):
+            t = self._scan(["id", "vector"], where)
+            found.update(zip(t.column("id").to_pylist(), _fixed_list_to_numpy(t.column("vector")), strict=True))
+        if not ids:
+            return np.zeros((0, self.meta.dim), np.float32)
+        return np.stack([found[i] for i in ids])
+
+    @lance_errors
+    def keys(self, where: str | None = None) -> np.ndarray:
+        """The faiss keys of every row, or of the rows matching the SQL predicate `where`."""
+        return self._scan(["key"], where).column("key").to_numpy()
+
+    @property
+    def date_column(self) -> str:
+        """What a date filter reads: `date`, or `mtime` in a schema-1 index (see `has_dates`)."""
+        return "date" if self.has_dates else "mtime"
 
     @lance_errors
     def iter_vectors(
@@ -354,8 +378,34 @@ class Store:
         return self.iter_vectors(where=f"written > {int(version)}")
 
     @lance_errors
-    def count(self) -> int:
-        return int(self._table.count_rows())
+    def count(self, where: str | None = None) -> int:
+        """Rows of the items table (those matching the SQL predicate `where`)."""
+        return int(self._table.count_rows(where))
+
+    @lance_errors
+    def compact(self, keep_versions_newer_than: Any) -> None:
+        """Compact the data files of every table and delete versions older than `keep_versions_newer_than`
+        (a timedelta); one new version, rows unchanged. Hold the write lock."""
+        self._table.checkout_latest()
+        self._table.optimize(cleanup_older_than=keep_versions_newer_than)
+        for name in self.side_tables():
+            self._db.open_table(name).optimize(cleanup_older_than=keep_versions_newer_than)
+
+    @lance_errors
+    def scan_all(self, columns: list[str] | None = None) -> pa.Table:
+        """Every row of the items table (the columns asked for, else all) as one Arrow table."""
+        query = self._table.search()
+        if columns:
+            query = query.select(columns)
+        return query.limit(None).to_arrow()
+
+    @lance_errors
+    def iter_rows(self, columns: list[str] | None = None, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """The items table in record batches, without materialising it."""
+        query = self._table.search()
+        if columns:
+            query = query.select(columns)
+        yield from query.limit(None).to_batches(batch_size)
 
     @lance_errors
     def counts_by_modality(self) -> dict[str, int]:
@@ -425,6 +475,19 @@ class Store:
         return out
 
     @lance_errors
+    def side_columns(self, name: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """column -> (shape, dtype) of one row of side table `name` (empty when there is no such table)."""
+        _check_side_name(name)
+        if name not in self._table_names():
+            return {}
+        schema = self._db.open_table(name).schema
+        return {
+            f.name: (tuple(json.loads(f.metadata[_SHAPE_KEY])), np.dtype(f.type.value_type.to_pandas_dtype()))
+            for f in schema
+            if f.name != "id"
+        }
+
+    @lance_errors
     def side_ids(self, name: str) -> set[str]:
         _check_side_name(name)
         if name not in self._table_names():
@@ -440,7 +503,7 @@ class Store:
         if not wanted or name not in self._table_names():
             return
         table = self._db.open_table(name)
-        where = f"id IN ({', '.join(map(_quote, wanted))})"
+        where = f"id IN ({', '.join(map(sql_quote, wanted))})"
         if table.count_rows(where):
             table.delete(where)
 
@@ -465,9 +528,27 @@ class Store:
     def _items_where(self, column: str, values: list[Any]) -> list[Item]:
         items: list[Item] = []
         for where in _in_filters(column, values):
-            t = self._scan(list(ITEM_COLUMNS), where)
-            items.extend(Item(*row) for row in zip(*(t.column(c).to_pylist() for c in ITEM_COLUMNS)))
+            items.extend(self._items(where))
         return items
+
+    def _items(self, where: str | None) -> list[Item]:
+        columns = [c for c in ITEM_COLUMNS if c != "date" or self.has_dates]
+        t = self._scan(columns, where)
+        rows = [dict(zip(columns, row, strict=True)) for row in zip(*(t.column(c).to_pylist() for c in columns))]
+        return [Item(**row) if "date" in row else Item(**row, date=row["mtime"]) for row in rows]
+
+    @property
+    def has_dates(self) -> bool:
+        """Whether the items table has the `date` column (schema 2); before that, an item's date is its mtime."""
+        return "date" in self._table.schema.names
+
+    def _add_missing_columns(self) -> None:
+        """Bring a schema-1 table to schema 2 (its dates are its mtimes), and say so in retrv.json."""
+        if self.has_dates:
+            return
+        self._table.add_columns({"date": "mtime"})
+        self.meta = IndexMeta(**{**asdict(self.meta), "schema_version": SCHEMA_VERSION})
+        _write_meta(self.root, self.meta)
 
     def _items_arrow(self, items: Sequence[Item], vectors: np.ndarray, written: int) -> pa.Table:
         import pyarrow as pa
@@ -483,6 +564,7 @@ class Store:
             "mtime": pa.array([float(it.mtime) for it in items], pa.float64()),
             "size": pa.array([int(it.size) for it in items], pa.int64()),
             "content_hash": pa.array([it.content_hash for it in items], pa.string()),
+            "date": pa.array([float(it.date) for it in items], pa.float64()),
             "written": pa.array(np.full(n, written, np.int64)),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
         }
@@ -504,6 +586,7 @@ def items_schema(dim: int) -> pa.Schema:
             pa.field("mtime", pa.float64()),
             pa.field("size", pa.int64()),
             pa.field("content_hash", pa.string()),
+            pa.field("date", pa.float64()),
             pa.field("written", pa.int64()),
             pa.field("vector", pa.list_(pa.float32(), dim)),
         ]

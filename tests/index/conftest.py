@@ -101,7 +101,7 @@ def photo_dir(tmp_path) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_photo():
     """make_photo(path, seed, size=(64, 48)) writes a distinct picture (format from the suffix)."""
     return write_photo

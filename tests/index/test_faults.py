@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from retrv.cli.app import app
 from retrv.errors import IndexDamagedError
-from retrv.index.index import Index, repair_index
+from retrv.index.catalog import repair_index
+from retrv.index.index import Index
 from retrv.index.store import Store
 
 runner = CliRunner()
