@@ -15,6 +15,7 @@ from retrv.cli.common import (
     JsonOption,
     QuietOption,
     ReasonerOption,
+    TokenOption,
     TrustRemoteCodeOption,
     handle_errors,
     notice,
@@ -109,13 +110,23 @@ def search(
     ] = False,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            metavar="URL",
+            envvar="RETRV_SERVER",
+            help="Send the query to a running `retrv serve` at URL (its warm models answer; same output). "
+            "--server '' searches locally.",
+        ),
+    ] = None,
+    token: TokenOption = None,
 ) -> None:
     """Search an index with words, an image, or both."""
     import dataclasses
 
     from retrv.cli.render import render_ranking, report_on_stderr
-    from retrv.engine import Engine
-    from retrv.items import parse_query
+    from retrv.items import Ranking, parse_query
 
     silence_library(quiet)
     settings = settings_from_flags(
@@ -128,28 +139,54 @@ def search(
         max_inspections=max_inspections,
         max_new_tokens=max_new_tokens,
         rerank=rerank,
+        server=server,
     )
     if no_rerank:
-        settings = dataclasses.replace(settings, rerank="none")
+        settings = dataclasses.replace(settings, rerank="none", origins={**settings.origins, "rerank": "--no-rerank"})
     q = parse_query(query, image, add=add or [], subtract=subtract or [], warn=warn)
-    engine = Engine.from_settings(
-        settings,
-        encoder=encoder,
-        min_score=min_score,
-        force_answer=force_answer,
-        trust_remote_code=trust_remote_code,
-        notify=notice(quiet),
-    )
-    ranking = engine.search(q, k=k)
+    if settings.server:
+        from retrv.serve.client import search_via_server
+
+        _refuse_server_side_flags(ctx)
+        document = search_via_server(settings, q, k=k, min_score=min_score, token=token)
+        ranking = Ranking.from_dict(document, query=q)
+    else:
+        from retrv.engine import Engine
+
+        engine = Engine.from_settings(
+            settings,
+            encoder=encoder,
+            min_score=min_score,
+            force_answer=force_answer,
+            trust_remote_code=trust_remote_code,
+            notify=notice(quiet),
+        )
+        ranking = engine.search(q, k=k)
+        document = engine.document(ranking)
     report_on_stderr(ranking, quiet=quiet)
     if json_out:
-        print_json(
-            {
-                "schema": "retrv.search/1",
-                "index": str(engine.index.root),
-                "encoder": engine.index.encoder_spec,
-                **ranking.to_dict(),
-            }
-        )
+        print_json(document)
         return
     render_ranking(ranking, paths_only=paths_only, null=null, show_reasoning=show_reasoning, quiet=quiet)
+
+
+# What the server decides when it loads its models (`retrv serve` takes these flags), not a request.
+SERVER_SIDE_FLAGS = (
+    "encoder",
+    "reasoner",
+    "device",
+    "fusion_weight",
+    "max_inspections",
+    "max_new_tokens",
+    "force_answer",
+    "trust_remote_code",
+)
+
+
+def _refuse_server_side_flags(ctx: typer.Context) -> None:
+    from retrv.errors import UsageError
+
+    for name in SERVER_SIDE_FLAGS:
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} is the server's to choose (retrv serve {flag} ...); drop it, or drop --server")
