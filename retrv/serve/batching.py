@@ -3,7 +3,9 @@
 `BatchingEncoder` puts a micro-batcher in front of an encoder: a call that arrives while the model is busy
 waits, and when the model is free the waiting calls of one kind run as one batch (up to `max_batch` inputs).
 A lone query runs at once, with no gathering delay; under load, queries ride together. Only one batch runs
-at a time, so the model is never called from two threads at once.
+at a time, so the model is never called from two threads at once. On the CPU a small batch runs on one torch
+thread: for a few short queries the intra-op threads mostly wait for each other, and on a busy machine for the
+cores (MiniLM, one query, load average 8 on 2 cores: 18 ms on one thread, 71 ms on two; docs/benchmarks.md §8).
 
 `ResolveQueue` lets one reranker resolve run at a time on its device, with at most `max_waiting` requests
 waiting for their turn; one more is refused at once (`ServerBusyError`, HTTP 503) instead of piling up.
@@ -14,11 +16,13 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from retrv.errors import ServerBusyError
+
+ONE_THREAD_MAX_INPUTS = 8  # a batch of at most this many inputs runs on one torch thread (CPU only)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,8 +120,11 @@ class BatchingEncoder:
         return batch
 
     def _run(self, batch: list[_Call]) -> None:
+        inputs = [x for call in batch for x in call.inputs]
+        small = self.device == "cpu" and len(inputs) <= ONE_THREAD_MAX_INPUTS
         try:
-            vectors = getattr(self.encoder, batch[0].method)([x for call in batch for x in call.inputs])
+            with _one_torch_thread() if small else nullcontext():
+                vectors = getattr(self.encoder, batch[0].method)(inputs)
         except BaseException as e:  # every caller of the batch gets the error, in its own thread
             for call in batch:
                 call.error, call.done = e, True
@@ -129,6 +136,20 @@ class BatchingEncoder:
         self.stats.calls += len(batch)
         self.stats.batches += 1
         self.stats.largest = max(self.stats.largest, len(batch))
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """torch's intra-op threads set to one for the block (the setting is process-wide; a reranker running
+    meanwhile on another thread gets one thread too, for as long as this short block lasts)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class ResolveQueue:

@@ -19,7 +19,7 @@ from typing import Any
 from retrv.errors import RequestTooLargeError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-OPEN_PATHS = ("/", "/favicon.ico")
+OPEN_PATHS = ("/",)
 OPEN_PREFIX = "/static/"
 TOKEN_COOKIE = "retrv_token"
 
