@@ -96,10 +96,11 @@ def serve(
     Prints the URL on stdout and serves until Ctrl-C (exit 130).
     """
     from retrv.serve.app import create_app
-    from retrv.serve.run import check_binding, is_loopback, listen, serve_forever, url_of
+    from retrv.serve.run import check_binding, is_loopback, listen, require_server_packages, serve_forever, url_of
     from retrv.serve.service import SearchService, ServeLimits
 
     silence_library(quiet)
+    require_server_packages()
     check_binding(host, token=token, insecure=insecure)
     settings = settings_from_flags(
         ctx,

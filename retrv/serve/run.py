@@ -16,6 +16,16 @@ from typing import Any
 from retrv.errors import RetrvError, UsageError
 
 
+def require_server_packages() -> None:
+    """UsageError unless Starlette, uvicorn and python-multipart can be imported (checked before models load)."""
+    import importlib.util
+
+    modules = {"starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
+    missing = [package for module, package in modules.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UsageError(f"retrv serve needs {', '.join(missing)}: pip install 'retrv[serve]'")
+
+
 def is_loopback(host: str) -> bool:
     """Whether every address `host` names is a loopback address."""
     try:
