@@ -24,6 +24,8 @@ THUMB_SIDE = 320
 VIEW_SIDE = 1600
 MEDIA_TYPE = "image/webp"
 _HASH = re.compile(r"^[0-9a-f]{8,128}$")
+# One render per CPU at a time: a page of results asks for 20 thumbnails at once, and each may decode a large photo.
+_RENDERS = threading.BoundedSemaphore(os.cpu_count() or 1)
 
 
 def thumbnail(root: Path, item: Item, *, max_megapixels: float) -> bytes:
@@ -44,14 +46,15 @@ def render(item: Item, side: int, *, max_megapixels: float, quality: int = 85) -
 
     if not item.image_path:
         raise NotServedError(f"item {item.id!r} has no image")
-    try:
-        image = load_image(item.image_path, max_megapixels=max_megapixels, draft_size=side)
-    except SkipFile as e:
-        raise NotServedError(f"the image of item {item.id!r} cannot be read now: {e}") from None
-    image.thumbnail((side, side))
-    out = io.BytesIO()
-    image.save(out, format="WEBP", quality=quality, method=4)
-    return out.getvalue()
+    with _RENDERS:
+        try:
+            image = load_image(item.image_path, max_megapixels=max_megapixels, draft_size=side)
+        except SkipFile as e:
+            raise NotServedError(f"the image of item {item.id!r} cannot be read now: {e}") from None
+        image.thumbnail((side, side))
+        out = io.BytesIO()
+        image.save(out, format="WEBP", quality=quality, method=4)
+        return out.getvalue()
 
 
 def _write(path: Path, data: bytes) -> None:
