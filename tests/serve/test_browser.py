@@ -99,19 +99,20 @@ def test_browser_searches_with_words_images_and_a_minimum_score(served, browser,
     assert "results in" in _status(browser)[0]
     browser.save_screenshot(str(tmp_path / "words.png"))
 
-    # From the keyboard: open the first result, see its full image and path, close it with Escape.
-    first = browser.find_element(By.CSS_SELECTOR, "#results .card")
-    first.send_keys(Keys.ENTER)
+    # From the keyboard: open the first photo among the results, see its full image and path, close it with Escape.
+    hits = served.client.search(q="a cup of coffee", k=20)[1]["hits"]
+    photo = next(h for h in hits if h["image_path"])
+    card = browser.find_element(By.CSS_SELECTOR, f'#results .card[data-id="{photo["id"]}"]')
+    card.send_keys(Keys.ENTER)
     _wait(browser, lambda d: d.execute_script("return document.getElementById('viewer').open"), "no viewer")
-    hit = served.client.search(q="a cup of coffee", k=1)[1]["hits"][0]
-    assert browser.find_element(By.ID, "viewer-path").text == hit["source"]
-    if hit["image_path"]:
-        loaded = "const i = document.getElementById('viewer-image'); return i.complete && i.naturalWidth > 0"
-        _wait(browser, lambda d: d.execute_script(loaded), "the full image did not load")
+    assert browser.find_element(By.ID, "viewer-path").text == photo["source"]
+    loaded = "const i = document.getElementById('viewer-image'); return i.complete && i.naturalWidth > 0"
+    _wait(browser, lambda d: d.execute_script(loaded), "the full image did not load")
+    assert browser.execute_script("return document.getElementById('viewer-image').naturalWidth") > 320
     browser.save_screenshot(str(tmp_path / "viewer.png"))
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)
     _wait(browser, lambda d: not d.execute_script("return document.getElementById('viewer').open"), "still open")
-    assert browser.switch_to.active_element.get_attribute("data-id") == expected[0]
+    assert browser.switch_to.active_element.get_attribute("data-id") == photo["id"]
 
     # An image dropped on the page (a DataTransfer, as a drag from the desktop brings) is the query.
     browser.find_element(By.ID, "q").clear()
