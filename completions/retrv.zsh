@@ -16,8 +16,8 @@ _retrv() {
         '1:command:->command' \
         '*::arg:->args'
     case $state in
-        command) local -a cmds=('bench:Benchmarks recall and cost of the engine on a dataset' 'build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'compress:Precompute the reasoners compressed tokens for every item (incremental; Ctrl-C keeps finished batch' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'export:Write every item of an index (id, source, modality, text, image path, dates, content hash) with its ' 'forget:Drop from the index every item at or under PATH (the files are not touched)' 'index:Look after indexes list, remove, compact, repair' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both' 'train:Train retrvs models the encoder, and the reasoner in stages (icm -> sft -> grpo)'); _describe command cmds ;;
-        args) case $line[1] in bench) _retrv_bench ;; build-index) _retrv_build_index ;; completions) _retrv_completions ;; compress) _retrv_compress ;; data) _retrv_data ;; export) _retrv_export ;; forget) _retrv_forget ;; index) _retrv_index ;; info) _retrv_info ;; search) _retrv_search ;; train) _retrv_train ;; esac ;;
+        command) local -a cmds=('bench:Benchmarks recall and cost of the engine on a dataset' 'build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'compress:Precompute the reasoners compressed tokens for every item (incremental; Ctrl-C keeps finished batch' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'export:Write every item of an index (id, source, modality, text, image path, dates, content hash) with its ' 'forget:Drop from the index every item at or under PATH (the files are not touched)' 'index:Look after indexes list, remove, compact, repair' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both' 'serve:Serve indexes over HTTP with warm models a JSON API, thumbnails and a web page (docs/cli.md)' 'train:Train retrvs models the encoder, and the reasoner in stages (icm -> sft -> grpo)'); _describe command cmds ;;
+        args) case $line[1] in bench) _retrv_bench ;; build-index) _retrv_build_index ;; completions) _retrv_completions ;; compress) _retrv_compress ;; data) _retrv_data ;; export) _retrv_export ;; forget) _retrv_forget ;; index) _retrv_index ;; info) _retrv_info ;; search) _retrv_search ;; serve) _retrv_serve ;; train) _retrv_train ;; esac ;;
     esac
 }
 
@@ -249,6 +249,33 @@ _retrv_search() {
         '(--paths-only -f)'{--paths-only,-f}'[Print only paths, one per line (for xargs)]' \
         '(--null -0)'{--null,-0}'[Print only paths, each ended by a NUL byte (for xargs -0)]' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
+        '--server[Send the query to a running `retrv serve` at URL (its warm models answer; same output). --server  ]:value: ' \
+        '--token[The secret of a `retrv serve` that needs one (sent as Authorization Bearer TOKEN)]:value: ' \
+        '(--help -h)'{--help,-h}'[Show help and exit]'
+}
+
+_retrv_serve() {
+    local curcontext=$curcontext state line
+    _arguments -s -C \
+        '(--index -i)'{--index,-i}'[Index to serve (repeatable; the first is the default)]:index:_retrv_indexes' \
+        '--host[Address to listen on; any but loopback needs --token or --insecure]:value: ' \
+        '--port[Port (0 a free one)]:value: ' \
+        '--token[Secret every API request must carry (Authorization Bearer TOKEN; the page takes /#token=TOKEN)]:value: ' \
+        '--insecure[Serve a non-loopback --host without a token (anyone may search)]' \
+        '--rerank[Stage 2 the server offers besides none score or reason]:value:(none score reason)' \
+        '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
+        '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
+        '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
+        '--max-inspections[reason mode cap on detail inspections]:value: ' \
+        '--max-new-tokens[reason mode cap on generated tokens]:value: ' \
+        '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
+        '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
+        '--trust-remote-code[Allow model code from the hub (off by default)]' \
+        '--max-upload-mb[Largest request body (an uploaded image), in MiB]:value: ' \
+        '--request-timeout[Longest a request may take (408 after)]:value: ' \
+        '--reasoner-queue[Requests that may wait for the reasoner (503 beyond)]:value: ' \
+        '--log-requests[Log every request on stderr]' \
         '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }

@@ -56,6 +56,7 @@ class Settings:
     score_style: str = _setting("lamra", choices=SCORE_STYLES)
     visual_retracing: bool = False
     exact_search_max: int = _setting(50_000, minimum=0)
+    server: str | None = None  # `retrv search` sends its query to a `retrv serve` at this URL
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def origin(self, name: str) -> str:
@@ -168,9 +169,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, env: Mapping[st
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def is_index_name(text: str) -> bool:
+    """A bare name (`photos`), as opposed to a path (`./photos-index`, `/x/y`)."""
+    return bool(_NAME.match(text)) and text not in (".", "..")
+
+
 def resolve_index_path(index: str | os.PathLike[str] | None) -> Path:
     """A bare name (`photos`) lives under the user data dir; a path (`./photos-index`, `/x/y`) is used as given."""
     text = os.fspath(index) if index is not None else DEFAULT_INDEX
-    if _NAME.match(text) and text not in (".", ".."):
+    if is_index_name(text):
         return data_dir() / "indexes" / text
     return Path(text).expanduser().resolve()

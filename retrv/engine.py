@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING
 
 from retrv.items import Hit, Item, Query, Ranking
 
+SEARCH_SCHEMA = "retrv.search/1"
+
 if TYPE_CHECKING:
     from retrv.config import Settings
     from retrv.dedup import Kept
+    from retrv.encoders.base import Encoder
     from retrv.index.filters import SearchFilter
     from retrv.index.index import Index
     from retrv.rerank.base import Reranker
@@ -76,14 +79,17 @@ class Engine:
         cls,
         settings: Settings,
         *,
-        encoder: str | None = None,
+        encoder: str | Encoder | None = None,
+        reranker: Reranker | None = None,
         min_score: float | None = None,
         force_answer: bool = False,
         trust_remote_code: bool = False,
         notify: Callable[[str], None] | None = None,
     ) -> Engine:
-        """The engine `settings` describe: their index (refused unless built with `encoder`, when given) and
-        reranker. Says through `notify` when reason mode will compute per query what `retrv compress` stores."""
+        """The engine `settings` describe: their index (refused unless built with `encoder`, when given: a spec,
+        or a loaded encoder to use) and reranker (`reranker`, when given, is one already loaded: several engines
+        may share it). Says through `notify` when reason mode will compute per query what `retrv compress`
+        stores."""
         from retrv.devices import resolve_device
         from retrv.index.index import Index
 
@@ -95,9 +101,10 @@ class Engine:
             exact_max=settings.exact_search_max,
             notify=notify,
         )
-        reranker = reranker_from_settings(
-            settings, force_answer=force_answer, trust_remote_code=trust_remote_code, notify=notify
-        )
+        if reranker is None:
+            reranker = reranker_from_settings(
+                settings, force_answer=force_answer, trust_remote_code=trust_remote_code, notify=notify
+            )
         table = getattr(reranker, "precomputed_table", None)
         if table and notify is not None and table not in index.store.side_tables():
             notify(
@@ -105,6 +112,12 @@ class Engine:
                 f"(run `retrv compress --index {index.root} --reasoner {settings.reasoner}` once to make search faster)"
             )
         return cls(index, reranker, rerank_k=settings.rerank_k, min_score=min_score)
+
+    def document(self, ranking: Ranking) -> dict:
+        """The `retrv.search/1` document of `ranking` (docs/cli.md): what `search --json` prints and the server
+        answers."""
+        header = {"schema": SEARCH_SCHEMA, "index": str(self.index.root), "encoder": self.index.encoder_spec}
+        return {**header, **ranking.to_dict()}
 
     def search(
         self,

@@ -80,3 +80,27 @@ class ScoreError(RetrvError):
 
 class CompressError(RetrvError):
     """`retrv compress` cannot run with this reasoner."""
+
+
+class NotServedError(RetrvError):
+    """`retrv serve`: a request names an index the server does not serve, or an item none of them holds."""
+
+
+class ServerBusyError(RetrvError):
+    """`retrv serve`: the reasoner's queue is full; the client may try again later."""
+
+
+class RequestLimitError(RetrvError):
+    """`retrv serve`: a request over one of the server's limits (query length, number of terms, k)."""
+
+
+class RequestTooLargeError(RequestLimitError):
+    """`retrv serve`: a request body or an uploaded image over the server's limit."""
+
+
+class RequestTimeoutError(RequestLimitError):
+    """`retrv serve`: a request that took longer than the server allows."""
+
+
+class ServerUnreachableError(RetrvError):
+    """`retrv search --server URL`: nothing answers at URL, or not in time."""

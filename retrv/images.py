@@ -43,26 +43,11 @@ def load_image(
 ) -> Image.Image:
     """Decode an image file to RGB, safely: size checked before decoding, EXIF orientation applied,
     first frame of an animation, every mode converted. Raises `SkipFile` with the reason."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
-    try:
-        im = Image.open(path)
-    except FileNotFoundError:
-        raise SkipFile(VANISHED, "gone before it could be read") from None
-    except PermissionError:
-        raise SkipFile(PERMISSION_DENIED) from None
-    except UnidentifiedImageError:
-        raise SkipFile(NOT_AN_IMAGE, "no known image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise SkipFile(IMAGE_TOO_LARGE, str(e)) from None
-    except Exception as e:  # PIL raises many kinds (SyntaxError, struct.error, ...) for broken headers
-        raise SkipFile(CORRUPT_IMAGE, str(e) or type(e).__name__) from None
+    im = _open(path)
     with im:
-        width, height = im.size
-        if max_megapixels is not None and width * height > max_megapixels * 1_000_000:
-            megapixels = width * height / 1e6
-            detail = f"{width}x{height} is {megapixels:.1f} megapixels, over max_megapixels={max_megapixels:g}"
-            raise SkipFile(IMAGE_TOO_LARGE, detail)
+        _check_pixels(im, max_megapixels)
         try:
             if draft_size and im.format == "JPEG":  # let libjpeg decode at 1/2..1/8 scale when that is still big enough
                 im.draft(None, (draft_size, draft_size))
@@ -77,6 +62,40 @@ def load_image(
             raise SkipFile(IMAGE_TOO_LARGE, str(e)) from None
         except Exception as e:
             raise SkipFile(CORRUPT_IMAGE, str(e) or type(e).__name__) from None
+
+
+def check_image(path: str | os.PathLike[str], *, max_megapixels: float) -> tuple[int, int]:
+    """The (width, height) an image file declares, read from its header, nothing decoded; `SkipFile` when it
+    is no image or over `max_megapixels` (what a server checks before it spends memory on an upload)."""
+    with _open(path) as im:
+        _check_pixels(im, max_megapixels)
+        return im.size
+
+
+def _open(path: str | os.PathLike[str]) -> Image.Image:
+    """`Image.open` (the header only), its many exceptions turned into `SkipFile` with the reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        raise SkipFile(VANISHED, "gone before it could be read") from None
+    except PermissionError:
+        raise SkipFile(PERMISSION_DENIED) from None
+    except UnidentifiedImageError:
+        raise SkipFile(NOT_AN_IMAGE, "no known image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise SkipFile(IMAGE_TOO_LARGE, str(e)) from None
+    except Exception as e:  # PIL raises many kinds (SyntaxError, struct.error, ...) for broken headers
+        raise SkipFile(CORRUPT_IMAGE, str(e) or type(e).__name__) from None
+
+
+def _check_pixels(im: Image.Image, max_megapixels: float | None) -> None:
+    width, height = im.size
+    if max_megapixels is not None and width * height > max_megapixels * 1_000_000:
+        megapixels = width * height / 1e6
+        detail = f"{width}x{height} is {megapixels:.1f} megapixels, over max_megapixels={max_megapixels:g}"
+        raise SkipFile(IMAGE_TOO_LARGE, detail)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -43,6 +43,15 @@ def display_text(text: str) -> str:
     return _CONTROL.sub(lambda m: _CONTROL_NAMES.get(m.group(), f"\\x{ord(m.group()):02x}"), valid_utf8(text))
 
 
+def json_text(data: Any, *, indent: int | None = 2) -> str:
+    r"""JSON that is valid UTF-8 whatever the data: the bytes of a file name that is not UTF-8 (Python's
+    surrogate escapes) are written as JSON escapes (`\udcff`), which decode back to the same name."""
+    import json
+
+    text = json.dumps(data, indent=indent, ensure_ascii=False, default=str)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def file_item_id(path: str) -> str:
     """The stable id of a file's item: blake2b-128 of its absolute path, in hex."""
     return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
@@ -193,6 +202,11 @@ class Hit:
             "copies": list(self.copies),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hit:
+        """The hit `to_dict` wrote (fields added by a later schema are ignored)."""
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
 
 @dataclass
 class Ranking:
@@ -239,3 +253,21 @@ class Ranking:
             "generated_tokens": self.generated_tokens,
             "latency_ms": dict(self.latency_ms),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], query: Query) -> Ranking:
+        """The ranking `to_dict` wrote, for `query` (the document describes its query; it does not hold it)."""
+        return cls(
+            query=query,
+            hits=[Hit.from_dict(h) for h in data["hits"]],
+            rerank=data["rerank"],
+            no_match=data["no_match"],
+            reasoning=data["reasoning"],
+            inspected=list(data["inspected"]),
+            fallback=data["fallback"],
+            forced_answer=data["forced_answer"],
+            candidate_tokens=data.get("candidate_tokens"),
+            prompt_tokens=data["prompt_tokens"],
+            generated_tokens=data["generated_tokens"],
+            latency_ms=dict(data["latency_ms"]),
+        )

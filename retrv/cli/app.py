@@ -18,6 +18,7 @@ from retrv.cli.forget import forget
 from retrv.cli.index import app as index_app
 from retrv.cli.info import info
 from retrv.cli.search import search
+from retrv.cli.serve import serve
 from retrv.cli.train import app as train_app
 
 app = typer.Typer(
@@ -52,6 +53,7 @@ def main_options(
 
 app.command("build-index")(build_index)
 app.command("search")(search)
+app.command("serve")(serve)
 app.command("info")(info)
 app.command("compress")(compress)
 app.command("forget")(forget)

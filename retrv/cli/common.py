@@ -102,6 +102,15 @@ VisualRetracingOption = Annotated[
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, notices or library warnings on stderr.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (schemas in docs/cli.md).")]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        metavar="TOKEN",
+        envvar="RETRV_TOKEN",
+        help="The secret of a `retrv serve` that needs one (sent as Authorization: Bearer TOKEN).",
+    ),
+]
 TrustRemoteCodeOption = Annotated[
     bool, typer.Option("--trust-remote-code", help="Allow model code from the hub (off by default).")
 ]
@@ -254,10 +263,7 @@ def progress_bar(quiet: bool) -> Iterator[Callable[[ProgressEvent], None] | None
 
 
 def print_json(data: Any) -> None:
-    """JSON on stdout, valid UTF-8 whatever the data: the bytes of a file name that is not UTF-8 (Python's
-    surrogate escapes) are written as JSON escapes (`\\udcff`), which decode back to the same name."""
-    import json
-    import re
+    """JSON on stdout, valid UTF-8 whatever the data (`items.json_text`)."""
+    from retrv.items import json_text
 
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
-    sys.stdout.write(re.sub(r"[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+    sys.stdout.write(json_text(data) + "\n")

@@ -23,16 +23,15 @@ if TYPE_CHECKING:
 
 def report_on_stderr(ranking: Ranking, *, quiet: bool = False) -> None:
     """No match and a reranker fallback are always said (they change what the results mean); notes unless quiet."""
-    console = stderr_console()
     if ranking.no_match:
-        console.print("[yellow]no match:[/yellow] no candidate reached --min-score")
+        stderr_console().print("[yellow]no match:[/yellow] no candidate reached --min-score")
     if ranking.fallback:
-        console.print(
+        stderr_console().print(
             f"[yellow]warning:[/yellow] the {ranking.rerank} reranker's output was unusable "
             f"({escape(ranking.fallback)}); the coarse order and scores are shown"
         )
     elif ranking.forced_answer and not quiet:
-        console.print("[yellow]note:[/yellow] the reasoner stopped without an answer; it was made to name one")
+        stderr_console().print("[yellow]note:[/yellow] the reasoner stopped without an answer; it was made to name one")
 
 
 def render_ranking(

@@ -19,6 +19,7 @@ from retrv.cli.common import (
     QuietOption,
     ReasonerOption,
     ScoreStyleOption,
+    TokenOption,
     TrustRemoteCodeOption,
     VisualRetracingOption,
     handle_errors,
@@ -172,15 +173,25 @@ def search(
     ] = False,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            metavar="URL",
+            envvar="RETRV_SERVER",
+            help="Send the query to a running `retrv serve` at URL (its warm models answer; same output). "
+            "--server '' searches locally.",
+        ),
+    ] = None,
+    token: TokenOption = None,
 ) -> None:
     """Search an index with words, an image, or both."""
     import dataclasses
 
     from retrv.cli.render import preview_protocol_for, render_previews, render_ranking, report_on_stderr
-    from retrv.engine import Engine
     from retrv.errors import UsageError
     from retrv.index.filters import SearchFilter
-    from retrv.items import parse_query
+    from retrv.items import Ranking, parse_query
 
     silence_library(quiet)
     settings = settings_from_flags(
@@ -198,9 +209,10 @@ def search(
         glance_text_tokens=glance_text_tokens,
         score_style=score_style,
         visual_retracing=visual_retracing,
+        server=server,
     )
     if no_rerank:
-        settings = dataclasses.replace(settings, rerank="none")
+        settings = dataclasses.replace(settings, rerank="none", origins={**settings.origins, "rerank": "--no-rerank"})
     q = parse_query(query, image, add=add or [], subtract=subtract or [], warn=warn)
     where = SearchFilter.make(
         under=under or [], since=since, until=until, modality=modality.value if modality else None
@@ -208,29 +220,68 @@ def search(
     if preview and (json_out or paths_only or null):
         raise UsageError("--preview draws on a terminal; it does not combine with --json, --paths-only or --null")
     protocol = preview_protocol_for(preview_protocol.value, notify=notice(quiet)) if preview else None
-    engine = Engine.from_settings(
-        settings,
-        encoder=encoder,
-        min_score=min_score,
-        force_answer=force_answer,
-        trust_remote_code=trust_remote_code,
-        notify=notice(quiet),
-    )
-    ranking = engine.search(q, k=k, where=where, all_copies=all_copies, near_duplicates=dedup)
+    if settings.server:
+        from retrv.serve.client import search_via_server
+
+        _refuse_server_side_flags(ctx)
+        document = search_via_server(
+            settings,
+            q,
+            k=k,
+            min_score=min_score,
+            token=token,
+            where=where,
+            all_copies=all_copies,
+            near_duplicates=dedup,
+        )
+        ranking = Ranking.from_dict(document, query=q)
+    else:
+        from retrv.engine import Engine
+
+        engine = Engine.from_settings(
+            settings,
+            encoder=encoder,
+            min_score=min_score,
+            force_answer=force_answer,
+            trust_remote_code=trust_remote_code,
+            notify=notice(quiet),
+        )
+        ranking = engine.search(q, k=k, where=where, all_copies=all_copies, near_duplicates=dedup)
+        document = engine.document(ranking)
     report_on_stderr(ranking, quiet=quiet)
     if where is not None and not ranking.hits and not quiet:
         notice(quiet)(f"no item passes the filters ({where.describe()})")
     if json_out:
-        print_json(
-            {
-                "schema": "retrv.search/1",
-                "index": str(engine.index.root),
-                "encoder": engine.index.encoder_spec,
-                **ranking.to_dict(),
-            }
-        )
+        print_json(document)
         return
     if protocol is not None:
         render_previews(ranking, protocol, show_reasoning=show_reasoning, notify=notice(quiet))
         return
     render_ranking(ranking, paths_only=paths_only, null=null, show_reasoning=show_reasoning, quiet=quiet)
+
+
+# What the server decides when it loads its models (`retrv serve` takes these flags), not a request.
+SERVER_SIDE_FLAGS = (
+    "encoder",
+    "reasoner",
+    "device",
+    "fusion_weight",
+    "max_inspections",
+    "max_new_tokens",
+    "force_answer",
+    "candidate_tokens",
+    "glance_image_tokens",
+    "glance_text_tokens",
+    "score_style",
+    "visual_retracing",
+    "trust_remote_code",
+)
+
+
+def _refuse_server_side_flags(ctx: typer.Context) -> None:
+    from retrv.errors import UsageError
+
+    for name in SERVER_SIDE_FLAGS:
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} is the server's to choose (retrv serve {flag} ...); drop it, or drop --server")

@@ -1,5 +1,7 @@
 """Which stored items a search may return: below a folder, made in a date range, of one modality.
 
+This module imports nothing heavy: `retrv search --server` builds its filter here without numpy or LanceDB.
+
 A `SearchFilter` becomes one SQL predicate over the items table (`where`), which LanceDB evaluates on its
 scalar columns before any vector is read; the ANN then searches only the keys that pass (`Index.coarse`).
 
@@ -20,7 +22,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from retrv.errors import UsageError
-from retrv.index.store import sql_quote
 from retrv.items import MODALITIES
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ DateLike = float | int | str | datetime
 DATE_FORMS = "a date like 2024-05-01, 2024-05, 2024, 2024-05-01T14:30 (optionally +02:00 or Z) or 30d / 6w"
 _RELATIVE = re.compile(r"^(\d+)\s*([dw])$")
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
+_SECONDS = re.compile(r"^-?\d+(\.\d*)?$")
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ def parse_date(value: DateLike, *, option: str = "date", end: bool = False, now:
             return start.timestamp()
         after = datetime(year + 1, 1, 1) if not month else datetime(year + month // 12, month % 12 + 1, 1)
         return after.timestamp() - 1e-6
+    if _SECONDS.match(text):  # seconds since the epoch (what `search --server` sends); a bare year matched above
+        return float(text)
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
@@ -131,6 +135,11 @@ def parse_date(value: DateLike, *, option: str = "date", end: bool = False, now:
     if end and len(text) == 10:  # a whole day
         return (when + timedelta(days=1)).timestamp() - 1e-6
     return when.timestamp()
+
+
+def sql_quote(value: str) -> str:
+    """`value` as an SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def under_sql(root: str) -> str:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from retrv.errors import DiskFullError, IndexDamagedError, IndexNotFoundError, IndexSchemaError, RetrvError
+from retrv.index.filters import sql_quote
 from retrv.items import Item
 
 if TYPE_CHECKING:
@@ -84,10 +85,6 @@ def _retrv_version() -> str:
         return version("retrv")
     except PackageNotFoundError:
         return "unknown"
-
-
-def sql_quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _in_filters(column: str, values: Sequence[Any]) -> Iterator[str]:
