@@ -28,7 +28,7 @@ _retrv_options() {
         "index rm") echo "--yes -y --json --help -h" ;;
         "info") echo "--index -i --json --help -h" ;;
         "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --under --since --until --modality --all-copies --dedup --preview --preview-protocol --min-score --show-reasoning --encoder --device --trust-remote-code --paths-only -f --null -0 --json --quiet -q --server --token --help -h" ;;
-        "serve") echo "--index -i --host --port --token --insecure --rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --device --trust-remote-code --max-upload-mb --request-timeout --reasoner-queue --log-requests --quiet -q --help -h" ;;
+        "serve") echo "--index -i --host --port --token --insecure --rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --device --trust-remote-code --max-upload-mb --request-timeout --reasoner-queue --log-requests --quiet -q --help -h" ;;
         "train") echo "--help -h" ;;
         "train caption") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --prompt-style --num-candidates --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
         "train cot") echo "--data --teacher --out --split --pool --num-candidates --hard-candidates --instructions --no-instructions --limit --batch-size --seed --device --json --quiet -q --help -h" ;;
@@ -118,6 +118,10 @@ _retrv_value() {
         "serve:--fusion-weight") echo "value" ;;
         "serve:--max-inspections") echo "value" ;;
         "serve:--max-new-tokens") echo "value" ;;
+        "serve:--candidate-tokens") echo "value" ;;
+        "serve:--glance-image-tokens") echo "value" ;;
+        "serve:--glance-text-tokens") echo "value" ;;
+        "serve:--score-style") echo "value" ;;
         "serve:--device") echo "value" ;;
         "serve:--max-upload-mb") echo "value" ;;
         "serve:--request-timeout") echo "value" ;;

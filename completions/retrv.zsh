@@ -43,7 +43,7 @@ _retrv_bench_mbeir() {
         '--rerank[Stage 2 none, score or reason]:value:(none score reason)' \
         '--encoder[Encoder auto, lite, clipID|DIR, textID|DIR]:value: ' \
         '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
-        '--rerank-k[Candidates the reranker sees]:value: ' \
+        '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
         '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
@@ -268,8 +268,13 @@ _retrv_serve() {
         '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
         '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
-        '--max-new-tokens[reason mode cap on generated tokens]:value: ' \
+        '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
+        '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
+        '--glance-image-tokens[reason mode, glance image tokens per candidate (4)]:value: ' \
+        '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
+        '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
+        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR)]' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
         '--trust-remote-code[Allow model code from the hub (off by default)]' \
         '--max-upload-mb[Largest request body (an uploaded image), in MiB]:value: ' \

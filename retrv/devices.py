@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,3 +54,18 @@ def resolve_device(requested: str = "auto", *, half: bool = False, origin: str =
     elif half and device == "mps":
         dtype = "float16"
     return DeviceChoice(device=device, dtype_name=dtype, reason=reason)
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch's intra-op threads set to one for the block. Small forward passes on a busy 2-core machine run
+    several times faster on one thread than on two (one MiniLM query: 18 ms vs 71 ms). The setting is
+    process-wide: anything torch runs meanwhile on another thread gets one thread too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

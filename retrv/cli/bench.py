@@ -8,15 +8,20 @@ from typing import Annotated
 import typer
 
 from retrv.cli.common import (
-    FORCE_ANSWER_HELP,
     CandidateTokensOption,
     DeviceOption,
     EncoderOption,
+    ForceAnswerOption,
+    FusionWeightOption,
     GlanceImageTokensOption,
     GlanceTextTokensOption,
     JsonOption,
+    MaxInspectionsOption,
+    MaxNewTokensOption,
     QuietOption,
     ReasonerOption,
+    RerankKOption,
+    RerankMode,
     ScoreStyleOption,
     VisualRetracingOption,
     handle_errors,
@@ -27,7 +32,6 @@ from retrv.cli.common import (
     silence_library,
     stdout_console,
 )
-from retrv.cli.search import RerankMode
 
 app = typer.Typer(help="Benchmarks: recall and cost of the engine on a dataset.", no_args_is_help=True)
 
@@ -56,32 +60,17 @@ def mbeir(
     ] = None,
     encoder: EncoderOption = None,
     reasoner: ReasonerOption = None,
-    rerank_k: Annotated[
-        int | None, typer.Option(metavar="N", envvar="RETRV_RERANK_K", help="Candidates the reranker sees.")
-    ] = None,
-    fusion_weight: Annotated[
-        float | None,
-        typer.Option(metavar="W", envvar="RETRV_FUSION_WEIGHT", help="score mode: final = coarse + W * P(yes)."),
-    ] = None,
-    max_inspections: Annotated[
-        int | None,
-        typer.Option(metavar="N", envvar="RETRV_MAX_INSPECTIONS", help="reason mode: cap on detail inspections."),
-    ] = None,
-    max_new_tokens: Annotated[
-        int | None,
-        typer.Option(
-            metavar="N",
-            envvar="RETRV_MAX_NEW_TOKENS",
-            help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer).",
-        ),
-    ] = None,
+    rerank_k: RerankKOption = None,
+    fusion_weight: FusionWeightOption = None,
+    max_inspections: MaxInspectionsOption = None,
+    max_new_tokens: MaxNewTokensOption = None,
     candidate_tokens: CandidateTokensOption = None,
     no_icm: Annotated[bool, typer.Option("--no-icm", hidden=True, help="Same as --candidate-tokens full.")] = False,
     glance_image_tokens: GlanceImageTokensOption = None,
     glance_text_tokens: GlanceTextTokensOption = None,
     score_style: ScoreStyleOption = None,
     visual_retracing: VisualRetracingOption = None,
-    force_answer: Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)] = False,
+    force_answer: ForceAnswerOption = False,
     instructions: Annotated[
         bool, typer.Option("--instructions/--no-instructions", help="Prefix queries with UniIR's task instructions.")
     ] = True,

@@ -6,6 +6,7 @@ The error contract: a `RetrvError` (every error a user can cause, `retrv/errors.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import os
@@ -100,6 +101,35 @@ VisualRetracingOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+class RerankMode(str, enum.Enum):
+    none = "none"
+    score = "score"
+    reason = "reason"
+
+
+RerankKOption = Annotated[
+    int | None,
+    typer.Option(metavar="N", envvar="RETRV_RERANK_K", help="How many coarse candidates the reranker sees."),
+]
+FusionWeightOption = Annotated[
+    float | None,
+    typer.Option(metavar="W", envvar="RETRV_FUSION_WEIGHT", help="score mode: final = coarse + W * P(yes)."),
+]
+MaxInspectionsOption = Annotated[
+    int | None,
+    typer.Option(metavar="N", envvar="RETRV_MAX_INSPECTIONS", help="reason mode: cap on detail inspections."),
+]
+MaxNewTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N",
+        envvar="RETRV_MAX_NEW_TOKENS",
+        help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer).",
+    ),
+]
+ForceAnswerOption = Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, notices or library warnings on stderr.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (schemas in docs/cli.md).")]
 TokenOption = Annotated[

@@ -9,15 +9,20 @@ from typing import Annotated
 import typer
 
 from retrv.cli.common import (
-    FORCE_ANSWER_HELP,
     CandidateTokensOption,
     DeviceOption,
+    ForceAnswerOption,
+    FusionWeightOption,
     GlanceImageTokensOption,
     GlanceTextTokensOption,
     IndexOption,
     JsonOption,
+    MaxInspectionsOption,
+    MaxNewTokensOption,
     QuietOption,
     ReasonerOption,
+    RerankKOption,
+    RerankMode,
     ScoreStyleOption,
     TokenOption,
     TrustRemoteCodeOption,
@@ -29,12 +34,6 @@ from retrv.cli.common import (
     silence_library,
     warn,
 )
-
-
-class RerankMode(str, Enum):
-    none = "none"
-    score = "score"
-    reason = "reason"
 
 
 class ModalityChoice(str, Enum):
@@ -82,27 +81,11 @@ def search(
     ] = None,
     no_rerank: Annotated[bool, typer.Option("--no-rerank", help="Same as --rerank none.")] = False,
     reasoner: ReasonerOption = None,
-    rerank_k: Annotated[
-        int | None,
-        typer.Option(metavar="N", envvar="RETRV_RERANK_K", help="How many coarse candidates the reranker sees."),
-    ] = None,
-    fusion_weight: Annotated[
-        float | None,
-        typer.Option(metavar="W", envvar="RETRV_FUSION_WEIGHT", help="score mode: final = coarse + W * P(yes)."),
-    ] = None,
-    max_inspections: Annotated[
-        int | None,
-        typer.Option(metavar="N", envvar="RETRV_MAX_INSPECTIONS", help="reason mode: cap on detail inspections."),
-    ] = None,
-    max_new_tokens: Annotated[
-        int | None,
-        typer.Option(
-            metavar="N",
-            envvar="RETRV_MAX_NEW_TOKENS",
-            help="reason mode: cap on generated tokens (then the coarse order stands, or see --force-answer).",
-        ),
-    ] = None,
-    force_answer: Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)] = False,
+    rerank_k: RerankKOption = None,
+    fusion_weight: FusionWeightOption = None,
+    max_inspections: MaxInspectionsOption = None,
+    max_new_tokens: MaxNewTokensOption = None,
+    force_answer: ForceAnswerOption = False,
     candidate_tokens: CandidateTokensOption = None,
     glance_image_tokens: GlanceImageTokensOption = None,
     glance_text_tokens: GlanceTextTokensOption = None,

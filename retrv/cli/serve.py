@@ -8,18 +8,27 @@ from typing import Annotated
 import typer
 
 from retrv.cli.common import (
-    FORCE_ANSWER_HELP,
+    CandidateTokensOption,
     DeviceOption,
+    ForceAnswerOption,
+    FusionWeightOption,
+    GlanceImageTokensOption,
+    GlanceTextTokensOption,
+    MaxInspectionsOption,
+    MaxNewTokensOption,
     QuietOption,
     ReasonerOption,
+    RerankKOption,
+    RerankMode,
+    ScoreStyleOption,
     TrustRemoteCodeOption,
+    VisualRetracingOption,
     handle_errors,
     notice,
     settings_from_flags,
     silence_library,
     stderr_console,
 )
-from retrv.cli.search import RerankMode
 
 ServeTokenOption = Annotated[
     str | None,
@@ -60,23 +69,16 @@ def serve(
         ),
     ] = None,
     reasoner: ReasonerOption = None,
-    rerank_k: Annotated[
-        int | None,
-        typer.Option(metavar="N", envvar="RETRV_RERANK_K", help="How many coarse candidates the reranker sees."),
-    ] = None,
-    fusion_weight: Annotated[
-        float | None,
-        typer.Option(metavar="W", envvar="RETRV_FUSION_WEIGHT", help="score mode: final = coarse + W * P(yes)."),
-    ] = None,
-    max_inspections: Annotated[
-        int | None,
-        typer.Option(metavar="N", envvar="RETRV_MAX_INSPECTIONS", help="reason mode: cap on detail inspections."),
-    ] = None,
-    max_new_tokens: Annotated[
-        int | None,
-        typer.Option(metavar="N", envvar="RETRV_MAX_NEW_TOKENS", help="reason mode: cap on generated tokens."),
-    ] = None,
-    force_answer: Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)] = False,
+    rerank_k: RerankKOption = None,
+    fusion_weight: FusionWeightOption = None,
+    max_inspections: MaxInspectionsOption = None,
+    max_new_tokens: MaxNewTokensOption = None,
+    force_answer: ForceAnswerOption = False,
+    candidate_tokens: CandidateTokensOption = None,
+    glance_image_tokens: GlanceImageTokensOption = None,
+    glance_text_tokens: GlanceTextTokensOption = None,
+    score_style: ScoreStyleOption = None,
+    visual_retracing: VisualRetracingOption = None,
     device: DeviceOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     max_upload_mb: Annotated[
@@ -111,6 +113,11 @@ def serve(
         max_inspections=max_inspections,
         max_new_tokens=max_new_tokens,
         rerank=rerank,
+        candidate_tokens=candidate_tokens,
+        glance_image_tokens=glance_image_tokens,
+        glance_text_tokens=glance_text_tokens,
+        score_style=score_style,
+        visual_retracing=visual_retracing,
     )
     limits = ServeLimits(
         max_upload_bytes=int(max_upload_mb * 2**20),

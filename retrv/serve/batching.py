@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from retrv.devices import one_torch_thread
 from retrv.errors import ServerBusyError
 
 ONE_THREAD_MAX_INPUTS = 8  # a batch of at most this many inputs runs on one torch thread (CPU only)
@@ -123,7 +124,7 @@ class BatchingEncoder:
         inputs = [x for call in batch for x in call.inputs]
         small = self.device == "cpu" and len(inputs) <= ONE_THREAD_MAX_INPUTS
         try:
-            with _one_torch_thread() if small else nullcontext():
+            with one_torch_thread() if small else nullcontext():
                 vectors = getattr(self.encoder, batch[0].method)(inputs)
         except BaseException as e:  # every caller of the batch gets the error, in its own thread
             for call in batch:
@@ -136,20 +137,6 @@ class BatchingEncoder:
         self.stats.calls += len(batch)
         self.stats.batches += 1
         self.stats.largest = max(self.stats.largest, len(batch))
-
-
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """torch's intra-op threads set to one for the block (the setting is process-wide; a reranker running
-    meanwhile on another thread gets one thread too, for as long as this short block lasts)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class ResolveQueue:
