@@ -22,7 +22,7 @@ _retrv_options() {
         "export") echo "--index -i --format --precomputed --json --quiet -q --help -h" ;;
         "forget") echo "--index -i --json --help -h" ;;
         "index") echo "--help -h" ;;
-        "index compact") echo "--index -i --json --help -h" ;;
+        "index compact") echo "--index -i --json --quiet -q --help -h" ;;
         "index list") echo "--json --names --help -h" ;;
         "index repair") echo "--index -i --json --quiet -q --help -h" ;;
         "index rm") echo "--yes -y --json --help -h" ;;
@@ -310,7 +310,14 @@ _retrv_value() {
         "train sft:--max-inspections") echo "value" ;;
     esac
 }
+_retrv_files() {
+    local IFS=$'
+'  # one name per line: a name with spaces stays one word
+    COMPREPLY=($(compgen -f -- "$1"))
+}
 _retrv_indexes() {
+    local IFS=$'
+'
     COMPREPLY=($(compgen -W "$(retrv index list --names 2>/dev/null)" -- "$1") $(compgen -d -- "$1"))
 }
 _retrv() {
@@ -322,7 +329,7 @@ _retrv() {
     done
     kind="$(_retrv_value "$cmd" "$prev")"
     case "$kind" in
-        file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        file) _retrv_files "$cur"; return ;;
         index) _retrv_indexes "$cur"; return ;;
         choice:*) COMPREPLY=($(compgen -W "${kind#choice:}" -- "$cur")); return ;;
         value) return ;;
@@ -333,7 +340,7 @@ _retrv() {
         COMPREPLY=($(compgen -W "$(_retrv_subcommands "$cmd")" -- "$cur"))
     else
         case "$cmd" in
-            "bench mbeir"|"build-index"|"data check"|"export"|"forget") COMPREPLY=($(compgen -f -- "$cur")) ;;
+            "bench mbeir"|"build-index"|"data check"|"export"|"forget") _retrv_files "$cur" ;;
             "index rm") _retrv_indexes "$cur" ;;
         esac
     fi

@@ -175,6 +175,7 @@ _retrv_index_compact() {
     _arguments -s -C \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:index:_retrv_indexes' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 
@@ -236,11 +237,11 @@ _retrv_search() {
         '--under[Only items at or below this folder (repeatable any of them)]:file:_files' \
         '--since[Only items made on or after DATE (2024-05-01, 2024-05, 2024, or 30d / 6w ago) the photos EXIF date]:value: ' \
         '--until[Only items made on or before DATE (a month or year all of it)]:value: ' \
-        '--modality[Only items of this modality image, text or image,text]:value:(image text image,text)' \
+        '--modality[Only items of this modality, as stored image (photos), text (documents) or image,text (dataset item]:value:(image text image,text)' \
         '--all-copies[Show every copy of a file (by default items with the same content show once)]' \
         '--dedup[Also fold near-duplicates items whose cosine similarity to a better result is at least SIM (e.g. 0.]:value: ' \
         '--preview[Show thumbnails in the terminal (kitty, iTerm2 or sixel)]' \
-        '--preview-protocol[How --preview draws auto (detect from the terminal), kitty, iterm2 or sixel]:value:(auto kitty iterm2 sixel)' \
+        '--preview-protocol[How --preview draws auto (detect from the terminal), kitty, iterm2 or sixel (implies --preview)]:value:(auto kitty iterm2 sixel)' \
         '--min-score[Drop results below S P(yes) in score mode, the coarse cosine otherwise (reason modes pick is not a]:value: ' \
         '--show-reasoning[Print the reasoners reasoning (inspected candidates marked)]' \
         '--encoder[Refuse to search unless the index was built with this encoder]:value: ' \

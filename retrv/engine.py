@@ -133,6 +133,7 @@ class Engine:
         similarity), items at least that close to a better-ranked one are folded into it too. The coarse stage
         fetches more as copies fold, so that `k` results come back when there are `k` distinct items."""
         from retrv.errors import UsageError
+        from retrv.index.filters import SearchFilter
 
         query = Query(text=query) if isinstance(query, str) else query
         if k < 1:
@@ -149,6 +150,7 @@ class Engine:
         items, scores = [c.item for c in kept], [c.score for c in kept]
         latency = {"coarse": (time.perf_counter() - started) * 1000}
         ranking = Ranking(query=query, hits=[], rerank="none", latency_ms=latency)
+        ranking.filters = {**(where or SearchFilter()).to_dict(), "all_copies": all_copies, "dedup": near_duplicates}
         if self.reranker is None or not items:
             hits = [Hit.from_item(item, score) for item, score in zip(items, scores, strict=True)]
         else:

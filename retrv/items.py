@@ -132,11 +132,13 @@ def parse_query(
 
     def term(value: str) -> Query:
         if _is_image_path(value):
-            return Query(image=str(Path(value).expanduser()))
+            return Query(image=str(Path(value).expanduser().absolute()))
         if _looks_like_image_path(value) and warn is not None:
             warn(f"{value!r} looks like an image path, but there is no such file; searching it as words")
         return Query(text=value)
 
+    if image is not None:
+        image = Path(image).expanduser().absolute()
     main = term(text) if text and image is None else Query(text=text or None, image=image)
     main.add, main.subtract = [term(v) for v in add], [term(v) for v in subtract]
     return main
@@ -216,6 +218,7 @@ class Ranking:
     `fallback` names why a reranker's output was not used (malformed output), else None.
     `forced_answer` is True when the reasoner stopped without a usable answer and was made to name a candidate.
     `candidate_tokens` says how reason mode showed the candidates (icm, glance, full); None in other modes.
+    `filters` is what the search kept and folded: under, since, until, modality, all_copies, dedup.
     `latency_ms` is per stage ("encode", "coarse", "fetch", "rerank", "total").
     """
 
@@ -231,6 +234,7 @@ class Ranking:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
+    filters: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +256,7 @@ class Ranking:
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "latency_ms": dict(self.latency_ms),
+            "filters": dict(self.filters),
         }
 
     @classmethod
@@ -270,4 +275,5 @@ class Ranking:
             prompt_tokens=data["prompt_tokens"],
             generated_tokens=data["generated_tokens"],
             latency_ms=dict(data["latency_ms"]),
+            filters=dict(data.get("filters") or {}),
         )

@@ -76,6 +76,10 @@ class SkipFile(Exception):
         self.reason = reason
         self.detail = detail
 
+    def since_indexed(self) -> str:
+        """Why a file an index holds cannot be read now (for a preview or a thumbnail, not a build)."""
+        return "the file is gone (moved or deleted since it was indexed)" if self.reason == VANISHED else str(self)
+
 
 def kind_of(name: str) -> Kind | None:
     suffix = os.path.splitext(name)[1].lower()

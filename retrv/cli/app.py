@@ -9,7 +9,7 @@ import typer
 from retrv import __version__
 from retrv.cli.bench import app as bench_app
 from retrv.cli.build_index import build_index
-from retrv.cli.common import apply_offline
+from retrv.cli.common import apply_offline, note_interrupts
 from retrv.cli.completions import completions
 from retrv.cli.compress import compress
 from retrv.cli.data import app as data_app
@@ -79,6 +79,7 @@ def hoist_global_flags(args: list[str]) -> list[str]:
 def main() -> None:
     import sys
 
+    note_interrupts()
     app(args=hoist_global_flags(sys.argv[1:]), prog_name="retrv")
 
 

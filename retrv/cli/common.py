@@ -6,6 +6,7 @@ The error contract: a `RetrvError` (every error a user can cause, `retrv/errors.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import logging
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import click
 import typer
 
 if TYPE_CHECKING:
@@ -167,8 +169,24 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+_INTERRUPTED: list[bool] = []
+
+
+def note_interrupts() -> None:
+    """Remember a Ctrl-C before raising KeyboardInterrupt as Python does: a library that turns the interrupt into
+    an error of its own (an import cut short becomes a ModuleNotFoundError) still ends as an interrupt."""
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        _INTERRUPTED.append(True)
+        signal.default_int_handler(signum, frame)
+
+    with contextlib.suppress(ValueError):  # not the main thread (a test runner): Python's own handling stands
+        signal.signal(signal.SIGINT, on_interrupt)
+
+
 def handle_errors(func: F) -> F:
-    """The error contract (module doc): RetrvError -> one line and exit 1; Ctrl-C -> exit 130."""
+    """The error contract (module doc): RetrvError -> one line and exit 1; Ctrl-C -> exit 130, also when the
+    interrupt surfaced as another error."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -176,13 +194,25 @@ def handle_errors(func: F) -> F:
 
         try:
             return func(*args, **kwargs)
-        except RetrvError as e:
-            fail(str(e))
         except KeyboardInterrupt:
-            print("retrv: interrupted", file=sys.stderr)
-            raise typer.Exit(130) from None
+            _interrupted()
+        except RetrvError as e:
+            if _INTERRUPTED:
+                _interrupted()
+            fail(str(e))
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # the command's own exit
+        except Exception:
+            if _INTERRUPTED:
+                _interrupted()
+            raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupted() -> None:
+    print("retrv: interrupted", file=sys.stderr)
+    raise typer.Exit(130) from None
 
 
 def settings_from_flags(ctx: typer.Context, **flags: Any) -> Settings:

@@ -118,7 +118,12 @@ _retrv_value() {{
     case "$1:$2" in
 {values}    esac
 }}
+_retrv_files() {{
+    local IFS=$'\n'  # one name per line: a name with spaces stays one word
+    COMPREPLY=($(compgen -f -- "$1"))
+}}
 _retrv_indexes() {{
+    local IFS=$'\n'
     COMPREPLY=($(compgen -W "$(retrv index list --names 2>/dev/null)" -- "$1") $(compgen -d -- "$1"))
 }}
 _retrv() {{
@@ -130,7 +135,7 @@ _retrv() {{
     done
     kind="$(_retrv_value "$cmd" "$prev")"
     case "$kind" in
-        file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        file) _retrv_files "$cur"; return ;;
         index) _retrv_indexes "$cur"; return ;;
         choice:*) COMPREPLY=($(compgen -W "${{kind#choice:}}" -- "$cur")); return ;;
         value) return ;;
@@ -141,7 +146,7 @@ _retrv() {{
         COMPREPLY=($(compgen -W "$(_retrv_subcommands "$cmd")" -- "$cur"))
     else
         case "$cmd" in
-            {paths}) COMPREPLY=($(compgen -f -- "$cur")) ;;
+            {paths}) _retrv_files "$cur" ;;
             {indexes}) _retrv_indexes "$cur" ;;
         esac
     fi

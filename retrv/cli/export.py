@@ -54,6 +54,8 @@ def export(
     from retrv.index.index import Index
 
     chosen = fmt.value if fmt is not None else SUFFIX_FORMATS.get(out.suffix.lower())
+    if chosen is None and out.exists():
+        raise UsageError(f"{out} exists; export writes a new file or folder")
     if chosen is None:
         raise UsageError(f"cannot tell the format from {out.name!r}: give --format parquet, npy or jsonl")
     settings = settings_from_flags(ctx, index=index)

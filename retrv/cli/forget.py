@@ -21,10 +21,13 @@ def forget(
 ) -> None:
     """Drop from the index every item at or under PATH (the files are not touched). A later build-index of a
     folder above PATH adds them back; `--exclude` keeps them out of it."""
+    import os
+
     from retrv.index.index import Index
 
     settings = settings_from_flags(ctx, index=index)
     opened = Index.open(settings.index)
+    paths = list(dict.fromkeys(Path(os.path.abspath(p.expanduser())) for p in paths))
     forgotten = opened.forget(paths)
     if json_out:
         print_json(

@@ -16,6 +16,7 @@ from retrv.cli.common import (
     notice,
     print_json,
     settings_from_flags,
+    silence_library,
     stdout_console,
 )
 from retrv.cli.info import human_size
@@ -90,7 +91,9 @@ def rm(
 
 @app.command("compact")
 @handle_errors
-def compact(ctx: typer.Context, index: IndexOption = None, json_out: JsonOption = False) -> None:
+def compact(
+    ctx: typer.Context, index: IndexOption = None, json_out: JsonOption = False, quiet: QuietOption = False
+) -> None:
     """Merge the index's small data files and delete its old versions (the undo history of builds); items and
     vectors are unchanged. Refused while a build writes the index. A search running at that moment may fail
     once; run it again."""
@@ -98,6 +101,7 @@ def compact(ctx: typer.Context, index: IndexOption = None, json_out: JsonOption 
 
     from retrv.index.index import Index
 
+    silence_library(quiet)
     settings = settings_from_flags(ctx, index=index)
     report = Index.open(settings.index).compact()
     if json_out:

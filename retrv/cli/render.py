@@ -18,7 +18,7 @@ from retrv.cli.common import escape, stderr_console, stdout_console
 from retrv.items import display_text
 
 if TYPE_CHECKING:
-    from retrv.items import Ranking
+    from retrv.items import Hit, Ranking
 
 
 def report_on_stderr(ranking: Ranking, *, quiet: bool = False) -> None:
@@ -72,8 +72,14 @@ def render_ranking(
     for hit in ranking.hits:
         mark = " ★" if hit.chosen else (" 🔍" if hit.inspected else "")
         row = [str(hit.rank), f"{hit.score:.3f}"] + ([f"{hit.coarse_score:.3f}"] if reranked else [])
-        table.add_row(*row, hit.modality, escape(display_text(hit.source)) + mark)
+        table.add_row(*row, hit.modality, escape(display_text(hit.source)) + mark + _copies_note(hit))
     stdout_console().print(table)
+
+
+def _copies_note(hit: Hit) -> str:
+    """How many copies a hit stands for (their paths are in --json, or shown with --all-copies)."""
+    n = len(hit.copies)
+    return f"  (+{n} {'copy' if n == 1 else 'copies'})" if n else ""
 
 
 def render_reasoning(ranking: Ranking, tty: bool) -> None:
@@ -123,12 +129,12 @@ def render_previews(
     if show_reasoning:
         render_reasoning(ranking, sys.stdout.isatty())
     for hit in ranking.hits:
-        sys.stdout.write(f"{hit.rank:>3}  {hit.score:.3f}  {display_text(hit.source)}\n")
+        sys.stdout.write(f"{hit.rank:>3}  {hit.score:.3f}  {display_text(hit.source)}{_copies_note(hit)}\n")
         if hit.image_path and protocol is not None:
             try:
                 sys.stdout.write(render_preview(hit.image_path, protocol))
             except SkipFile as e:
-                notify(f"no preview of {display_text(hit.image_path)}: {e}")
+                notify(f"no preview of {display_text(hit.image_path)}: {e.since_indexed()}")
         elif hit.text:
             sys.stdout.write(f"     {display_text(hit.text[:160])}\n")
     sys.stdout.flush()

@@ -108,7 +108,11 @@ def search(
         typer.Option(metavar="DATE", help="Only items made on or before DATE (a month or year: all of it)."),
     ] = None,
     modality: Annotated[
-        ModalityChoice | None, typer.Option(help="Only items of this modality: image, text or image,text.")
+        ModalityChoice | None,
+        typer.Option(
+            help="Only items of this modality, as stored: image (photos), text (documents) or image,text (dataset "
+            "items with both)."
+        ),
     ] = None,
     all_copies: Annotated[
         bool,
@@ -129,7 +133,9 @@ def search(
     ] = False,
     preview_protocol: Annotated[
         PreviewProtocol,
-        typer.Option(help="How --preview draws: auto (detect from the terminal), kitty, iterm2 or sixel."),
+        typer.Option(
+            help="How --preview draws: auto (detect from the terminal), kitty, iterm2 or sixel (implies --preview)."
+        ),
     ] = PreviewProtocol.auto,
     min_score: Annotated[
         float | None,
@@ -200,6 +206,7 @@ def search(
     where = SearchFilter.make(
         under=under or [], since=since, until=until, modality=modality.value if modality else None
     )
+    preview = preview or preview_protocol is not PreviewProtocol.auto
     if preview and (json_out or paths_only or null):
         raise UsageError("--preview draws on a terminal; it does not combine with --json, --paths-only or --null")
     protocol = preview_protocol_for(preview_protocol.value, notify=notice(quiet)) if preview else None
@@ -232,8 +239,8 @@ def search(
         ranking = engine.search(q, k=k, where=where, all_copies=all_copies, near_duplicates=dedup)
         document = engine.document(ranking)
     report_on_stderr(ranking, quiet=quiet)
-    if where is not None and not ranking.hits and not quiet:
-        notice(quiet)(f"no item passes the filters ({where.describe()})")
+    if where is not None and not ranking.hits:  # said even with --quiet, like "no match": it is the whole answer
+        notice(False)(f"no item passes the filters ({where.describe()})")
     if json_out:
         print_json(document)
         return
@@ -267,4 +274,8 @@ def _refuse_server_side_flags(ctx: typer.Context) -> None:
     for name in SERVER_SIDE_FLAGS:
         if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
             flag = "--" + name.replace("_", "-")
+            if name == "encoder":
+                raise UsageError(
+                    "--encoder: the server searches each index with the encoder it was built with; drop it"
+                )
             raise UsageError(f"{flag} is the server's to choose (retrv serve {flag} ...); drop it, or drop --server")

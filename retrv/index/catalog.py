@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from retrv.index.repair import RepairReport
 
 
-INDEX_FOLDERS = ("lance", "ann", "damaged")  # besides retrv.json and the lock file: all an index writes
+INDEX_FOLDERS = ("lance", "ann", "damaged", "thumbs")  # besides retrv.json and the lock: all retrv writes there
 
 
 @dataclass
@@ -105,10 +105,11 @@ def _existing_root(index: str | os.PathLike[str]) -> Path:
 
     root = resolve_index_path(index)
     if not (root / META_FILE).is_file():
-        raise IndexNotFoundError(f"no index at {root}" + _known_names_hint())
+        raise IndexNotFoundError(f"no index at {root}" + known_names_hint())
     return root
 
 
-def _known_names_hint() -> str:
+def known_names_hint() -> str:
+    """'; indexes under DIR: a, b' for an error about an index that is not there ('' when there are none)."""
     names = index_names()
     return f"; indexes under {indexes_dir()}: {', '.join(names)}" if names else ""

@@ -56,11 +56,13 @@ def export_index(
     """Write the items of `store` to `out` in `fmt` (the module doc); UsageError for a bad format, an existing
     `out`, or a precomputed table the index does not hold."""
     started = time.perf_counter()
-    out = Path(out)
+    out = Path(out).expanduser().absolute()
     if fmt not in FORMATS:
         raise UsageError(f"export format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.exists():
         raise UsageError(f"{out} exists; export writes a new file or folder")
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {out}: there is no folder {out.parent}")
     if precomputed is not None and precomputed not in store.side_tables():
         held = ", ".join(store.side_tables()) or "none"
         raise UsageError(f"index {store.root} holds no table {precomputed!r} (its tables: {held})")
@@ -151,7 +153,7 @@ class _ParquetWriter:
 
 class _NpyWriter:
     def __init__(self, out: Path, total: int, dim: int) -> None:
-        out.mkdir(parents=True)
+        out.mkdir()
         self.out, self.total, self.done = out, total, 0
         self.vectors = np.lib.format.open_memmap(out / "vectors.npy", mode="w+", dtype=np.float32, shape=(total, dim))
         self.items = open(out / "items.jsonl", "w", encoding="utf-8")  # noqa: SIM115 (closed in close())

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from retrv.errors import UsageError
 from retrv.items import MODALITIES
@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from retrv.items import Item
 
 DateLike = float | int | str | datetime
-DATE_FORMS = "a date like 2024-05-01, 2024-05, 2024, 2024-05-01T14:30 (optionally +02:00 or Z) or 30d / 6w"
+DATE_FORMS = "a date like 2024-05-01, 2024-05, 2024, 2024-05-01T14:30 (optionally +02:00 or Z), 30d / 6w, or @SECONDS"
 _RELATIVE = re.compile(r"^(\d+)\s*([dw])$")
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
-_SECONDS = re.compile(r"^-?\d+(\.\d*)?$")
+_SECONDS = re.compile(r"^@-?\d+(\.\d*)?$")  # GNU date's @SECONDS: seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ class SearchFilter:
             raise UsageError(f"--since ({since}) is after --until ({until}); no item can be in that range")
         made = cls(roots, low, high, modality)
         return made if made.active else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"under": list(self.under), "since": self.since, "until": self.until, "modality": self.modality}
 
     @property
     def active(self) -> bool:
@@ -126,8 +129,8 @@ def parse_date(value: DateLike, *, option: str = "date", end: bool = False, now:
             return start.timestamp()
         after = datetime(year + 1, 1, 1) if not month else datetime(year + month // 12, month % 12 + 1, 1)
         return after.timestamp() - 1e-6
-    if _SECONDS.match(text):  # seconds since the epoch (what `search --server` sends); a bare year matched above
-        return float(text)
+    if _SECONDS.match(text):  # what `search --server` sends
+        return float(text[1:])
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:

@@ -118,8 +118,11 @@ class Index:
                 )
             return cls(store, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
         if not create:
+            from retrv.index.catalog import known_names_hint
+
             raise IndexNotFoundError(
                 f"no index at {root}; build one with: retrv build-index FOLDER --index {index or root}"
+                + known_names_hint()
             )
         loaded = loaded or load_encoder(spec or "auto", device=device, notify=notify)
         return cls(None, root=root, device=device, exact_max=exact_max, encoder=loaded, notify=notify)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 LANCE_MAGIC = b"LANC"
+_RUST_SOURCE = re.compile(r",?\s*/\S*\.rs:\d+:\d+")  # where in Lance's Rust source an error was raised
 _MISSING_FILE = re.compile(r"Not found: (?:Wrapped error: Not found: )?/?(\S*?\.lance/\S+?\.(?:lance|manifest))")
 
 
@@ -65,7 +66,9 @@ def describe_damage(root: Path, exc: BaseException) -> str:
     missing = _MISSING_FILE.search(str(exc))
     if missing:
         found.insert(0, f"/{missing.group(1)} is missing")
-    return "; ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "") if found else str(exc)[:200]
+    if found:
+        return "; ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+    return _RUST_SOURCE.sub("", str(exc))[:200]
 
 
 def _reads(table: Any) -> bool:

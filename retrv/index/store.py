@@ -111,6 +111,8 @@ def lance_errors(method: F) -> F:
             )
         if "lance" not in text.lower():
             return exc
+        if not (self.root / META_FILE).is_file():
+            return IndexNotFoundError(f"index {self.root} no longer exists (it was removed while in use)")
         from retrv.index.repair import describe_damage
 
         return IndexDamagedError(
@@ -383,10 +385,14 @@ class Store:
     def compact(self, keep_versions_newer_than: Any) -> None:
         """Compact the data files of every table and delete versions older than `keep_versions_newer_than`
         (a timedelta); one new version, rows unchanged. Hold the write lock."""
+        import warnings
+
         self._table.checkout_latest()
-        self._table.optimize(cleanup_older_than=keep_versions_newer_than)
-        for name in self.side_tables():
-            self._db.open_table(name).optimize(cleanup_older_than=keep_versions_newer_than)
+        with warnings.catch_warnings():  # "removes every version but the latest": what compaction is asked for
+            warnings.filterwarnings("ignore", message=r"optimize\(cleanup_older_than")
+            self._table.optimize(cleanup_older_than=keep_versions_newer_than)
+            for name in self.side_tables():
+                self._db.open_table(name).optimize(cleanup_older_than=keep_versions_newer_than)
 
     @lance_errors
     def scan_all(self, columns: list[str] | None = None) -> pa.Table:

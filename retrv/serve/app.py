@@ -172,7 +172,8 @@ def _grouped(pairs: Any) -> dict[str, list[Term]]:
 
 
 def _json_fields(body: Any) -> dict[str, list[Term]]:
-    """A JSON object's fields as lists of text: numbers as written, a list for a repeated field (add, subtract)."""
+    """A JSON object's fields as lists of text: numbers as written, true/false as "true"/"false", a list for a
+    repeated field (add, subtract, under)."""
     if not isinstance(body, dict):
         raise UsageError('the JSON body must be an object, e.g. {"q": "a red car", "k": 5}')
     fields: dict[str, list[Term]] = {}
@@ -181,8 +182,10 @@ def _json_fields(body: Any) -> dict[str, list[Term]]:
         for v in values:
             if v is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-                raise UsageError(f"{name} must be text or a number, not {json_text(v, indent=None)}")
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            if not isinstance(v, (str, int, float)):
+                raise UsageError(f"{name} must be text, a number or true/false, not {json_text(v, indent=None)}")
             fields.setdefault(name, []).append(str(v))
     return fields
 

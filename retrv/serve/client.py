@@ -72,7 +72,8 @@ def search_via_server(
     }
     if where is not None:
         fields += [("under", root) for root in where.under]
-        options.update(since=where.since, until=where.until, modality=where.modality)
+        since, until = (None if t is None else f"@{t!r}" for t in (where.since, where.until))
+        options.update(since=since, until=until, modality=where.modality)
     fields += [(name, str(value)) for name, value in options.items() if value is not None]
     body, content_type = _multipart(fields)
     return request_json(

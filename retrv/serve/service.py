@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,14 @@ class SearchRequest:
     @classmethod
     def from_fields(cls, fields: Mapping[str, Sequence[Term]]) -> SearchRequest:
         """A request from named fields, each a list of values (a query string, a JSON body or a form alike)."""
+        try:
+            return cls._from_fields(fields)
+        except UsageError as e:
+            e.args = (as_field_names(str(e)),)
+            raise
+
+    @classmethod
+    def _from_fields(cls, fields: Mapping[str, Sequence[Term]]) -> SearchRequest:
         unknown = sorted(set(fields) - set(FIELDS))
         if unknown:
             raise UsageError(f"unknown field {unknown[0]!r}; known: {', '.join(FIELDS)}")
@@ -323,8 +332,8 @@ class SearchService:
                     all_copies=request.all_copies,
                     near_duplicates=request.dedup,
                 )
-            except RetrvError as e:  # name the uploads as the client did, not by their temporary files
-                e.args = (_rename(str(e), {paths[id(u)]: u.name for u in request.uploads()}),)
+            except RetrvError as e:  # name the uploads as the client did, and the fields, not the CLI's flags
+                e.args = (as_field_names(_rename(str(e), {paths[id(u)]: u.name for u in request.uploads()})),)
                 raise
         ranking.query = request.query(lambda u: u.name)
         return engine.document(ranking)
@@ -372,6 +381,14 @@ class SearchService:
             "encoders": {e.spec: e.stats.to_dict() for e in self.encoders},
             "limits": self.limits.to_dict(),
         }
+
+
+# The library's errors name the CLI's flags; an API client gave fields.
+_FLAG = re.compile(r"--(under|since|until|modality|all-copies|dedup|min-score|rerank-k)\b")
+
+
+def as_field_names(message: str) -> str:
+    return _FLAG.sub(lambda m: m.group(1).replace("-", "_"), message)
 
 
 def _rename(message: str, names: Mapping[str, str]) -> str:

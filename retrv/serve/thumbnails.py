@@ -50,7 +50,7 @@ def render(item: Item, side: int, *, max_megapixels: float, quality: int = 85) -
         try:
             image = load_image(item.image_path, max_megapixels=max_megapixels, draft_size=side)
         except SkipFile as e:
-            raise NotServedError(f"the image of item {item.id!r} cannot be read now: {e}") from None
+            raise NotServedError(f"the image of item {item.id!r} cannot be read now: {e.since_indexed()}") from None
         image.thumbnail((side, side))
         out = io.BytesIO()
         image.save(out, format="WEBP", quality=quality, method=4)

@@ -146,3 +146,28 @@ def test_bench_plot_needs_matplotlib_before_the_run(monkeypatch, tmp_path):
     )
     assert result.exit_code == 1 and "--plot needs matplotlib" in result.stderr
     assert not (tmp_path / "ix").exists()  # refused before the dataset was read or an index written
+
+
+def test_an_interrupt_that_surfaced_as_another_error_still_exits_130(capsys):
+    """A Ctrl-C during an import inside a library can come back as that library's error (transformers: "Could not
+    import module 'BertModel'"); once a Ctrl-C was seen, the command ends as interrupted, not with that error."""
+    import typer
+
+    from retrv.cli import common
+    from retrv.errors import ModelLoadError
+
+    @common.handle_errors
+    def command() -> None:
+        raise ModelLoadError("could not load model: ModuleNotFoundError: Could not import module 'BertModel'")
+
+    with pytest.raises(typer.Exit) as plain:
+        command()
+    assert plain.value.exit_code == 1
+    common._INTERRUPTED.append(True)
+    try:
+        with pytest.raises(typer.Exit) as interrupted:
+            command()
+    finally:
+        common._INTERRUPTED.clear()
+    assert interrupted.value.exit_code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "retrv: interrupted"

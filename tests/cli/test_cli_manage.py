@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -232,3 +234,56 @@ def test_preview_protocols_on_the_command_line(named):
     assert plain.exit_code == 0 and "not a terminal" in plain.stderr and "\x1b" not in plain.stdout
     assert len(plain.stdout.splitlines()) == 2
     assert "--preview draws on a terminal" in _error_line(runner.invoke(app, [*base, "--json"]))
+
+
+def _bash_complete(words: list[str], cwd: Path) -> list[str]:
+    script = Path(__file__).parents[2] / "completions" / "retrv.bash"
+    line = " ".join(f"'{w}'" for w in words)
+    program = (
+        f"source '{script}'; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _retrv; "
+        'printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", program], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_index_list_names_complete_in_bash_and_paths_keep_their_spaces(named, tmp_path):
+    name, _ = named
+    here = tmp_path / "here"
+    (here / "My Vacation").mkdir(parents=True)
+    (here / "Bob's party").mkdir()
+    assert name in _bash_complete(["retrv", "search", "--index", name[:6]], here)
+    assert name in _bash_complete(["retrv", "index", "rm", name[:6]], here)
+    assert _bash_complete(["retrv", "search", "--under", "My"], here) == ["My Vacation"]
+    assert sorted(_bash_complete(["retrv", "build-index", ""], here)) == ["Bob's party", "My Vacation"]
+
+
+def test_filter_echoed_in_json_and_said_even_when_quiet(named):
+    name, photos = named
+    args = ["search", "x", "--index", name, "--under", str(photos / "sub"), "--since", "@0", "--json"]
+    document = json.loads(runner.invoke(app, [*args, "--dedup", "0.99"]).stdout)
+    assert document["filters"] == {
+        "under": [str(photos / "sub")],
+        "since": 0.0,
+        "until": None,
+        "modality": None,
+        "all_copies": False,
+        "dedup": 0.99,
+    }
+    empty = runner.invoke(app, ["search", "x", "--index", name, "--until", "1990", "-q"])
+    assert empty.exit_code == 0 and "no item passes the filters" in empty.stderr
+
+
+def test_preview_protocol_implies_preview(named):
+    name, _ = named
+    result = runner.invoke(app, ["search", "x", "--index", name, "--k", "1", "--preview-protocol", "iterm2"])
+    assert result.exit_code == 0 and "\x1b]1337;File=inline=1" in result.stdout
+
+
+def test_export_into_a_missing_folder_is_one_line(named, tmp_path):
+    name, _ = named
+    for out in (tmp_path / "no" / "x.parquet", tmp_path / "no" / "x.jsonl"):
+        assert "there is no folder" in _error_line(runner.invoke(app, ["export", str(out), "-i", name]))
+    assert not (tmp_path / "no").exists()

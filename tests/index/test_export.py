@@ -100,5 +100,11 @@ def test_export_bad_requests(exported_index, tmp_path):
     with pytest.raises(UsageError, match="exists"):
         export_index(exported_index.store, tmp_path / "taken.parquet", "parquet")
     assert (tmp_path / "taken.parquet").read_text() == "mine"
+    for out in (tmp_path / "missing" / "x.parquet", tmp_path / "taken.parquet" / "x.jsonl"):
+        with pytest.raises(UsageError, match="there is no folder"):
+            export_index(exported_index.store, out, "jsonl")
+    with pytest.raises(UsageError, match="there is no folder"):
+        export_index(exported_index.store, tmp_path / "missing" / "npy", "npy")
+    assert not (tmp_path / "missing").exists()
     with pytest.raises(UsageError, match="holds no table 'icm_nope'"):
         export_index(exported_index.store, tmp_path / "y.parquet", "parquet", precomputed="icm_nope")

@@ -146,7 +146,8 @@ def test_filter_dates_parse():
     assert parse_date("2024-05-01T10:00:00Z") == datetime.fromisoformat("2024-05-01T10:00:00+00:00").timestamp()
     assert parse_date("30d", now=1_000_000_000.0) == 1_000_000_000.0 - 30 * 86400
     assert parse_date("2w", now=1_000_000_000.0) == 1_000_000_000.0 - 14 * 86400
-    for bad in ("yesterday", "2024-13", "05/01/2024", ""):
+    assert parse_date("@1714550400") == 1714550400.0 and parse_date("@1714550400.5") == 1714550400.5
+    for bad in ("yesterday", "2024-13", "05/01/2024", "", "30", "99999", "1714550400"):
         with pytest.raises(UsageError, match="--since: expected a date"):
             parse_date(bad, option="--since")
     with pytest.raises(UsageError, match="after --until"):

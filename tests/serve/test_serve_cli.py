@@ -90,9 +90,14 @@ def test_serve_filter_and_dedup_go_through_the_server(served):
     status, document = served.client.search(q="coffee", modality="text", since="2000-01", until="2100", k=5)
     assert status == 200 and [h["id"] for h in document["hits"]] == [h["id"] for h in texts["hits"]]
     status, error = served.client.search(q="coffee", since="soon")
-    assert status == 400 and "expected a date" in error["error"]
+    assert status == 400 and error["error"].startswith("since: expected a date")  # the field, not the CLI's flag
     status, error = served.client.search(q="coffee", under="/nowhere/at/all")
-    assert status == 400 and "holds no item at or below it" in error["error"]
+    assert status == 400 and error["error"].startswith("under /nowhere/at/all: index")
+    status, error = served.client.search(q="coffee", dedup="2")
+    assert status == 400 and error["error"].startswith("dedup is a cosine similarity")
+    body = json.dumps({"q": "coffee", "all_copies": True, "modality": "text"}).encode()
+    status, document = served.client.json("/api/search", data=body, headers={"Content-Type": "application/json"})
+    assert status == 200 and document["filters"]["all_copies"] is True and document["hits"]
     status, error = served.client.search(q="coffee", all_copies="maybe")
     assert status == 400 and "all_copies must be true or false" in error["error"]
 
