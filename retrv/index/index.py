@@ -38,18 +38,22 @@ class Index:
         self,
         store: Store | None,
         *,
-        root: Path | None = None,
+        root: Path | str | None = None,
         device: str = "auto",
         exact_max: int = 50_000,
+        ann_memory: int | None = None,
+        storage_options: dict[str, str] | None = None,
         encoder: Encoder | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> None:
         if store is None and (root is None or encoder is None):
             raise ValueError("an index not created yet needs its root and its encoder")
         self._store = store
-        self.root = store.root if store is not None else Path(root)  # type: ignore[arg-type]
+        self.root: Path | str = store.root if store is not None else root  # type: ignore[assignment]  # checked above
         self.device = device
         self.exact_max = exact_max
+        self.ann_memory = ann_memory
+        self.storage_options = dict(storage_options or (store.storage_options if store is not None else {}))
         self.notify = notify
         self._encoder = encoder
         self._ann: AnnIndex | None = None
@@ -64,13 +68,16 @@ class Index:
         encoder: str | Encoder = "auto",
         device: str = "auto",
         exact_max: int = 50_000,
+        ann_memory: int | None = None,
+        storage_options: dict[str, str] | None = None,
         notify: Callable[[str], None] | None = None,
     ) -> Index:
-        """Open the index at `index` (a name under the user data dir, or a directory).
+        """Open the index at `index` (a name under the user data dir, a directory, or an object-store URI such as
+        `s3://bucket/prefix`, reached with `storage_options`).
 
         `encoder` (a spec string, or a loaded encoder) other than "auto" must match the one the index was built
         with; with `create`, a missing index will be created with that encoder ("auto" resolves to CLIP, else
-        `lite`).
+        `lite`). `ann_memory` (bytes) is the budget the ANN kind is chosen for (`retrv.index.ann_budget`).
         """
         from retrv.encoders.registry import canonical_spec, load_encoder
         from retrv.index.store import Store
@@ -78,20 +85,29 @@ class Index:
         root = resolve_index_path(index)
         loaded = None if isinstance(encoder, str) else encoder
         spec = encoder if isinstance(encoder, str) else encoder.spec
-        if Store.exists(root):
-            store = Store.open(root)
+        if Store.exists(root, storage_options):
+            store = Store.open(root, storage_options)
             if spec not in (None, "", "auto") and canonical_spec(spec) != store.meta.encoder:
                 raise EncoderMismatchError(
                     f"index {root} was built with encoder {store.meta.encoder!r}, not {canonical_spec(spec)!r}; "
                     "drop --encoder to use the index's own, or build a new index with --index OTHER"
                 )
-            return cls(store, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
+            return cls(store, device=device, exact_max=exact_max, ann_memory=ann_memory, encoder=loaded, notify=notify)
         if not create:
             raise IndexNotFoundError(
                 f"no index at {root}; build one with: retrv build-index FOLDER --index {index or root}"
             )
         loaded = loaded or load_encoder(spec or "auto", device=device, notify=notify)
-        return cls(None, root=root, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
+        return cls(
+            None,
+            root=root,
+            device=device,
+            exact_max=exact_max,
+            ann_memory=ann_memory,
+            storage_options=storage_options,
+            encoder=loaded,
+            notify=notify,
+        )
 
     @property
     def created(self) -> bool:
@@ -122,9 +138,10 @@ class Index:
 
     def _refuse_unembeddable(self, sources: list[Source]) -> None:
         """A new index is not created (and locked to its encoder) when the encoder can embed none of `sources`."""
+        from retrv.index.store import Store
         from retrv.scan import ENCODER_NO_IMAGES, ENCODER_NO_TEXT
 
-        if self._store is not None or (self.root / "retrv.json").is_file():
+        if self._store is not None or Store.exists(self.root, self.storage_options):
             return
         usable = [s for s in sources if not (s.needs - self.encoder.modalities)]
         refused = len(sources) - len(usable)
@@ -145,8 +162,8 @@ class Index:
         self._refuse_unembeddable(sources)
         with write_lock(self.root, notify=self.notify):
             if self._store is None:
-                if Store.exists(self.root):
-                    store = Store.open(self.root)
+                if Store.exists(self.root, self.storage_options):
+                    store = Store.open(self.root, self.storage_options)
                     if store.meta.encoder != self.encoder.spec:
                         raise EncoderMismatchError(
                             f"index {self.root} was created meanwhile by another build, with encoder "
@@ -155,7 +172,12 @@ class Index:
                         )
                     self._store = store
                 else:
-                    self._store = Store.create(self.root, encoder_spec=self.encoder.spec, dim=self.encoder.dim)
+                    self._store = Store.create(
+                        self.root,
+                        encoder_spec=self.encoder.spec,
+                        dim=self.encoder.dim,
+                        storage_options=self.storage_options,
+                    )
             yield self._store
 
     def add(
@@ -215,7 +237,9 @@ class Index:
         self.store.refresh()
         identity = self.store.identity() or f"v{self.store.version()}"
         if self._ann is None or self._ann_identity != identity:
-            self._ann = AnnIndex.load_or_build(self.store, exact_max=self.exact_max, progress=progress)
+            self._ann = AnnIndex.load_or_build(
+                self.store, exact_max=self.exact_max, progress=progress, budget=self.ann_memory
+            )
             self._ann_identity = identity
         return self._ann
 
@@ -290,6 +314,11 @@ def repair_index(index: str | os.PathLike[str] | None, *, notify: Callable[[str]
     from retrv.index.store import items_schema, read_meta
 
     root = resolve_index_path(index)
+    if isinstance(root, str):
+        raise UsageError(
+            f"retrv index repair works on a local index; {root} is on object storage, whose versions Lance "
+            "commits whole (restore an older version with Lance's own tools)"
+        )
     meta = read_meta(root)
     with write_lock(root, notify=notify):
         return repair(root, schema=items_schema(meta.dim))
