@@ -241,9 +241,11 @@ class AnnIndex:
             index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
             # Polysemous codes serve Hamming pre-filtering, which the exact re-rank makes moot; training them took
             # 3x as long as the PQ itself here.
-            faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+            ivfpq: Any = faiss.downcast_index(faiss.extract_index_ivf(index))  # faiss's stubs lag: Any
+            ivfpq.do_polysemous_training = False
             if plan.opq:
-                rotation = faiss.downcast_VectorTransform(faiss.downcast_index(index).chain.at(0))
+                pretransform: Any = faiss.downcast_index(index)
+                rotation: Any = faiss.downcast_VectorTransform(pretransform.chain.at(0))
                 rotation.niter = _OPQ_ITERATIONS
             vectors = RefineVectors(dim, refine, writable=refine is not None)
         else:
