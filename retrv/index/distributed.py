@@ -1,0 +1,183 @@
+"""The encode step of a build on a Ray cluster (`retrv build-index --ray`, `retrv bench mbeir --ray`).
+
+Everything else of a build stays where it is (`retrv.index.build`): the driver scans, decides what is new or
+changed, hashes it and reuses the vectors of content it already holds, and commits every batch that comes back
+as one Lance version, so an interrupted build keeps what was committed and the next one picks up from there.
+Only the jobs that need the model go to Ray Data:
+
+- decode: tasks read and decode each image (`retrv.images.load_image`, the same guard and draft size as a local
+  build); an image that cannot be used comes back as a skip with its reason;
+- encode: an actor pool (`map_batches` with a class), one encoder per actor, loaded once from the index's spec;
+  one GPU per actor when the cluster has GPUs, a share of the CPUs otherwise. Preprocessing (resize, crop,
+  normalise) runs in the actor, with the encoder's own image processor, so the vectors equal a local build's.
+
+A worker that dies is restarted by Ray and its batch retried (Ray Data's actors have unlimited restarts and task
+retries); a batch is committed once, by id, so a retry neither loses nor duplicates a row. The files must be
+readable at the same paths on every node (a shared or network file system), and retrv installed there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from retrv.index.build import BuildOptions, Encoded, EncodeJob, EncodeStep, Failed, embed_batch
+from retrv.scan import SkipFile
+
+if TYPE_CHECKING:
+    from retrv.encoders.base import Encoder
+
+LOCAL = "local"
+AUTO = "auto"
+# Passed to the workers so that they load models as the driver does (offline, same caches).
+_WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "RETRV_CACHE_DIR", "RUST_LOG")
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """Where the encode step runs: `address` "local" starts a Ray instance on this machine (stopped when the
+    process exits), "auto" joins the cluster running here (`ray start --head`), else a Ray address
+    (`ray://head:10001`). `workers` encoder actors (default: one per GPU, else one per CPU but one)."""
+
+    address: str = LOCAL
+    workers: int | None = None
+
+
+def connect(cluster: RayCluster) -> dict[str, float]:
+    """Start or join the cluster (once per process); its resources (CPU, GPU, ...)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage to anyone
+    import ray
+
+    if not ray.is_initialized():
+        env = {name: os.environ[name] for name in _WORKER_ENV if name in os.environ}
+        options: dict[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+        if cluster.address != LOCAL:
+            options = {}
+        ray.init(
+            address=None if cluster.address == LOCAL else cluster.address,
+            runtime_env={"env_vars": env},
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            **options,
+        )
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # progress is the driver's, through the build's callback
+    context.print_on_execution_start = False
+    return dict(ray.cluster_resources())
+
+
+def ray_encode_step(cluster: RayCluster) -> EncodeStep:
+    """An EncodeStep (`BuildOptions.encode`) that encodes on `cluster`."""
+
+    def step(jobs: list[EncodeJob], encoder: Encoder, options: BuildOptions) -> Iterator[Encoded | Failed]:
+        if not jobs:
+            return
+        import numpy as np
+        import ray.data
+
+        resources = connect(cluster)
+        gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+        workers = cluster.workers or (gpus if gpus else max(1, int(cpus) - 1))
+        # On CPUs the actors and the decode tasks share the cores: each actor gets an equal share with room left
+        # for the decode tasks, so that actors holding every CPU never starve the tasks that feed them. (A task
+        # asking for the same resources as the actors would also be fused into them by Ray Data.)
+        share = 1.0 if gpus else max(cpus / (workers + 1), 0.01)
+        decode_cpus = 1.0 if gpus else share / 2
+        image_size = getattr(encoder, "image_size", None)
+        rows = [
+            {
+                "position": i,
+                "image": job.image_path or "",
+                "chunks": list(job.document.chunks) if job.document is not None else [],
+                "has_text": job.document is not None,
+            }
+            for i, job in enumerate(jobs)
+        ]
+        blocks = max(1, min(len(rows) // options.batch_size, 4 * max(workers, 1) * 8))
+        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        dataset = dataset.map_batches(
+            decode_images,
+            fn_kwargs={"max_megapixels": options.max_megapixels, "draft": 2 * int(image_size) if image_size else None},
+            batch_size=options.batch_size,
+            batch_format="pandas",
+            num_cpus=decode_cpus,
+        )
+        dataset = dataset.map_batches(
+            EncoderActor,
+            fn_constructor_kwargs={"spec": encoder.spec, "device": "cuda" if gpus else "cpu"},
+            batch_size=options.batch_size,
+            batch_format="pandas",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=1 if gpus else 0,
+            num_cpus=share,
+        )
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pandas"):
+            reasons = batch["reason"].tolist()
+            positions = batch["position"].astype(int).tolist()
+            for position, reason, detail in zip(positions, reasons, batch["detail"].tolist(), strict=True):
+                if reason:
+                    yield Failed(position, SkipFile(reason, detail or None))
+            done = [i for i, reason in enumerate(reasons) if not reason]
+            if done:
+                vectors = np.stack([np.frombuffer(v, dtype=np.float32) for v in batch["vector"].iloc[done]])
+                yield Encoded([positions[i] for i in done], vectors)
+
+    return step
+
+
+def decode_images(batch: Any, *, max_megapixels: float, draft: int | None) -> Any:
+    """The decode tasks: each row's image as RGB bytes (height x width x 3; none without an image), or the reason
+    it cannot be used."""
+    from retrv.images import load_image, pil_limits
+
+    pixels, heights, widths, reasons, details = [], [], [], [], []
+    with pil_limits(max_megapixels):
+        for path in batch["image"]:
+            data, height, width, reason, detail = b"", 0, 0, "", ""
+            if path:
+                try:
+                    image = load_image(path, max_megapixels=max_megapixels, draft_size=draft)
+                    data, (width, height) = image.tobytes(), image.size
+                except SkipFile as e:
+                    reason, detail = e.reason, e.detail or ""
+            pixels.append(data)
+            heights.append(height)
+            widths.append(width)
+            reasons.append(reason)
+            details.append(detail)
+    decoded = {"pixels": pixels, "height": heights, "width": widths, "reason": reasons, "detail": details}
+    return batch.assign(**decoded).drop(columns=["image"])
+
+
+class EncoderActor:
+    """One encoder per actor, loaded once; each call preprocesses and embeds a batch (`build.embed_batch`)."""
+
+    def __init__(self, spec: str, device: str) -> None:
+        from retrv.encoders.registry import load_encoder
+
+        self.encoder = load_encoder(spec, device=device)
+
+    def __call__(self, batch: Any) -> Any:
+        from PIL import Image
+
+        from retrv.index.documents import TextDocument
+
+        usable = [not reason for reason in batch["reason"]]
+        pixels = [
+            self.encoder.preprocess(Image.frombytes("RGB", (int(w), int(h)), data)) if data else None
+            for data, h, w, ok in zip(batch["pixels"], batch["height"], batch["width"], usable, strict=True)
+            if ok
+        ]
+        documents = [
+            TextDocument("", list(chunks), False) if has_text else None
+            for chunks, has_text, ok in zip(batch["chunks"], batch["has_text"], usable, strict=True)
+            if ok
+        ]
+        vectors = iter(embed_batch(self.encoder, pixels, documents) if pixels else [])
+        column = [next(vectors).tobytes() if ok else b"" for ok in usable]  # float32 bytes: one Arrow type
+        return batch.assign(vector=column).drop(columns=["pixels", "height", "width", "chunks"])

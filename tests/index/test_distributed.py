@@ -1,0 +1,114 @@
+"""`build-index --ray`: the encode step on a local Ray cluster started here, against a local build of the same
+folder (ids, items, vectors), incrementally, and with a worker killed mid-build."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from retrv.index.build import build_index  # noqa: E402
+from retrv.index.distributed import RayCluster, ray_encode_step  # noqa: E402
+from retrv.index.store import Store  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray instance on 127.0.0.1 with 2 CPUs for the whole module (starting one takes seconds)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield RayCluster(address="auto", workers=2)
+    ray.shutdown()
+
+
+def snapshot(store: Store) -> dict[str, tuple]:
+    """id -> (the item's fields but its mtime, its vector) for every row."""
+    keys, vectors = store.all_vectors()
+    by_key = dict(zip(keys.tolist(), vectors))
+    items = store.items_for_keys(keys.tolist())
+    return {
+        it.id: (it.source, it.modality, it.text, it.image_path, it.size, it.content_hash, by_key[k])
+        for k, it in zip(keys.tolist(), items)
+    }
+
+
+def assert_same_index(local: Store, distributed: Store) -> None:
+    a, b = snapshot(local), snapshot(distributed)
+    assert sorted(a) == sorted(b)
+    for item_id in a:
+        assert a[item_id][:-1] == b[item_id][:-1]
+        np.testing.assert_allclose(a[item_id][-1], b[item_id][-1], atol=1e-5)
+
+
+def counts(report) -> tuple:
+    return (
+        report.added,
+        report.updated,
+        report.reused,
+        report.removed,
+        report.unchanged,
+        report.encoded,
+        report.skipped_by_reason(),
+    )
+
+
+def test_ray_build_equals_a_local_build_then_incrementally(ray_cluster, photo_dir, clip_encoder, new_store, make_photo):
+    (photo_dir / "notes.txt").write_text("a note about the red photos")
+    (photo_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photo_dir / "dup.jpg").write_bytes((photo_dir / "p0.jpg").read_bytes())
+    local, distributed = new_store(clip_encoder, "local"), new_store(clip_encoder, "ray")
+    step = ray_encode_step(ray_cluster)
+    first_local = build_index(local, clip_encoder, [photo_dir], batch_size=3)
+    first_ray = build_index(distributed, clip_encoder, [photo_dir], batch_size=3, encode=step)
+    assert counts(first_ray) == counts(first_local)
+    assert (
+        first_ray.added == 8
+        and first_ray.encoded == 7
+        and first_ray.skipped_by_reason() == {"corrupt or truncated image": 1}
+    )
+    assert_same_index(local, distributed)
+
+    make_photo(photo_dir / "p1.jpg", seed=41)  # changed
+    os.utime(photo_dir / "p1.jpg", (1_000_000_000, 1_000_000_000))
+    shutil.move(photo_dir / "p2.jpg", photo_dir / "renamed.jpg")  # reused
+    (photo_dir / "sub" / "p4.jpg").unlink()  # removed
+    make_photo(photo_dir / "new.jpg", seed=42)  # added
+    second_local = build_index(local, clip_encoder, [photo_dir], batch_size=3)
+    second_ray = build_index(distributed, clip_encoder, [photo_dir], batch_size=3, encode=step)
+    assert counts(second_ray) == counts(second_local)
+    assert (second_ray.added, second_ray.updated, second_ray.reused, second_ray.removed) == (2, 1, 1, 2)
+    assert_same_index(local, distributed)
+
+
+def test_ray_build_survives_a_worker_killed_mid_build(ray_cluster, tmp_path, clip_encoder, new_store, make_photo):
+    import psutil
+
+    folder = tmp_path / "many"
+    for i in range(40):
+        make_photo(folder / f"m{i:02d}.jpg", seed=100 + i)
+    killed: list[int] = []
+
+    def kill_an_encoder(event) -> None:
+        if event.stage == "encode" and not killed:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if "EncoderActor" in " ".join(proc.info["cmdline"] or []):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    break
+
+    distributed = new_store(clip_encoder, "ray")
+    report = build_index(
+        distributed, clip_encoder, [folder], batch_size=2, encode=ray_encode_step(ray_cluster), progress=kill_an_encoder
+    )
+    assert killed, "no encoder actor was found to kill"
+    assert (report.added, report.encoded, report.skipped) == (40, 40, [])
+    keys, _ = distributed.all_vectors()
+    assert len(keys) == len(set(keys.tolist())) == 40
+    local = new_store(clip_encoder, "local")
+    build_index(local, clip_encoder, [folder], batch_size=2)
+    assert_same_index(local, distributed)
