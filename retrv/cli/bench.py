@@ -13,7 +13,11 @@ from retrv.cli.common import (
     EncoderOption,
     JsonOption,
     QuietOption,
+    RayAddressOption,
+    RayOption,
+    RayWorkersOption,
     ReasonerOption,
+    encode_step,
     handle_errors,
     notice,
     print_json,
@@ -93,6 +97,9 @@ def mbeir(
         Path | None, typer.Option(metavar="DIR", help="Where pool indices are kept (default: user data dir).")
     ] = None,
     device: DeviceOption = None,
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    ray_workers: RayWorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Run the engine over every query and report Recall@1/5/10 per task (R@5 headline; R@10 for
@@ -131,6 +138,7 @@ def mbeir(
         index_dir=index_dir,
         use_icm=not no_icm,
         force_answer=force_answer,
+        encode=encode_step(ray, ray_address, ray_workers),
     )
     with progress_bar(quiet) as progress:
         result = run_mbeir(config, settings, progress=progress, notify=notice(quiet))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from retrv.config import Settings
+    from retrv.index.build import EncodeStep
     from retrv.progress import ProgressEvent
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,6 +61,45 @@ ReasonerOption = Annotated[
         envvar="RETRV_REASONER",
         help="Reasoner: a Hugging Face id or a local directory (a retrv checkpoint for reason mode).",
     ),
+]
+StorageOptionsOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="K=V,...",
+        envvar="RETRV_STORAGE_OPTIONS",
+        help="For an --index on object storage (s3://, gs://, az://): LanceDB storage options, e.g. "
+        "aws_endpoint=http://127.0.0.1:9000,allow_http=true (credentials also come from the usual AWS_*, "
+        "GOOGLE_*, AZURE_* variables).",
+    ),
+]
+AnnMemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="SIZE",
+        envvar="RETRV_ANN_MEMORY",
+        help="Memory budget of the ANN index (e.g. 512MB, 4GiB): flat, HNSW or IVF-PQ is chosen to fit; once "
+        "given it holds for the index's later builds.",
+    ),
+]
+RayOption = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Encode on a Ray cluster: a local one started for this run, or the one --ray-address names. The "
+        "files must be readable at the same paths on every node.",
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ADDRESS",
+        envvar="RAY_ADDRESS",
+        help="With --ray: auto (the cluster running here, from ray start --head), HOST:PORT or ray://HOST:PORT.",
+    ),
+]
+RayWorkersOption = Annotated[
+    int | None,
+    typer.Option(min=1, metavar="N", help="With --ray: encoder actors (default: one per GPU, else per CPU but one)."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, notices or library warnings on stderr.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (schemas in docs/cli.md).")]
@@ -222,3 +262,20 @@ def print_json(data: Any) -> None:
 
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
     sys.stdout.write(re.sub(r"[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
+
+
+def encode_step(ray: bool, address: str | None, workers: int | None) -> EncodeStep | None:
+    """The encode step of a build: on a Ray cluster with `--ray` (local, or at `address`), else None (this process)."""
+    from retrv.errors import UsageError
+
+    if not ray:
+        if workers is not None:
+            raise UsageError("--ray-workers needs --ray")
+        return None
+    try:
+        import ray as _  # noqa: F401
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'retrv[scale]'") from None
+    from retrv.index.distributed import LOCAL, RayCluster, ray_encode_step
+
+    return ray_encode_step(RayCluster(address=address or LOCAL, workers=workers))

@@ -10,11 +10,13 @@ import typer
 
 from retrv.cli.common import (
     FORCE_ANSWER_HELP,
+    AnnMemoryOption,
     DeviceOption,
     IndexOption,
     JsonOption,
     QuietOption,
     ReasonerOption,
+    StorageOptionsOption,
     TrustRemoteCodeOption,
     handle_errors,
     notice,
@@ -100,6 +102,8 @@ def search(
         typer.Option(metavar="SPEC", help="Refuse to search unless the index was built with this encoder."),
     ] = None,
     device: DeviceOption = None,
+    storage_options: StorageOptionsOption = None,
+    ann_memory: AnnMemoryOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     paths_only: Annotated[
         bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line (for xargs).")
@@ -128,6 +132,8 @@ def search(
         max_inspections=max_inspections,
         max_new_tokens=max_new_tokens,
         rerank=rerank,
+        storage_options=storage_options,
+        ann_memory=ann_memory,
     )
     if no_rerank:
         settings = dataclasses.replace(settings, rerank="none")

@@ -60,7 +60,7 @@ class AnnParams:
     ef_construction: int = 80
     ef_search: int = 128  # raised to k when k is larger
     nprobe: int = 16  # IVF lists scanned per query, of about sqrt(n)
-    rerank: int = 200  # IVF-PQ: candidates re-ranked exactly (at least 4k)
+    rerank: int = 200  # IVF-PQ: candidates re-ranked exactly (at least k x dimensions per code byte, >= 4k)
 
 
 ANN_PARAMS = AnnParams()
@@ -347,7 +347,7 @@ class AnnIndex:
             if isinstance(self.index, faiss.IndexPreTransform):  # the OPQ rotation wraps the IVF index
                 search_params, ivf_params = faiss.SearchParametersPreTransform(), search_params
                 search_params.index_params = ivf_params
-        candidates = min(max(self.params.rerank, 4 * fetch), self.ntotal) if self.kind == IVFPQ else fetch
+        candidates = min(self._rerank_depth(fetch), self.ntotal) if self.kind == IVFPQ else fetch
         with _single_thread(len(queries) < _PARALLEL_MIN_QUERIES):
             dist, pos = self.index.search(queries, candidates, params=search_params)
         if self.kind == IVFPQ and self.refine is not None:
@@ -356,6 +356,12 @@ class AnnIndex:
         scores[:, :fetch] = np.where(found, dist, -np.inf)
         keys[:, :fetch] = np.where(found, self.labels[np.where(found, pos, 0)], -1)
         return scores, keys
+
+    def _rerank_depth(self, k: int) -> int:
+        """IVF-PQ candidates re-ranked exactly for a top k: more the coarser the codes (dimensions per code byte):
+        at 1M x 512-d clustered, 200 candidates recalled 0.97 of the top 50 with 128-byte codes, 0.56 with 32."""
+        per_byte = self.plan.dim // self.plan.m if self.plan is not None and self.plan.m else 4
+        return max(self.params.rerank, k * max(4, per_byte))
 
     def _alive_selector(self) -> Any:
         import faiss

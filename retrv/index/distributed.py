@@ -99,7 +99,7 @@ def ray_encode_step(cluster: RayCluster) -> EncodeStep:
             for i, job in enumerate(jobs)
         ]
         blocks = max(1, min(len(rows) // options.batch_size, 4 * max(workers, 1) * 8))
-        dataset = ray.data.from_items(rows, override_num_blocks=blocks)
+        dataset: Any = ray.data.from_items(rows, override_num_blocks=blocks)  # Any: Ray's stubs are narrower
         dataset = dataset.map_batches(
             decode_images,
             fn_kwargs={"max_megapixels": options.max_megapixels, "draft": 2 * int(image_size) if image_size else None},
@@ -116,12 +116,13 @@ def ray_encode_step(cluster: RayCluster) -> EncodeStep:
             num_gpus=1 if gpus else 0,
             num_cpus=share,
         )
+        batch: Any
         for batch in dataset.iter_batches(batch_size=None, batch_format="pandas"):
             reasons = batch["reason"].tolist()
             positions = batch["position"].astype(int).tolist()
             for position, reason, detail in zip(positions, reasons, batch["detail"].tolist(), strict=True):
                 if reason:
-                    yield Failed(position, SkipFile(reason, detail or None))
+                    yield Failed(position, SkipFile(reason, str(detail)))
             done = [i for i, reason in enumerate(reasons) if not reason]
             if done:
                 vectors = np.stack([np.frombuffer(v, dtype=np.float32) for v in batch["vector"].iloc[done]])

@@ -15,6 +15,7 @@ from retrv.items import Hit, Item, Query
 if TYPE_CHECKING:
     import numpy as np
 
+    from retrv.config import Settings
     from retrv.encoders.base import Encoder
     from retrv.index.ann import AnnIndex
     from retrv.index.build import BuildReport, Source
@@ -106,6 +107,28 @@ class Index:
             ann_memory=ann_memory,
             storage_options=storage_options,
             encoder=loaded,
+            notify=notify,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        create: bool = False,
+        encoder: str | Encoder = "auto",
+        notify: Callable[[str], None] | None = None,
+    ) -> Index:
+        """`Index.open` with what `settings` say: the index, the device, the exact and memory limits of the ANN, the
+        object-store options (`encoder` as in `open`)."""
+        return cls.open(
+            settings.index,
+            create=create,
+            encoder=encoder,
+            device=settings.device,
+            exact_max=settings.exact_search_max,
+            ann_memory=settings.ann_memory_bytes,
+            storage_options=settings.storage,
             notify=notify,
         )
 

@@ -112,3 +112,34 @@ def test_ray_build_survives_a_worker_killed_mid_build(ray_cluster, tmp_path, cli
     local = new_store(clip_encoder, "local")
     build_index(local, clip_encoder, [folder], batch_size=2)
     assert_same_index(local, distributed)
+
+
+def test_ray_through_the_cli_build_index_and_bench(ray_cluster, photo_dir, tiny_clip_dir, tmp_path):
+    """`--ray` joins the cluster this process already runs; the reports equal those of a local run."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from retrv.cli.app import app
+    from retrv.data.synth import SynthConfig, generate
+
+    runner = CliRunner()
+
+    def run(*args: str) -> dict:
+        result = runner.invoke(app, [*args, "--json", "-q"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    encoder = ["--encoder", f"clip:{tiny_clip_dir}", "--device", "cpu"]
+    local = run("build-index", str(photo_dir), "--index", str(tmp_path / "local"), *encoder)
+    distributed = run(
+        "build-index", str(photo_dir), "--index", str(tmp_path / "ray"), *encoder, "--ray", "--ray-workers", "1"
+    )
+    fields = ("added", "encoded", "reused", "skipped_by_reason")
+    assert [distributed[f] for f in fields] == [local[f] for f in fields] and distributed["added"] == 6
+
+    world = generate(tmp_path / "world", SynthConfig(seed=11, size=3, cot_variants=1))
+    bench = ("bench", "mbeir", str(world), *encoder, "--no-instructions", "--pool", "global", "--limit", "3")
+    on_ray = run(*bench, "--index-dir", str(tmp_path / "bench-ray"), "--ray", "--ray-workers", "1")
+    here = run(*bench, "--index-dir", str(tmp_path / "bench-local"))
+    assert on_ray["metrics"] == here["metrics"] and on_ray["queries_run"] == here["queries_run"] > 0
