@@ -65,6 +65,7 @@ def connect(cluster: RayCluster) -> dict[str, float]:
         )
     import ray.data
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per execution otherwise
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # progress is the driver's, through the build's callback
     context.print_on_execution_start = False

@@ -143,3 +143,27 @@ def test_ray_through_the_cli_build_index_and_bench(ray_cluster, photo_dir, tiny_
     on_ray = run(*bench, "--index-dir", str(tmp_path / "bench-ray"), "--ray", "--ray-workers", "1")
     here = run(*bench, "--index-dir", str(tmp_path / "bench-local"))
     assert on_ray["metrics"] == here["metrics"] and on_ray["queries_run"] == here["queries_run"] > 0
+
+
+def test_ray_build_stopped_keeps_what_it_committed_and_resumes(
+    ray_cluster, tmp_path, clip_encoder, new_store, make_photo
+):
+    folder = tmp_path / "stop"
+    for i in range(12):
+        make_photo(folder / f"s{i:02d}.jpg", seed=300 + i)
+    store = new_store(clip_encoder, "ray")
+    writes: list[int] = []
+    stopped = build_index(
+        store,
+        clip_encoder,
+        [folder],
+        batch_size=2,
+        encode=ray_encode_step(RayCluster(address="auto", workers=1)),
+        progress=lambda event: writes.append(event.done) if event.stage == "encode" else None,
+        should_stop=lambda: bool(writes),  # Ctrl-C after the first committed batch
+    )
+    assert stopped.stopped and 0 < stopped.added < 12 and store.count() == stopped.added
+    resumed = build_index(store, clip_encoder, [folder], batch_size=2)  # resumable by any build, local here
+    assert (resumed.unchanged, resumed.added, resumed.stopped) == (stopped.added, 12 - stopped.added, False)
+    keys, _ = store.all_vectors()
+    assert len(set(keys.tolist())) == len(keys) == 12
