@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,18 +17,30 @@ from retrv.cli.common import (
     RayOption,
     RayWorkersOption,
     ReasonerOption,
-    encode_step,
     handle_errors,
     notice,
     print_json,
     progress_bar,
+    ray_cluster,
     settings_from_flags,
     silence_library,
     stdout_console,
 )
 from retrv.cli.search import RerankMode
 
+if TYPE_CHECKING:
+    from retrv.index.build import EncodeStep
+    from retrv.index.distributed import RayCluster
+
 app = typer.Typer(help="Benchmarks: recall and cost of the engine on a dataset.", no_args_is_help=True)
+
+
+def _ray_encode_step(cluster: RayCluster | None) -> EncodeStep | None:
+    if cluster is None:
+        return None
+    from retrv.index.distributed import ray_encode_step
+
+    return ray_encode_step(cluster)
 
 
 @app.command("mbeir")
@@ -138,7 +150,7 @@ def mbeir(
         index_dir=index_dir,
         use_icm=not no_icm,
         force_answer=force_answer,
-        encode=encode_step(ray, ray_address, ray_workers),
+        encode=_ray_encode_step(ray_cluster(ray, ray_address, ray_workers)),
     )
     with progress_bar(quiet) as progress:
         result = run_mbeir(config, settings, progress=progress, notify=notice(quiet))

@@ -18,12 +18,12 @@ from retrv.cli.common import (
     RayOption,
     RayWorkersOption,
     StorageOptionsOption,
-    encode_step,
     escape,
     handle_errors,
     notice,
     print_json,
     progress_bar,
+    ray_cluster,
     settings_from_flags,
     silence_library,
     stderr_console,
@@ -105,12 +105,19 @@ def build_index(
         ann_memory=ann_memory,
         storage_options=storage_options,
     )
-    encode = encode_step(ray, ray_address, ray_workers)
+    cluster = ray_cluster(ray, ray_address, ray_workers)
     missing = [display_text(str(p)) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise ScanError(f"no such file or folder: {', '.join(missing)}")
     resolve_device(settings.device, origin=settings.origin("device"))
-    idx = Index.from_settings(settings, create=True, encoder=settings.encoder, notify=notice(quiet))
+    encode, ann_shards = None, None
+    if cluster is not None:  # the encoders and an on-disk ANN's shards run on Ray
+        from retrv.index.distributed import ray_encode_step, ray_shard_add
+
+        encode, ann_shards = ray_encode_step(cluster), ray_shard_add(cluster)
+    idx = Index.from_settings(
+        settings, create=True, encoder=settings.encoder, notify=notice(quiet), ann_shards=ann_shards
+    )
     err = stderr_console()
     if not quiet:
         err.print(

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from retrv.config import Settings
-    from retrv.index.build import EncodeStep
+    from retrv.index.distributed import RayCluster
     from retrv.progress import ProgressEvent
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -264,8 +264,8 @@ def print_json(data: Any) -> None:
     sys.stdout.write(re.sub(r"[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text) + "\n")
 
 
-def encode_step(ray: bool, address: str | None, workers: int | None) -> EncodeStep | None:
-    """The encode step of a build: on a Ray cluster with `--ray` (local, or at `address`), else None (this process)."""
+def ray_cluster(ray: bool, address: str | None, workers: int | None) -> RayCluster | None:
+    """The Ray cluster `--ray` asks for (local, or at `address`), or None: this process does the work."""
     from retrv.errors import UsageError
 
     if not ray:
@@ -276,6 +276,6 @@ def encode_step(ray: bool, address: str | None, workers: int | None) -> EncodeSt
         import ray as _  # noqa: F401
     except ImportError:
         raise UsageError("--ray needs Ray: pip install 'retrv[scale]'") from None
-    from retrv.index.distributed import LOCAL, RayCluster, ray_encode_step
+    from retrv.index.distributed import LOCAL, RayCluster
 
-    return ray_encode_step(RayCluster(address=address or LOCAL, workers=workers))
+    return RayCluster(address=address or LOCAL, workers=workers)

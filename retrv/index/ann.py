@@ -31,7 +31,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,6 +48,10 @@ if TYPE_CHECKING:
     from retrv.progress import ProgressCallback
 
 KINDS = (FLAT, HNSW, IVF, IVFPQ)
+# Adds the rows [start, stop) of a store's version to copies of a trained empty index (faiss's serialized bytes):
+# for each range, the keys it read (in the store's scan order) and the filled copy, serialized. The local way is
+# `_add_on_disk`'s own loop; `retrv.index.distributed.ray_shard_add` runs the ranges as Ray tasks.
+ShardAdd = Callable[["Store", bytes, list[tuple[int, int]]], Iterator[tuple[np.ndarray, np.ndarray]]]
 EXACT_MAX = 50_000
 
 
@@ -121,9 +125,11 @@ class AnnIndex:
         progress: ProgressCallback | None = None,
         params: AnnParams = ANN_PARAMS,
         budget: int | None = None,
+        add_shards: ShardAdd | None = None,
     ) -> AnnIndex:
         """The index for the store's current version: from the cache, by updating an older cache, or built.
-        `budget` (bytes) chooses the kind to fit (`retrv.index.ann_plan`); None keeps the size rule."""
+        `budget` (bytes) chooses the kind to fit (`retrv.index.ann_plan`); None keeps the size rule. An on-disk
+        IVF-PQ is filled by `add_shards` when given (on Ray), else here."""
         if params.large not in (HNSW, IVF):
             raise ValueError(f"AnnParams.large must be {HNSW!r} or {IVF!r}, not {params.large!r}")
         version = store.version()
@@ -144,7 +150,7 @@ class AnnIndex:
             if ann is not None and v < version:
                 ann = ann._update(store, progress)
         if ann is None:
-            ann = cls.build(store, kind=plan.kind, params=params, progress=progress, plan=plan)
+            ann = cls.build(store, kind=plan.kind, params=params, progress=progress, plan=plan, add_shards=add_shards)
         small_file = ann.index.ntotal * ann.index.d * 4 <= _SMALL_FILE_BYTES
         if ann.source == "built" or (ann.source == "updated" and (ann.replayed > _REPLAY_MAX or small_file)):
             ann._save(store)
@@ -159,6 +165,7 @@ class AnnIndex:
         params: AnnParams = ANN_PARAMS,
         progress: ProgressCallback | None = None,
         plan: AnnPlan | None = None,
+        add_shards: ShardAdd | None = None,
     ) -> AnnIndex:
         """A fresh index over every stored vector (streamed in batches: one copy in memory, faiss's; an IVF-PQ's
         full vectors go to its re-rank file, an on-disk one's lists to shard files merged on disk)."""
@@ -172,7 +179,7 @@ class AnnIndex:
         if kind in (IVF, IVFPQ):
             ann.train(_sample(store, max(_IVF_TRAIN_PER_LIST * ann.nlist, _PQ_TRAIN_MIN if kind == IVFPQ else 0)))
         if ann.plan is not None and ann.plan.mmap:
-            ann._add_on_disk(store.iter_vectors(batch_size=_ADD_BATCH), _cache_path(store, store.version(), kind))
+            ann._add_on_disk(store, _cache_path(store, store.version(), kind), add_shards)
             emit(progress, "ann", len(ann.labels), total)
         else:
             for keys, vectors in store.iter_vectors(batch_size=_ADD_BATCH):
@@ -182,35 +189,49 @@ class AnnIndex:
             ann.refine.finish()
         return ann
 
-    def _add_on_disk(self, batches: Iterator[tuple[np.ndarray, np.ndarray]], path: Path) -> None:
-        """Add every batch in shards of `_SHARD_ROWS` (each a copy of the trained empty index, written to disk),
-        then merge the shards' lists into `path`'s `.ivfdata` file, memory-mapped (faiss's on-disk lists)."""
+    def _add_on_disk(self, store: Store, path: Path, add_shards: ShardAdd | None) -> None:
+        """Add every stored vector in shards of `_SHARD_ROWS` (each a copy of the trained empty index, written to
+        disk; filled here, or by `add_shards`), then merge the shards' lists into `path`'s `.ivfdata` file,
+        memory-mapped (faiss's on-disk lists). The keys and re-rank vectors are read here, in scan order."""
         import faiss
         from faiss.contrib.ondisk import merge_ondisk
 
         shards: list[str] = []
-        shard = faiss.clone_index(self.index)
-
-        def flush() -> None:
-            nonlocal shard
-            if shard.ntotal:
-                shards.append(str(path.with_suffix(f".shard{len(shards)}.{os.getpid()}")))
-                faiss.write_index(shard, shards[-1])
-                shard = faiss.clone_index(self.index)
-
         try:
-            for keys, vectors in batches:
-                positions = np.arange(len(self.labels), len(self.labels) + len(keys), dtype=np.int64)
-                shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), positions)
-                self._append_positions(keys, vectors)
-                if shard.ntotal >= _SHARD_ROWS:
-                    flush()
-            flush()
+            if add_shards is None:
+                shard = faiss.clone_index(self.index)
+                for keys, vectors in store.iter_vectors(batch_size=_ADD_BATCH):
+                    positions = np.arange(len(self.labels), len(self.labels) + len(keys), dtype=np.int64)
+                    shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), positions)
+                    self._append_positions(keys, vectors)
+                    if shard.ntotal >= _SHARD_ROWS:
+                        shards.append(self._write_shard(shard, path, len(shards)))
+                        shard = faiss.clone_index(self.index)
+                if shard.ntotal:
+                    shards.append(self._write_shard(shard, path, len(shards)))
+            else:
+                for keys, vectors in store.iter_vectors(batch_size=_ADD_BATCH):
+                    self._append_positions(keys, vectors)
+                n = len(self.labels)
+                ranges = [(start, min(start + _SHARD_ROWS, n)) for start in range(0, n, _SHARD_ROWS)]
+                trained = faiss.serialize_index(self.index).tobytes()
+                for (start, stop), (keys, filled) in zip(ranges, add_shards(store, trained, ranges), strict=True):
+                    if not np.array_equal(keys, self.labels[start:stop]):
+                        raise RuntimeError(f"shard {start}:{stop} read other rows than the build; rebuild the index")
+                    shards.append(self._write_shard(faiss.deserialize_index(filled), path, len(shards)))
             with _stdout_to_stderr():  # faiss prints "resizing …" on stdout, where --json goes
                 merge_ondisk(self.index, shards, str(path.with_suffix(".ivfdata")))
         finally:
             for name in shards:
                 Path(name).unlink(missing_ok=True)
+
+    @staticmethod
+    def _write_shard(shard: Any, path: Path, number: int) -> str:
+        import faiss
+
+        name = str(path.with_suffix(f".shard{number}.{os.getpid()}"))
+        faiss.write_index(shard, name)
+        return name
 
     @classmethod
     def new(

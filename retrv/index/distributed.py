@@ -28,7 +28,11 @@ from retrv.index.build import BuildOptions, Encoded, EncodeJob, EncodeStep, Fail
 from retrv.scan import SkipFile
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from retrv.encoders.base import Encoder
+    from retrv.index.ann import ShardAdd
+    from retrv.index.store import Store
 
 LOCAL = "local"
 AUTO = "auto"
@@ -154,6 +158,43 @@ def decode_images(batch: Any, *, max_megapixels: float, draft: int | None) -> An
             details.append(detail)
     decoded = {"pixels": pixels, "height": heights, "width": widths, "reason": reasons, "detail": details}
     return batch.assign(**decoded).drop(columns=["image"])
+
+
+def ray_shard_add(cluster: RayCluster) -> ShardAdd:
+    """A ShardAdd (`AnnIndex.load_or_build(add_shards=...)`) whose shards are filled by Ray tasks, each reading
+    its rows from the store (the same version, through its own connection: the index must be reachable from every
+    node, e.g. on object storage) and sending the filled shard back through Ray's object store."""
+
+    def add(store: Store, trained: bytes, ranges: list[tuple[int, int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        import ray
+
+        connect(cluster)
+        task = ray.remote(fill_shard)
+        trained_ref = ray.put(trained)
+        root, options, version = store.root, store.storage_options, store.version()
+        refs = [task.remote(root, options, version, trained_ref, start, stop) for start, stop in ranges]
+        for ref in refs:
+            yield ray.get(ref)
+
+    return add
+
+
+def fill_shard(
+    root: Any, storage_options: dict[str, str], version: int, trained: bytes, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A Ray task: rows [start, stop) of the index's `version` added (under their positions) to a copy of the
+    trained empty index; (their keys, the filled copy serialized)."""
+    import faiss
+    import numpy as np
+
+    from retrv.index.store import Store
+
+    store = Store.open(root, storage_options)
+    store.checkout(version)
+    keys, vectors = store.rows(start, stop)
+    shard = faiss.deserialize_index(np.frombuffer(trained, dtype=np.uint8))
+    shard.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.arange(start, stop, dtype=np.int64))
+    return keys, faiss.serialize_index(shard)
 
 
 class EncoderActor:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from retrv.config import Settings
     from retrv.encoders.base import Encoder
-    from retrv.index.ann import AnnIndex
+    from retrv.index.ann import AnnIndex, ShardAdd
     from retrv.index.build import BuildReport, Source
     from retrv.index.repair import RepairReport
     from retrv.index.store import Store
@@ -46,6 +46,7 @@ class Index:
         storage_options: dict[str, str] | None = None,
         encoder: Encoder | None = None,
         notify: Callable[[str], None] | None = None,
+        ann_shards: ShardAdd | None = None,
     ) -> None:
         if store is None and (root is None or encoder is None):
             raise ValueError("an index not created yet needs its root and its encoder")
@@ -54,6 +55,7 @@ class Index:
         self.device = device
         self.exact_max = exact_max
         self.ann_memory = ann_memory
+        self.ann_shards = ann_shards  # who fills the shards of an on-disk IVF-PQ (None: this process)
         self.storage_options = dict(storage_options or (store.storage_options if store is not None else {}))
         self.notify = notify
         self._encoder = encoder
@@ -72,13 +74,15 @@ class Index:
         ann_memory: int | None = None,
         storage_options: dict[str, str] | None = None,
         notify: Callable[[str], None] | None = None,
+        ann_shards: ShardAdd | None = None,
     ) -> Index:
         """Open the index at `index` (a name under the user data dir, a directory, or an object-store URI such as
         `s3://bucket/prefix`, reached with `storage_options`).
 
         `encoder` (a spec string, or a loaded encoder) other than "auto" must match the one the index was built
         with; with `create`, a missing index will be created with that encoder ("auto" resolves to CLIP, else
-        `lite`). `ann_memory` (bytes) is the budget the ANN kind is chosen for (`retrv.index.ann_budget`).
+        `lite`). `ann_memory` (bytes) is the budget the ANN kind is chosen for (`retrv.index.ann_plan`); an on-disk
+        IVF-PQ's shards are filled by `ann_shards` when given (`retrv.index.distributed.ray_shard_add`).
         """
         from retrv.encoders.registry import canonical_spec, load_encoder
         from retrv.index.store import Store
@@ -93,7 +97,15 @@ class Index:
                     f"index {root} was built with encoder {store.meta.encoder!r}, not {canonical_spec(spec)!r}; "
                     "drop --encoder to use the index's own, or build a new index with --index OTHER"
                 )
-            return cls(store, device=device, exact_max=exact_max, ann_memory=ann_memory, encoder=loaded, notify=notify)
+            return cls(
+                store,
+                device=device,
+                exact_max=exact_max,
+                ann_memory=ann_memory,
+                encoder=loaded,
+                notify=notify,
+                ann_shards=ann_shards,
+            )
         if not create:
             raise IndexNotFoundError(
                 f"no index at {root}; build one with: retrv build-index FOLDER --index {index or root}"
@@ -108,6 +120,7 @@ class Index:
             storage_options=storage_options,
             encoder=loaded,
             notify=notify,
+            ann_shards=ann_shards,
         )
 
     @classmethod
@@ -118,9 +131,10 @@ class Index:
         create: bool = False,
         encoder: str | Encoder = "auto",
         notify: Callable[[str], None] | None = None,
+        ann_shards: ShardAdd | None = None,
     ) -> Index:
         """`Index.open` with what `settings` say: the index, the device, the exact and memory limits of the ANN, the
-        object-store options (`encoder` as in `open`)."""
+        object-store options (`encoder` and `ann_shards` as in `open`)."""
         return cls.open(
             settings.index,
             create=create,
@@ -130,6 +144,7 @@ class Index:
             ann_memory=settings.ann_memory_bytes,
             storage_options=settings.storage,
             notify=notify,
+            ann_shards=ann_shards,
         )
 
     @property
@@ -261,7 +276,11 @@ class Index:
         identity = self.store.identity() or f"v{self.store.version()}"
         if self._ann is None or self._ann_identity != identity:
             self._ann = AnnIndex.load_or_build(
-                self.store, exact_max=self.exact_max, progress=progress, budget=self.ann_memory
+                self.store,
+                exact_max=self.exact_max,
+                progress=progress,
+                budget=self.ann_memory,
+                add_shards=self.ann_shards,
             )
             self._ann_identity = identity
         return self._ann

@@ -314,6 +314,18 @@ class Store:
     def version(self) -> int:
         return int(self._table.version)
 
+    @lance_errors
+    def checkout(self, version: int) -> None:
+        """Read version `version` (until `refresh`)."""
+        self._table.checkout(version)
+
+    @lance_errors
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, vectors) of rows [start, stop) in the order `iter_vectors` reads them (for shards built apart)."""
+        query = self._table.search().select(["key", "vector"]).offset(start).limit(stop - start)
+        table = query.to_arrow()
+        return table.column("key").to_numpy(), _fixed_list_to_numpy(table.column("vector"))
+
     def identity(self, version: int | None = None) -> str:
         """What tells version `version` (default: the current one) of this table from a version of the same
         number of another table at the same place (the index re-created, or rolled back and written again):

@@ -167,3 +167,27 @@ def test_ray_build_stopped_keeps_what_it_committed_and_resumes(
     assert (resumed.unchanged, resumed.added, resumed.stopped) == (stopped.added, 12 - stopped.added, False)
     keys, _ = store.all_vectors()
     assert len(set(keys.tolist())) == len(keys) == 12
+
+
+def test_ray_fills_the_shards_of_an_on_disk_ann_as_a_local_build_does(ray_cluster, tmp_path, monkeypatch):
+    from retrv.index import ann as ann_module
+    from retrv.index.ann import AnnIndex
+    from retrv.index.distributed import ray_shard_add
+    from retrv.items import Item
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 6_000)] + rng.standard_normal((6_000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = Store.create(tmp_path / "idx", encoder_spec="x", dim=32)
+    store.upsert([Item(id=f"v{i}", source=f"/v/{i}", modality="text") for i in range(6_000)], vectors)
+    monkeypatch.setattr(ann_module, "_SHARD_ROWS", 2500)  # three shards
+    built = {}
+    for where, add_shards in (("here", None), ("ray", ray_shard_add(ray_cluster))):
+        folder = tmp_path / f"ann-{where}"
+        monkeypatch.setattr(Store, "ann_dir", property(lambda self, folder=folder: folder))
+        built[where] = AnnIndex.load_or_build(store, budget=150_000, add_shards=add_shards)
+        assert built[where].plan.mmap and (folder / f"v{store.version()}.ivfpq.ivfdata").is_file()
+    queries = vectors[:20]
+    np.testing.assert_array_equal(built["ray"].labels, built["here"].labels)
+    np.testing.assert_array_equal(built["ray"].search(queries, 10)[1], built["here"].search(queries, 10)[1])
