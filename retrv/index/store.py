@@ -188,13 +188,36 @@ def _checked_meta(root: Path | str, where: str, text: bytes) -> IndexMeta:
     return meta
 
 
+def _connect(root: Path | str, storage_options: dict[str, str] | None) -> Any:
+    """The LanceDB database of the index at `root`; on object storage, a store that cannot be reached or refuses
+    is a one-line error."""
+    if not is_remote(root):
+        return _lancedb().connect(str(Path(root) / "lance"))
+    try:
+        return _lancedb().connect(f"{root}/lance", storage_options=storage_options or None)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise _unreachable(root, e) from None
+
+
+def _unreachable(root: Path | str, exc: BaseException) -> RetrvError:
+    detail = " ".join(str(exc).split())[:300]
+    return RetrvError(
+        f"index {root}: its object store could not be reached or refused the request ({detail}); check the "
+        "endpoint and credentials (AWS_*, GOOGLE_*, AZURE_* variables or --storage-options)"
+    )
+
+
 def _open_remote_items(uri: str, storage_options: dict[str, str] | None) -> Any:
     """The `items` table of the index at `uri`, or None when there is none."""
-    db = _lancedb().connect(f"{uri}/lance", storage_options=storage_options or None)
+    db = _connect(uri, storage_options)
     try:
         return db.open_table(ITEMS)
-    except ValueError:  # LanceDB: "Table 'items' was not found"
-        return None
+    except ValueError as e:
+        if "not found" in str(e).lower():  # LanceDB: "Table 'items' was not found"
+            return None
+        raise _unreachable(uri, e) from None
+    except (OSError, RuntimeError) as e:
+        raise _unreachable(uri, e) from None
 
 
 def _fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> np.ndarray:
@@ -227,10 +250,6 @@ class Store:
     @property
     def remote(self) -> bool:
         return is_remote(self.root)
-
-    @property
-    def lance_uri(self) -> str:
-        return f"{self.root}/lance" if self.remote else str(Path(self.root) / "lance")
 
     @property
     def ann_dir(self) -> Path:
@@ -272,7 +291,7 @@ class Store:
         schema = items_schema(meta.dim).with_metadata({_META_KEY: meta_text.encode()})
         store = cls(root, meta, None, None, storage_options)
         if store.remote:
-            store._db = _lancedb().connect(store.lance_uri, storage_options=storage_options or None)
+            store._db = _connect(root, storage_options)
             try:
                 store._table = store._db.create_table(ITEMS, schema=schema, mode="create")
             except (ValueError, OSError, RuntimeError) as e:
@@ -283,7 +302,7 @@ class Store:
             return store
         local = Path(root)
         local.mkdir(parents=True, exist_ok=True)
-        store._db = _lancedb().connect(store.lance_uri)
+        store._db = _connect(root, None)
         if ITEMS in store._db.list_tables(limit=None).tables:  # left by a create that crashed before retrv.json
             store._db.drop_table(ITEMS)
         store._table = store._db.create_table(ITEMS, schema=schema)
@@ -297,7 +316,7 @@ class Store:
         root = root if is_remote(root) else Path(root).expanduser().resolve()
         meta = read_meta(root, storage_options)
         store = cls(root, meta, None, None, storage_options)
-        store._db = _lancedb().connect(store.lance_uri, storage_options=storage_options or None)
+        store._db = _connect(root, storage_options)
         store._table = store._open_items()
         return store
 

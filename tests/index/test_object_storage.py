@@ -78,6 +78,9 @@ def test_object_storage_missing_index_and_bad_endpoint_are_one_line_errors(s3_en
     assert result.exit_code == 1 and "object storage" in result.stderr
     result = runner.invoke(app, ["info", "--index", "s3://retrv-test/x", "--storage-options", "no-equals-sign"])
     assert result.exit_code == 1 and "--storage-options" in result.stderr
+    refused = "aws_endpoint=http://127.0.0.1:1,allow_http=true"  # nothing listens on port 1
+    result = runner.invoke(app, ["info", "--index", "s3://retrv-test/x", "--storage-options", refused])
+    assert result.exit_code == 1 and "could not be reached" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_object_storage_second_create_is_refused(s3_endpoint, monkeypatch):
