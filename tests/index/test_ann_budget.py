@@ -99,3 +99,25 @@ def test_memory_budget_below_the_smallest_codes_maps_the_lists_from_disk(cluster
     again = AnnIndex.load_or_build(Store.open(clustered_store.root))
     assert again.source == "cache" and again.plan.mmap
     np.testing.assert_array_equal(again.search(clustered(5, seed=9), 10)[1], ann.search(clustered(5, seed=9), 10)[1])
+
+
+def test_memory_budget_ivfpq_is_updated_in_place_of_a_rebuild(tmp_path):
+    from retrv.index.store import key_for_id
+
+    store = Store.create(tmp_path / "idx", encoder_spec="x", dim=DIM)
+    vectors = clustered(8000, seed=3)
+    store.upsert([Item(id=f"v{i}", source=f"/v/{i}", modality="text") for i in range(8000)], vectors)
+    first = AnnIndex.load_or_build(store, budget=320_000)
+    assert first.kind == "ivfpq" and not first.plan.mmap
+    added = clustered(50, seed=4)
+    store.upsert([Item(id=f"new{i}", source=f"/n/{i}", modality="text") for i in range(50)], added)
+    store.delete([f"v{i}" for i in range(10)])
+    updated = AnnIndex.load_or_build(store)  # the budget holds
+    assert updated.source == "updated" and updated.kind == "ivfpq" and updated.ntotal == 8040
+    scores, keys = updated.search(added[:5], 1)
+    assert keys[:, 0].tolist() == [key_for_id(f"new{i}") for i in range(5)]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)  # exact: the stored vectors, not their codes
+    _, found = updated.search(vectors[:10], 3)
+    assert not set(found.ravel().tolist()) & {key_for_id(f"v{i}") for i in range(10)}
+    again = AnnIndex.load_or_build(Store.open(store.root))
+    np.testing.assert_array_equal(again.search(added[:5], 3)[1], updated.search(added[:5], 3)[1])
