@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 LOCAL = "local"
 AUTO = "auto"
 # Passed to the workers so that they load models as the driver does (offline, same caches).
+DECODE_SHARE_LEFT = 0.9
 _WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "RETRV_CACHE_DIR", "RUST_LOG")
 
 
@@ -88,11 +89,12 @@ def ray_encode_step(cluster: RayCluster) -> EncodeStep:
         resources = connect(cluster)
         gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
         workers = cluster.workers or (gpus if gpus else max(1, int(cpus) - 1))
-        # On CPUs the actors and the decode tasks share the cores: each actor gets an equal share with room left
-        # for the decode tasks, so that actors holding every CPU never starve the tasks that feed them. (A task
-        # asking for the same resources as the actors would also be fused into them by Ray Data.)
-        share = 1.0 if gpus else max(cpus / (workers + 1), 0.01)
-        decode_cpus = 1.0 if gpus else share / 2
+        # On CPUs the actors and the decode tasks share the cores. Decoding is about a tenth of the work (docs/
+        # benchmarks.md §1), so the actors split 90% of the CPUs and the decode tasks run in the rest: actors
+        # holding every CPU would starve the tasks that feed them. (Tasks asking for the same resources as the
+        # actors would also be fused into them by Ray Data.)
+        share = 1.0 if gpus else max(DECODE_SHARE_LEFT * cpus / workers, 0.01)
+        decode_cpus = 1.0 if gpus else max((1 - DECODE_SHARE_LEFT) * cpus / 2, 0.01)
         image_size = getattr(encoder, "image_size", None)
         rows = [
             {
@@ -114,7 +116,11 @@ def ray_encode_step(cluster: RayCluster) -> EncodeStep:
         )
         dataset = dataset.map_batches(
             EncoderActor,
-            fn_constructor_kwargs={"spec": encoder.spec, "device": "cuda" if gpus else "cpu"},
+            fn_constructor_kwargs={
+                "spec": encoder.spec,
+                "device": "cuda" if gpus else "cpu",
+                "threads": max(1, round(share)),
+            },
             batch_size=options.batch_size,
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -200,9 +206,12 @@ def fill_shard(
 class EncoderActor:
     """One encoder per actor, loaded once; each call preprocesses and embeds a batch (`build.embed_batch`)."""
 
-    def __init__(self, spec: str, device: str) -> None:
+    def __init__(self, spec: str, device: str, threads: int) -> None:
+        import torch
+
         from retrv.encoders.registry import load_encoder
 
+        torch.set_num_threads(threads)  # its share of the CPUs (Ray sets one thread for a fractional share)
         self.encoder = load_encoder(spec, device=device)
 
     def __call__(self, batch: Any) -> Any:
