@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrv.index.ann_plan import FLAT, HNSW, IVF, IVFPQ, AnnPlan, ivf_lists, plan_ann
+from retrv.index.ann_plan import FLAT, HNSW, IVF, IVF_TRAIN_PER_LIST, IVFPQ, AnnPlan, ivf_lists, plan_ann
 from retrv.index.refine import RefineVectors, exact_rerank
 from retrv.progress import emit
 
@@ -69,8 +69,9 @@ class AnnParams:
 
 ANN_PARAMS = AnnParams()
 REBUILD_DEAD_FRACTION = 0.10
-_IVF_TRAIN_PER_LIST = 48  # training sample per list (faiss wants >= 39)
-_OPQ_ITERATIONS = 16  # faiss's default 50 trains 3x longer for the same recall after the re-rank (docs/benchmarks.md)
+_OPQ_ITERATIONS = (
+    16  # faiss's default 50 trained 3x longer for the same recall after the re-rank (docs/benchmarks.md §8.2)
+)
 _PQ_TRAIN_MIN = 64 * 256  # PQ learns 256 centroids per sub-quantizer
 _SHARD_ROWS = 1_000_000  # an on-disk IVF-PQ is added in shards of this many vectors, merged on disk
 _CACHE_NAME = re.compile(r"^v(\d+)\.(flat|hnsw|ivf|ivfpq)\.faiss$")
@@ -177,7 +178,7 @@ class AnnIndex:
         )
         emit(progress, "ann", 0, total, f"building {kind} index")
         if kind in (IVF, IVFPQ):
-            ann.train(_sample(store, max(_IVF_TRAIN_PER_LIST * ann.nlist, _PQ_TRAIN_MIN if kind == IVFPQ else 0)))
+            ann.train(_sample(store, max(IVF_TRAIN_PER_LIST * ann.nlist, _PQ_TRAIN_MIN if kind == IVFPQ else 0)))
         if ann.plan is not None and ann.plan.mmap:
             ann._add_on_disk(store, _cache_path(store, store.version(), kind), add_shards)
             emit(progress, "ann", len(ann.labels), total)

@@ -27,6 +27,7 @@ PER_POSITION = 9  # retrv's labels (int64) and dead flags (bool) per faiss posit
 PQ_M_CHOICES = (128, 96, 64, 48, 32, 24, 16, 8)  # bytes per vector, best first
 OPQ_MIN_DIMS_PER_BYTE = 8
 PQ_CENTROIDS = 256  # 8-bit codes
+IVF_TRAIN_PER_LIST = 48  # training sample per list (faiss wants >= 39)
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,9 @@ class AnnPlan:
         return out
 
 
-def ivf_lists(n: int, train_per_list: int = 48) -> int:
+def ivf_lists(n: int) -> int:
     """About sqrt(n) lists, each with enough vectors to train on."""
-    return max(1, min(int(n**0.5), n // train_per_list))
+    return max(1, min(int(n**0.5), n // IVF_TRAIN_PER_LIST))
 
 
 def flat_bytes(n: int, dim: int) -> int:

@@ -347,18 +347,29 @@ class Store:
 
     def identity(self, version: int | None = None) -> str:
         """What tells version `version` (default: the current one) of this table from a version of the same
-        number of another table at the same place (the index re-created, or rolled back and written again):
-        the version and the time Lance committed it (from its manifest; for the current version nothing is
-        read). Caches of derived data (the faiss index) are keyed by it. '' when that version is gone."""
+        number of another table at the same place (the index re-created, or rolled back and written again).
+        Caches of derived data (the faiss index) are keyed by it. '' when that version is gone.
+
+        Locally: the version and its manifest file's inode, size and modification time (a stat: every search
+        asks). On object storage, where there are no inodes: the version and the time Lance committed it, read
+        from its manifest (the current version's is already loaded)."""
         v = self.version() if version is None else version
-        try:
-            dataset = self._table.to_lance()
-            if dataset.version != v:
-                dataset = dataset.checkout_version(v)
-            stamp = dataset.get_version()["timestamp"]
-        except (OSError, RuntimeError, ValueError):
-            return ""
-        return f"{v}:{stamp.isoformat()}"
+        if self.remote:
+            try:
+                dataset = self._table.to_lance()
+                if dataset.version != v:
+                    dataset = dataset.checkout_version(v)
+                return f"{v}:{dataset.get_version()['timestamp'].isoformat()}"
+            except (OSError, RuntimeError, ValueError):
+                return ""
+        folder = Path(self.root) / "lance" / f"{ITEMS}.lance" / "_versions"
+        for name in (f"{2**64 - 1 - v}.manifest", f"{v}.manifest"):  # Lance's v2 and v1 manifest names
+            try:
+                st = os.stat(folder / name)
+            except OSError:
+                continue
+            return f"{v}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+        return ""
 
     # ---- items -----------------------------------------------------------------------------
 
