@@ -89,7 +89,7 @@ def test_ray_build_survives_a_worker_killed_mid_build(ray_cluster, tmp_path, cli
     import psutil
 
     folder = tmp_path / "many"
-    for i in range(40):
+    for i in range(16):
         make_photo(folder / f"m{i:02d}.jpg", seed=100 + i)
     killed: list[int] = []
 
@@ -106,9 +106,9 @@ def test_ray_build_survives_a_worker_killed_mid_build(ray_cluster, tmp_path, cli
         distributed, clip_encoder, [folder], batch_size=2, encode=ray_encode_step(ray_cluster), progress=kill_an_encoder
     )
     assert killed, "no encoder actor was found to kill"
-    assert (report.added, report.encoded, report.skipped) == (40, 40, [])
+    assert (report.added, report.encoded, report.skipped) == (16, 16, [])
     keys, _ = distributed.all_vectors()
-    assert len(keys) == len(set(keys.tolist())) == 40
+    assert len(keys) == len(set(keys.tolist())) == 16
     local = new_store(clip_encoder, "local")
     build_index(local, clip_encoder, [folder], batch_size=2)
     assert_same_index(local, distributed)
