@@ -105,7 +105,8 @@ def ray_encode_step(cluster: RayCluster) -> EncodeStep:
             }
             for i, job in enumerate(jobs)
         ]
-        blocks = max(1, min(len(rows) // options.batch_size, 4 * max(workers, 1) * 8))
+        # Enough blocks to keep every actor fed while others decode, few enough that per-block costs stay small.
+        blocks = max(1, min(len(rows) // options.batch_size, 32 * workers))
         dataset: Any = ray.data.from_items(rows, override_num_blocks=blocks)  # Any: Ray's stubs are narrower
         dataset = dataset.map_batches(
             decode_images,
