@@ -276,6 +276,8 @@ def ray_cluster(ray: bool, address: str | None, workers: int | None) -> RayClust
         import ray as _  # noqa: F401
     except ImportError:
         raise UsageError("--ray needs Ray: pip install 'retrv[scale]'") from None
-    from retrv.index.distributed import LOCAL, RayCluster
+    from retrv.index.distributed import LOCAL, RayCluster, connect
 
-    return RayCluster(address=address or LOCAL, workers=workers)
+    cluster = RayCluster(address=address or LOCAL, workers=workers)
+    connect(cluster)  # now, before LanceDB starts its runtime: Ray forks its processes, which LanceDB warns about
+    return cluster

@@ -3,7 +3,8 @@
 Without a budget the kind follows the size: exact (flat) up to `exact_max` vectors, then `AnnParams.large`
 (HNSW, or IVF). With a budget (`--ann-memory 4GiB`), the first of these whose expected memory fits is chosen:
 
-1. flat, when n <= exact_max (exact, no build);
+1. flat, when n <= exact_max (exact, no build), and whatever the budget below `PQ_MIN_ROWS` vectors (too few
+   to train PQ codebooks on);
 2. `AnnParams.large` (HNSW or IVF-flat: full vectors in RAM, recall about 1 on real embeddings);
 3. IVF-PQ with the most bytes per vector that fit (m sub-quantizers of 8 bits, m dividing the dimension), with an
    OPQ rotation when each code byte stands for 8 or more dimensions (there the rotation spreads the variance
@@ -28,6 +29,9 @@ PQ_M_CHOICES = (128, 96, 64, 48, 32, 24, 16, 8)  # bytes per vector, best first
 OPQ_MIN_DIMS_PER_BYTE = 8
 PQ_CENTROIDS = 256  # 8-bit codes
 IVF_TRAIN_PER_LIST = 48  # training sample per list (faiss wants >= 39)
+# Fewer vectors cannot train 256 centroids per sub-quantizer (faiss asks for 39 each, and trains, with a warning,
+# from 4); flat is small there anyway (2 MB at 512-d).
+PQ_MIN_ROWS = 4 * PQ_CENTROIDS
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def plan_ann(n: int, dim: int, *, budget: int | None, exact_max: int, large: str
             return AnnPlan(FLAT, n, dim, flat_bytes(n, dim))
         expected = hnsw_bytes(n, dim, hnsw_m) if large == HNSW else ivf_bytes(n, dim, nlist)
         return AnnPlan(large, n, dim, expected, nlist=nlist if large == IVF else 0)
-    if n <= exact_max and flat_bytes(n, dim) <= budget:
+    if (n <= exact_max and flat_bytes(n, dim) <= budget) or n < PQ_MIN_ROWS:
         return AnnPlan(FLAT, n, dim, flat_bytes(n, dim), budget)
     large_bytes = hnsw_bytes(n, dim, hnsw_m) if large == HNSW else ivf_bytes(n, dim, nlist)
     if large_bytes <= budget:

@@ -68,6 +68,8 @@ def test_memory_budget_chooses_the_best_kind_that_fits():
     assert small.factory == "OPQ32_512,IVF1000,PQ32"
     tiny = plan_ann(n, dim, budget=10**6, exact_max=50_000)
     assert tiny.kind == "ivfpq" and tiny.mmap and tiny.m == 8
+    few = plan_ann(1000, dim, budget=1000, exact_max=50_000)  # too few vectors to train codebooks on
+    assert few.kind == "flat" and few.expected_bytes > few.budget
 
 
 def test_memory_budget_ivfpq_recalls_after_the_exact_rerank_and_fits(clustered_store):
