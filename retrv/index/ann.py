@@ -64,7 +64,7 @@ class AnnParams:
     ef_construction: int = 80
     ef_search: int = 128  # raised to k when k is larger
     nprobe: int = 16  # IVF lists scanned per query, of about sqrt(n)
-    rerank: int = 200  # IVF-PQ: candidates re-ranked exactly (at least k x dimensions per code byte, >= 4k)
+    rerank: int = 200  # IVF-PQ: candidates re-ranked exactly, at least (see `_rerank_depth`)
 
 
 ANN_PARAMS = AnnParams()
