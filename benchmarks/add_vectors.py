@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/add_vectors.py                    # 1M random 512-d vectors, batches of 50k
     .venv/bin/python benchmarks/add_vectors.py --n 1000000 --large ivf     # IVF instead of HNSW above 50k
     .venv/bin/python benchmarks/add_vectors.py --n 100000 --keep /tmp/idx100k
+    .venv/bin/python benchmarks/add_vectors.py --n 1000000 --ann-memory 256MB --data clustered  # the budget's kind
 
 Reports the wall time of each phase and the peak RSS of the process (ru_maxrss). The vectors are
 generated batch by batch (no encoder runs), as a build reading them from disk would. The index lives
@@ -26,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RUST_LOG", "error")
 
+from retrv.config import parse_size
 from retrv.index.ann import AnnIndex, AnnParams
 from retrv.index.store import Store
 from retrv.items import Item
@@ -35,10 +37,15 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def batch(start: int, n: int, dim: int) -> tuple[list[Item], np.ndarray]:
+def batch(start: int, n: int, dim: int, data: str = "random") -> tuple[list[Item], np.ndarray]:
     rng = np.random.default_rng([0, start])
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    if data == "clustered":  # as search_latency.py: 1000 centres, each point centre + noise of the same norm
+        centres = np.random.default_rng(12345).standard_normal((1000, dim), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        vectors += centres[rng.integers(0, 1000, n)]
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     items = [
         Item(
             id=f"vec{i:08d}",
@@ -62,6 +69,8 @@ def main() -> None:
     parser.add_argument("--exact-max", type=int, default=50_000)
     parser.add_argument("--large", choices=["hnsw", "ivf"], default="hnsw", help="the ANN kind above --exact-max")
     parser.add_argument("--keep", help="build the index here and keep it (the directory must not exist)")
+    parser.add_argument("--ann-memory", help="a memory budget for the ANN (e.g. 256MB): the kind is chosen to fit")
+    parser.add_argument("--data", choices=["random", "clustered"], default="random")
     args = parser.parse_args()
 
     tmp = None if args.keep else tempfile.mkdtemp(prefix="retrv-add-bench-")
@@ -74,14 +83,15 @@ def main() -> None:
         generate_s = 0.0
         for lo in range(0, args.n, args.batch):
             t = time.perf_counter()
-            items, vectors = batch(lo, min(args.batch, args.n - lo), args.dim)
+            items, vectors = batch(lo, min(args.batch, args.n - lo), args.dim, args.data)
             generate_s += time.perf_counter() - t
             store.upsert(items, vectors)
         phases.append(("Store.upsert (incl. generating vectors)", time.perf_counter() - start))
         phases.append(("  of which generating vectors + Items", generate_s))
 
         t = time.perf_counter()
-        ann = AnnIndex.load_or_build(store, exact_max=args.exact_max, params=params)
+        budget = parse_size(args.ann_memory) if args.ann_memory else None
+        ann = AnnIndex.load_or_build(store, exact_max=args.exact_max, params=params, budget=budget)
         phases.append((f"AnnIndex.load_or_build ({ann.kind}, incl. writing the cache)", time.perf_counter() - t))
         total = time.perf_counter() - start
         rss = peak_rss_gib()

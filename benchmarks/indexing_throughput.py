@@ -14,6 +14,11 @@ fraction of the pipeline's work that is the model, which is the wall ratio to ex
 model alone already keeps every core busy (a lower bound otherwise).
 
     .venv/bin/python benchmarks/indexing_throughput.py --images 256 --encoder lite
+    .venv/bin/python benchmarks/indexing_throughput.py --images 128 --ray-workers 1 2   # also build-index --ray
+
+With `--ray-workers`, the same build also runs with its encode step on a local Ray cluster (`build-index --ray`)
+with each number of encoder actors, and the ratio to the local build is reported, as is the overhead of one
+such build (the wall time of a Ray build of a single image: starting the actors, loading one model each).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ def main() -> None:
     parser.add_argument("--loader-threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best is kept")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--ray-workers", type=int, nargs="*", default=[], help="also build on a local Ray cluster")
     args = parser.parse_args()
 
     import torch
@@ -109,6 +115,7 @@ def main() -> None:
             pipeline_runs.append((time.perf_counter() - t, time.process_time() - cpu))
             assert report.encoded == args.images and not report.skipped, report.to_dict()
         (model_s, model_cpu), (pipeline_s, pipeline_cpu) = min(model_runs), min(pipeline_runs)
+        ray_figures = ray_builds(args, encoder, folder, paths[0], Path(tmp), pipeline_s) if args.ray_workers else {}
 
     n = args.images
     figures = {
@@ -129,6 +136,7 @@ def main() -> None:
         "pipeline_runs_wall_cpu_s": [[round(w, 2), round(c, 2)] for w, c in pipeline_runs],
         "ratio_pipeline_to_model": round(model_s / pipeline_s, 3),
         "cpu_time_ratio": round(model_cpu / pipeline_cpu, 3),
+        **ray_figures,
     }
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -144,6 +152,47 @@ def main() -> None:
     print(
         f"  CPU-time ratio model / pipeline:   {figures['cpu_time_ratio']:8.3f}  (share of the CPU work that is the model)"
     )
+    for workers in args.ray_workers:
+        ray = figures[f"ray_{workers}"]
+        print(
+            f"  --ray, {workers} encoder actor(s):       {ray['images_per_s']:8.1f} images/s  "
+            f"(x{ray['ratio_to_local']:.2f} the local build; one-image build {ray['one_image_s']:.1f} s)"
+        )
+
+
+def ray_builds(args: argparse.Namespace, encoder, folder: Path, one: Path, tmp: Path, local_s: float) -> dict:
+    """Images/s of `build_index` with its encode step on a local Ray cluster, per number of actors."""
+    import shutil
+
+    from retrv.index.build import build_index
+    from retrv.index.distributed import RayCluster, connect, ray_encode_step
+    from retrv.index.store import Store
+
+    connect(RayCluster())
+    single = tmp / "one"
+    single.mkdir()
+    shutil.copy(one, single / one.name)
+    figures = {}
+    for workers in args.ray_workers:
+        step = ray_encode_step(RayCluster(workers=workers))
+        runs = []
+        for r in range(args.repeats):
+            store = Store.create(tmp / f"ray{workers}-{r}", encoder_spec=encoder.spec, dim=encoder.dim)
+            t = time.perf_counter()
+            report = build_index(store, encoder, [folder], batch_size=args.batch_size, encode=step)
+            runs.append(time.perf_counter() - t)
+            assert report.encoded == args.images and not report.skipped, report.to_dict()
+        store = Store.create(tmp / f"ray{workers}-one", encoder_spec=encoder.spec, dim=encoder.dim)
+        t = time.perf_counter()
+        build_index(store, encoder, [single], batch_size=args.batch_size, encode=step)
+        one_s = time.perf_counter() - t
+        figures[f"ray_{workers}"] = {
+            "images_per_s": round(args.images / min(runs), 1),
+            "runs_s": [round(w, 2) for w in runs],
+            "ratio_to_local": round(local_s / min(runs), 3),
+            "one_image_s": round(one_s, 2),
+        }
+    return figures
 
 
 if __name__ == "__main__":

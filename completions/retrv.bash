@@ -12,10 +12,10 @@ _retrv_options() {
     case "$1" in
         "") echo "--offline --version --help -h" ;;
         "bench") echo "--help -h" ;;
-        "bench mbeir") echo "--tasks --split --pool --k -k --rerank --encoder --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --force-answer --instructions --no-instructions --limit --json --run --plot --index-dir --device --quiet -q --help -h" ;;
-        "build-index") echo "--index -i --encoder --batch-size --device --exclude --include-hidden --max-megapixels --prune --quiet -q --verbose -v --json --help -h" ;;
+        "bench mbeir") echo "--tasks --split --pool --k -k --rerank --encoder --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --force-answer --instructions --no-instructions --limit --json --run --plot --index-dir --device --ray --ray-address --ray-workers --quiet -q --help -h" ;;
+        "build-index") echo "--index -i --encoder --batch-size --device --exclude --include-hidden --max-megapixels --prune --ray --ray-address --ray-workers --ann-memory --storage-options --quiet -q --verbose -v --json --help -h" ;;
         "completions") echo "--help -h" ;;
-        "compress") echo "--reasoner --index -i --batch-size --drop-stale --device --trust-remote-code --quiet -q --json --help -h" ;;
+        "compress") echo "--reasoner --index -i --storage-options --batch-size --drop-stale --device --trust-remote-code --quiet -q --json --help -h" ;;
         "data") echo "--help -h" ;;
         "data check") echo "--json --quiet -q --help -h" ;;
         "data synth") echo "--out -o --seed --size --cot-variants --force --json --quiet -q --help -h" ;;
@@ -26,9 +26,9 @@ _retrv_options() {
         "index list") echo "--json --names --help -h" ;;
         "index repair") echo "--index -i --json --quiet -q --help -h" ;;
         "index rm") echo "--yes -y --json --help -h" ;;
-        "info") echo "--index -i --json --help -h" ;;
-        "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --under --since --until --modality --all-copies --dedup --preview --preview-protocol --min-score --show-reasoning --encoder --device --trust-remote-code --paths-only -f --null -0 --json --quiet -q --server --token --help -h" ;;
-        "serve") echo "--index -i --host --port --token --insecure --rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --device --trust-remote-code --max-upload-mb --request-timeout --reasoner-queue --log-requests --quiet -q --help -h" ;;
+        "info") echo "--index -i --storage-options --json --help -h" ;;
+        "search") echo "--image --k -k --index -i --add --subtract --rerank --no-rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --under --since --until --modality --all-copies --dedup --preview --preview-protocol --min-score --show-reasoning --encoder --device --storage-options --ann-memory --trust-remote-code --paths-only -f --null -0 --json --quiet -q --server --token --help -h" ;;
+        "serve") echo "--index -i --host --port --token --insecure --rerank --reasoner --rerank-k --fusion-weight --max-inspections --max-new-tokens --force-answer --candidate-tokens --glance-image-tokens --glance-text-tokens --score-style --visual-retracing --no-visual-retracing --device --storage-options --ann-memory --trust-remote-code --max-upload-mb --request-timeout --reasoner-queue --log-requests --quiet -q --help -h" ;;
         "train") echo "--help -h" ;;
         "train caption") echo "--out --max-steps --batch-size --grad-accum --lr --weight-decay --warmup-steps --lr-schedule --max-grad-norm --save-every --keep-checkpoints --resume --no-resume --seed --device --bf16 --no-bf16 --data --base --split --hidden --layers --heads --kv-heads --vision-hidden --vision-depth --rope-theta --mrope-section --vocab-size --image-size --instructions --no-instructions --captions --no-captions --pairs --no-pairs --texts --no-texts --texts-file --prompt-style --num-candidates --hard-negatives --random-negatives --json --quiet -q --help -h" ;;
         "train cot") echo "--data --teacher --out --split --pool --num-candidates --hard-candidates --instructions --no-instructions --limit --batch-size --seed --device --json --quiet -q --help -h" ;;
@@ -61,14 +61,21 @@ _retrv_value() {
         "bench mbeir:--plot") echo "file" ;;
         "bench mbeir:--index-dir") echo "file" ;;
         "bench mbeir:--device") echo "value" ;;
+        "bench mbeir:--ray-address") echo "value" ;;
+        "bench mbeir:--ray-workers") echo "value" ;;
         "build-index:--index"|"build-index:-i") echo "index" ;;
         "build-index:--encoder") echo "value" ;;
         "build-index:--batch-size") echo "value" ;;
         "build-index:--device") echo "value" ;;
         "build-index:--exclude") echo "value" ;;
         "build-index:--max-megapixels") echo "value" ;;
+        "build-index:--ray-address") echo "value" ;;
+        "build-index:--ray-workers") echo "value" ;;
+        "build-index:--ann-memory") echo "value" ;;
+        "build-index:--storage-options") echo "value" ;;
         "compress:--reasoner") echo "value" ;;
         "compress:--index"|"compress:-i") echo "index" ;;
+        "compress:--storage-options") echo "value" ;;
         "compress:--batch-size") echo "value" ;;
         "compress:--device") echo "value" ;;
         "data synth:--out"|"data synth:-o") echo "file" ;;
@@ -82,6 +89,7 @@ _retrv_value() {
         "index compact:--index"|"index compact:-i") echo "index" ;;
         "index repair:--index"|"index repair:-i") echo "index" ;;
         "info:--index"|"info:-i") echo "index" ;;
+        "info:--storage-options") echo "value" ;;
         "search:--image") echo "file" ;;
         "search:--k"|"search:-k") echo "value" ;;
         "search:--index"|"search:-i") echo "index" ;;
@@ -106,6 +114,8 @@ _retrv_value() {
         "search:--min-score") echo "value" ;;
         "search:--encoder") echo "value" ;;
         "search:--device") echo "value" ;;
+        "search:--storage-options") echo "value" ;;
+        "search:--ann-memory") echo "value" ;;
         "search:--server") echo "value" ;;
         "search:--token") echo "value" ;;
         "serve:--index"|"serve:-i") echo "index" ;;
@@ -123,6 +133,8 @@ _retrv_value() {
         "serve:--glance-text-tokens") echo "value" ;;
         "serve:--score-style") echo "value" ;;
         "serve:--device") echo "value" ;;
+        "serve:--storage-options") echo "value" ;;
+        "serve:--ann-memory") echo "value" ;;
         "serve:--max-upload-mb") echo "value" ;;
         "serve:--request-timeout") echo "value" ;;
         "serve:--reasoner-queue") echo "value" ;;

@@ -16,7 +16,7 @@ _retrv() {
         '1:command:->command' \
         '*::arg:->args'
     case $state in
-        command) local -a cmds=('bench:Benchmarks recall and cost of the engine on a dataset' 'build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'compress:Precompute the reasoners compressed tokens for every item (incremental; Ctrl-C keeps finished batch' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'export:Write every item of an index (id, source, modality, text, image path, dates, content hash) with its ' 'forget:Drop from the index every item at or under PATH (the files are not touched)' 'index:Look after indexes list, remove, compact, repair' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state' 'search:Search an index with words, an image, or both' 'serve:Serve indexes over HTTP with warm models a JSON API, thumbnails and a web page (docs/cli.md)' 'train:Train retrvs models the encoder, and the reasoner in stages (icm -> sft -> grpo)'); _describe command cmds ;;
+        command) local -a cmds=('bench:Benchmarks recall and cost of the engine on a dataset' 'build-index:Index folders of photos and documents' 'completions:Print a shell completion script (e.g. `retrv completions bash > ~/.local/share/bash-completion/compl' 'compress:Precompute the reasoners compressed tokens for every item (incremental; Ctrl-C keeps finished batch' 'data:Datasets in UniIRs M-BEIR layout check one, or generate the synthetic world' 'export:Write every item of an index (id, source, modality, text, image path, dates, content hash) with its ' 'forget:Drop from the index every item at or under PATH (the files are not touched)' 'index:Look after indexes list, remove, compact, repair' 'info:Show an indexs encoder, dimension, counts per modality, size on disk, version and ANN state (its ki' 'search:Search an index with words, an image, or both' 'serve:Serve indexes over HTTP with warm models a JSON API, thumbnails and a web page (docs/cli.md)' 'train:Train retrvs models the encoder, and the reasoner in stages (icm -> sft -> grpo)'); _describe command cmds ;;
         args) case $line[1] in bench) _retrv_bench ;; build-index) _retrv_build_index ;; completions) _retrv_completions ;; compress) _retrv_compress ;; data) _retrv_data ;; export) _retrv_export ;; forget) _retrv_forget ;; index) _retrv_index ;; info) _retrv_info ;; search) _retrv_search ;; serve) _retrv_serve ;; train) _retrv_train ;; esac ;;
     esac
 }
@@ -60,6 +60,9 @@ _retrv_bench_mbeir() {
         '--plot[Draw per-task recall and cost to this PNG]:file:_files' \
         '--index-dir[Where pool indices are kept (default user data dir)]:file:_files' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
+        '--ray[Encode on a Ray cluster a local one started for this run, or the one --ray-address names]' \
+        '--ray-address[With --ray auto (the cluster running here, from ray start --head), HOSTPORT or ray//HOSTPORT]:value: ' \
+        '--ray-workers[With --ray encoder actors (default one per GPU, else per CPU but one)]:value: ' \
         '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]' \
         '*:file:_files'
@@ -76,6 +79,11 @@ _retrv_build_index() {
         '--include-hidden[Also index hidden files and folders]' \
         '--max-megapixels[Skip images larger than this (decompression-bomb guard)]:value: ' \
         '--prune[Remove the items whose files are gone even when they are more than half of the index, or all under a]' \
+        '--ray[Encode on a Ray cluster a local one started for this run, or the one --ray-address names]' \
+        '--ray-address[With --ray auto (the cluster running here, from ray start --head), HOSTPORT or ray//HOSTPORT]:value: ' \
+        '--ray-workers[With --ray encoder actors (default one per GPU, else per CPU but one)]:value: ' \
+        '--ann-memory[Memory budget of the ANN index (e.g. 512MB, 4GiB) flat, HNSW or IVF-PQ is chosen to fit; once given]:value: ' \
+        '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--verbose -v)'{--verbose,-v}'[List every skipped file with its reason]' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
@@ -94,6 +102,7 @@ _retrv_compress() {
     _arguments -s -C \
         '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:index:_retrv_indexes' \
+        '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '--batch-size[Items per batch (one table write each)]:value: ' \
         '--drop-stale[Delete the ICM tables of other checkpoints]' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
@@ -209,6 +218,7 @@ _retrv_info() {
     local curcontext=$curcontext state line
     _arguments -s -C \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:index:_retrv_indexes' \
+        '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
@@ -246,6 +256,8 @@ _retrv_search() {
         '--show-reasoning[Print the reasoners reasoning (inspected candidates marked)]' \
         '--encoder[Refuse to search unless the index was built with this encoder]:value: ' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
+        '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
+        '--ann-memory[Memory budget of the ANN index (e.g. 512MB, 4GiB) flat, HNSW or IVF-PQ is chosen to fit; once given]:value: ' \
         '--trust-remote-code[Allow model code from the hub (off by default)]' \
         '(--paths-only -f)'{--paths-only,-f}'[Print only paths, one per line (for xargs)]' \
         '(--null -0)'{--null,-0}'[Print only paths, each ended by a NUL byte (for xargs -0)]' \
@@ -277,6 +289,8 @@ _retrv_serve() {
         '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
         '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR)]' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
+        '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
+        '--ann-memory[Memory budget of the ANN index (e.g. 512MB, 4GiB) flat, HNSW or IVF-PQ is chosen to fit; once given]:value: ' \
         '--trust-remote-code[Allow model code from the hub (off by default)]' \
         '--max-upload-mb[Largest request body (an uploaded image), in MiB]:value: ' \
         '--request-timeout[Longest a request may take (408 after)]:value: ' \

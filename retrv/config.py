@@ -31,8 +31,15 @@ CANDIDATE_TOKENS = ("icm", "glance", "full")
 SCORE_STYLES = ("lamra", "retllm")
 
 
-def _setting(default: Any, *, minimum: float | None = None, choices: tuple[str, ...] = ()) -> Any:
-    return field(default=default, metadata={"minimum": minimum, "choices": choices})
+def _setting(
+    default: Any,
+    *,
+    minimum: float | None = None,
+    choices: tuple[str, ...] = (),
+    size: bool = False,
+    pairs: bool = False,
+) -> Any:
+    return field(default=default, metadata={"minimum": minimum, "choices": choices, "size": size, "pairs": pairs})
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,22 @@ class Settings:
     visual_retracing: bool = False
     exact_search_max: int = _setting(50_000, minimum=0)
     server: str | None = None  # `retrv search` sends its query to a `retrv serve` at this URL
+    ann_memory: str | None = _setting(None, size=True)  # e.g. "512MB", "4GiB": the ANN kind is chosen to fit
+    storage_options: str | None = _setting(None, pairs=True)  # "key=value,..." for an index on object storage
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def origin(self, name: str) -> str:
         """Where the value of setting `name` came from: a flag, a variable, `FILE:LINE`, or "default"."""
         return self.origins.get(name, "default")
+
+    @property
+    def storage(self) -> dict[str, str]:
+        """`storage_options` as the dict LanceDB takes (empty: Lance reads the usual environment variables)."""
+        return parse_pairs(self.storage_options) if self.storage_options else {}
+
+    @property
+    def ann_memory_bytes(self) -> int | None:
+        return parse_size(self.ann_memory) if self.ann_memory else None
 
 
 SETTING_NAMES = tuple(f.name for f in fields(Settings) if f.name != "origins")
@@ -77,6 +95,15 @@ def data_dir() -> Path:
     from platformdirs import user_data_dir
 
     return Path(os.environ.get("RETRV_HOME") or user_data_dir(APP_NAME))
+
+
+def cache_dir() -> Path:
+    """Derived data that can be rebuilt (the lite encoder's class table, the ANN of an index on object storage)."""
+    if os.environ.get("RETRV_CACHE_DIR"):
+        return Path(os.environ["RETRV_CACHE_DIR"])
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir(APP_NAME))
 
 
 def config_file() -> Path:
@@ -130,7 +157,42 @@ def coerce(name: str, raw: Any, origin: str) -> Any:
         raise bad(f"at least {minimum:g}" if minimum >= 1 or minimum == 0 else "a positive number")
     if choices and value not in choices:
         raise bad("one of " + ", ".join(choices))
+    try:
+        if spec.metadata.get("size"):
+            parse_size(value)
+        if spec.metadata.get("pairs"):
+            parse_pairs(value)
+    except ValueError as e:
+        raise bad(str(e)) from None
     return value
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as `512MB`, `4GiB`, `1.5g` or `1000000` (KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB
+    of 1024); ValueError otherwise."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError("a size such as 512MB or 4GiB")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    scale = _SIZE_UNITS[unit[:1]] if "i" not in unit else 1024 ** " kmgt".index(unit[0])
+    if number * scale < 1:
+        raise ValueError("a size of at least 1 byte")
+    return int(number * scale)
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """`key=value,key=value` as a dict (storage options: `aws_endpoint=http://127.0.0.1:9000,allow_http=true`)."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError("key=value pairs separated by commas")
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def _file_line(text: str, key: str) -> int | None:
@@ -167,6 +229,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, *, env: Mapping[st
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+OBJECT_STORE_SCHEMES = ("s3", "gs", "az", "abfs", "memory")
 
 
 def is_index_name(text: str) -> bool:
@@ -174,9 +237,18 @@ def is_index_name(text: str) -> bool:
     return bool(_NAME.match(text)) and text not in (".", "..")
 
 
-def resolve_index_path(index: str | os.PathLike[str] | None) -> Path:
-    """A bare name (`photos`) lives under the user data dir; a path (`./photos-index`, `/x/y`) is used as given."""
+def is_uri(index: str | os.PathLike[str]) -> bool:
+    """An index on object storage (`s3://bucket/prefix`, `gs://…`, `az://…`), not a local path."""
+    scheme, sep, _ = os.fspath(index).partition("://")
+    return bool(sep) and scheme.lower() in OBJECT_STORE_SCHEMES
+
+
+def resolve_index_path(index: str | os.PathLike[str] | None) -> Path | str:
+    """A bare name (`photos`) lives under the user data dir; a path (`./photos-index`, `/x/y`) is used as given;
+    an object-store URI (`s3://bucket/prefix`) is kept as it is, without a trailing slash."""
     text = os.fspath(index) if index is not None else DEFAULT_INDEX
+    if is_uri(text):
+        return text.rstrip("/")
     if is_index_name(text):
         return data_dir() / "indexes" / text
     return Path(text).expanduser().resolve()

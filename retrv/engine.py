@@ -94,13 +94,7 @@ class Engine:
         from retrv.index.index import Index
 
         resolve_device(settings.device, origin=settings.origin("device"))
-        index = Index.open(
-            settings.index,
-            encoder=encoder or "auto",
-            device=settings.device,
-            exact_max=settings.exact_search_max,
-            notify=notify,
-        )
+        index = Index.from_settings(settings, encoder=encoder or "auto", notify=notify)
         if reranker is None:
             reranker = reranker_from_settings(
                 settings, force_answer=force_answer, trust_remote_code=trust_remote_code, notify=notify

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from retrv.config import Settings
     from retrv.data.mbeir import MBeirDataset, MBeirQuery
     from retrv.encoders.base import Encoder
+    from retrv.index.build import EncodeStep
     from retrv.index.index import Index
     from retrv.rerank.base import Reranker
 
@@ -43,6 +44,7 @@ class BenchConfig:
     run_file: Path | None = None
     index_dir: Path | None = None
     force_answer: bool = False
+    encode: EncodeStep | None = None  # how pools are encoded (None: in this process; or on Ray, `--ray`)
 
 
 @dataclass
@@ -197,6 +199,7 @@ def _pool_index(
         loader_threads=settings.loader_threads,
         max_megapixels=settings.max_megapixels,
         max_text_bytes=settings.max_text_bytes,
+        encode=config.encode,
         progress=_prefixed(progress, f"index {pool_name}"),
     )
     return index

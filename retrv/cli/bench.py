@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from retrv.cli.common import (
     MaxInspectionsOption,
     MaxNewTokensOption,
     QuietOption,
+    RayAddressOption,
+    RayOption,
+    RayWorkersOption,
     ReasonerOption,
     RerankKOption,
     RerankMode,
@@ -28,12 +31,25 @@ from retrv.cli.common import (
     notice,
     print_json,
     progress_bar,
+    ray_cluster,
     settings_from_flags,
     silence_library,
     stdout_console,
 )
 
+if TYPE_CHECKING:
+    from retrv.index.build import EncodeStep
+    from retrv.index.distributed import RayCluster
+
 app = typer.Typer(help="Benchmarks: recall and cost of the engine on a dataset.", no_args_is_help=True)
+
+
+def _ray_encode_step(cluster: RayCluster | None) -> EncodeStep | None:
+    if cluster is None:
+        return None
+    from retrv.index.distributed import ray_encode_step
+
+    return ray_encode_step(cluster)
 
 
 @app.command("mbeir")
@@ -89,6 +105,9 @@ def mbeir(
         Path | None, typer.Option(metavar="DIR", help="Where pool indices are kept (default: user data dir).")
     ] = None,
     device: DeviceOption = None,
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    ray_workers: RayWorkersOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Run the engine over every query and report Recall@1/5/10 per task (R@5 headline; R@10 for
@@ -131,6 +150,7 @@ def mbeir(
         run_file=run,
         index_dir=index_dir,
         force_answer=force_answer,
+        encode=_ray_encode_step(ray_cluster(ray, ray_address, ray_workers)),
     )
     with progress_bar(quiet) as progress:
         result = run_mbeir(config, settings, progress=progress, notify=notice(quiet))

@@ -8,16 +8,22 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from retrv.cli.common import (
+    AnnMemoryOption,
     DeviceOption,
     EncoderOption,
     IndexOption,
     JsonOption,
     QuietOption,
+    RayAddressOption,
+    RayOption,
+    RayWorkersOption,
+    StorageOptionsOption,
     escape,
     handle_errors,
     notice,
     print_json,
     progress_bar,
+    ray_cluster,
     settings_from_flags,
     silence_library,
     stderr_console,
@@ -72,6 +78,11 @@ def build_index(
             "under a PATH (without it such a build asks on a terminal, else keeps them and says so).",
         ),
     ] = False,
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    ray_workers: RayWorkersOption = None,
+    ann_memory: AnnMemoryOption = None,
+    storage_options: StorageOptionsOption = None,
     quiet: QuietOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every skipped file with its reason.")] = False,
     json_out: JsonOption = False,
@@ -85,14 +96,27 @@ def build_index(
 
     silence_library(quiet)
     settings = settings_from_flags(
-        ctx, index=index, encoder=encoder, batch_size=batch_size, device=device, max_megapixels=max_megapixels
+        ctx,
+        index=index,
+        encoder=encoder,
+        batch_size=batch_size,
+        device=device,
+        max_megapixels=max_megapixels,
+        ann_memory=ann_memory,
+        storage_options=storage_options,
     )
+    cluster = ray_cluster(ray, ray_address, ray_workers)
     missing = [display_text(str(p)) for p in paths if not p.exists() and not p.is_symlink()]
     if missing:
         raise ScanError(f"no such file or folder: {', '.join(missing)}")
     resolve_device(settings.device, origin=settings.origin("device"))
-    idx = Index.open(
-        settings.index, create=True, encoder=settings.encoder, device=settings.device, notify=notice(quiet)
+    encode, ann_shards = None, None
+    if cluster is not None:  # the encoders and an on-disk ANN's shards run on Ray
+        from retrv.index.distributed import ray_encode_step, ray_shard_add
+
+        encode, ann_shards = ray_encode_step(cluster), ray_shard_add(cluster)
+    idx = Index.from_settings(
+        settings, create=True, encoder=settings.encoder, notify=notice(quiet), ann_shards=ann_shards
     )
     err = stderr_console()
     if not quiet:
@@ -110,6 +134,7 @@ def build_index(
             max_megapixels=settings.max_megapixels,
             max_text_bytes=settings.max_text_bytes,
             prune=prune,
+            encode=encode,
             progress=progress,
             should_stop=should_stop,
         )

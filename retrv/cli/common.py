@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from retrv.config import Settings
+    from retrv.index.distributed import RayCluster
     from retrv.progress import ProgressEvent
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,6 +133,45 @@ MaxNewTokensOption = Annotated[
     ),
 ]
 ForceAnswerOption = Annotated[bool, typer.Option("--force-answer", help=FORCE_ANSWER_HELP)]
+StorageOptionsOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="K=V,...",
+        envvar="RETRV_STORAGE_OPTIONS",
+        help="For an --index on object storage (s3://, gs://, az://): LanceDB storage options, e.g. "
+        "aws_endpoint=http://127.0.0.1:9000,allow_http=true (credentials also come from the usual AWS_*, "
+        "GOOGLE_*, AZURE_* variables).",
+    ),
+]
+AnnMemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="SIZE",
+        envvar="RETRV_ANN_MEMORY",
+        help="Memory budget of the ANN index (e.g. 512MB, 4GiB): flat, HNSW or IVF-PQ is chosen to fit; once "
+        "given it holds for the index's later builds.",
+    ),
+]
+RayOption = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Encode on a Ray cluster: a local one started for this run, or the one --ray-address names. The "
+        "files must be readable at the same paths on every node.",
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="ADDRESS",
+        envvar="RAY_ADDRESS",
+        help="With --ray: auto (the cluster running here, from ray start --head), HOST:PORT or ray://HOST:PORT.",
+    ),
+]
+RayWorkersOption = Annotated[
+    int | None,
+    typer.Option(min=1, metavar="N", help="With --ray: encoder actors (default: one per GPU, else per CPU but one)."),
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress, notices or library warnings on stderr.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (schemas in docs/cli.md).")]
 TokenOption = Annotated[
@@ -327,3 +367,22 @@ def print_json(data: Any) -> None:
     from retrv.items import json_text
 
     sys.stdout.write(json_text(data) + "\n")
+
+
+def ray_cluster(ray: bool, address: str | None, workers: int | None) -> RayCluster | None:
+    """The Ray cluster `--ray` asks for (local, or at `address`), or None: this process does the work."""
+    from retrv.errors import UsageError
+
+    if not ray:
+        if workers is not None:
+            raise UsageError("--ray-workers needs --ray")
+        return None
+    try:
+        import ray as _  # noqa: F401
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'retrv[scale]'") from None
+    from retrv.index.distributed import LOCAL, RayCluster, connect
+
+    cluster = RayCluster(address=address or LOCAL, workers=workers)
+    connect(cluster)  # now, before LanceDB starts its runtime: Ray forks its processes, which LanceDB warns about
+    return cluster

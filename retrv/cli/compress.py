@@ -12,6 +12,7 @@ from retrv.cli.common import (
     JsonOption,
     QuietOption,
     ReasonerOption,
+    StorageOptionsOption,
     TrustRemoteCodeOption,
     handle_errors,
     notice,
@@ -28,6 +29,7 @@ def compress(
     ctx: typer.Context,
     reasoner: ReasonerOption = None,
     index: IndexOption = None,
+    storage_options: StorageOptionsOption = None,
     batch_size: Annotated[int, typer.Option(min=1, metavar="N", help="Items per batch (one table write each).")] = 8,
     drop_stale: Annotated[
         bool, typer.Option("--drop-stale", help="Delete the ICM tables of other checkpoints.")
@@ -48,11 +50,11 @@ def compress(
     from retrv.rerank.reasoner import Reasoner
 
     silence_library(quiet)
-    settings = settings_from_flags(ctx, index=index, device=device, reasoner=reasoner)
+    settings = settings_from_flags(ctx, index=index, device=device, reasoner=reasoner, storage_options=storage_options)
     if not settings.reasoner:
         raise UsageError("--reasoner is required: the checkpoint whose tokens to precompute")
     resolve_device(settings.device, origin=settings.origin("device"))
-    idx = Index.open(settings.index)
+    idx = Index.from_settings(settings)
     model = Reasoner.load(settings.reasoner, device=settings.device, trust_remote_code=trust_remote_code)
     notice(quiet)(f"reasoner {settings.reasoner} on {model.device}")
     with stop_on_interrupt() as should_stop, progress_bar(quiet) as progress:

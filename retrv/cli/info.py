@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from retrv.cli.common import IndexOption, JsonOption, handle_errors, print_json, settings_from_flags, stdout_console
+from retrv.cli.common import (
+    IndexOption,
+    JsonOption,
+    StorageOptionsOption,
+    handle_errors,
+    print_json,
+    settings_from_flags,
+    stdout_console,
+)
 
 
 def human_size(n: int) -> str:
@@ -21,16 +29,31 @@ def _describe_ann(ann: dict | None) -> str:
         return "no faiss cache yet (built at the next search)"
     state = "current" if ann["current"] else "stale: updated at the next search"
     size = human_size(ann["file_bytes"]) if ann.get("file_bytes") is not None else "?"
-    return f"{ann['kind']} · cache of table version {ann['version']} ({state}) · {size}"
+    plan = ann.get("plan") or {}
+    chosen = ""
+    if plan.get("factory"):
+        chosen = f" {plan['factory']}" + (", lists memory-mapped" if plan.get("mmap") else "")
+    elif plan.get("nlist"):
+        chosen = f" nlist={plan['nlist']}"
+    if plan.get("expected_bytes") is not None:
+        budget = f" of a {human_size(plan['budget_bytes'])} budget" if plan.get("budget_bytes") else ""
+        chosen += f" · expected memory {human_size(plan['expected_bytes'])}{budget}"
+    return f"{ann['kind']}{chosen} · cache of table version {ann['version']} ({state}) · {size}"
 
 
 @handle_errors
-def info(ctx: typer.Context, index: IndexOption = None, json_out: JsonOption = False) -> None:
-    """Show an index's encoder, dimension, counts per modality, size on disk, version and ANN state."""
+def info(
+    ctx: typer.Context,
+    index: IndexOption = None,
+    storage_options: StorageOptionsOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show an index's encoder, dimension, counts per modality, size on disk, version and ANN state (its kind,
+    parameters and expected memory)."""
     from retrv.index.index import Index
 
-    settings = settings_from_flags(ctx, index=index)
-    data = Index.open(settings.index).info()
+    settings = settings_from_flags(ctx, index=index, storage_options=storage_options)
+    data = Index.from_settings(settings).info()
     if json_out:
         print_json({"schema": "retrv.info/1", **data})
         return

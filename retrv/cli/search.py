@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from retrv.cli.common import (
+    AnnMemoryOption,
     CandidateTokensOption,
     DeviceOption,
     ForceAnswerOption,
@@ -24,6 +25,7 @@ from retrv.cli.common import (
     RerankKOption,
     RerankMode,
     ScoreStyleOption,
+    StorageOptionsOption,
     TokenOption,
     TrustRemoteCodeOption,
     VisualRetracingOption,
@@ -153,6 +155,8 @@ def search(
         typer.Option(metavar="SPEC", help="Refuse to search unless the index was built with this encoder."),
     ] = None,
     device: DeviceOption = None,
+    storage_options: StorageOptionsOption = None,
+    ann_memory: AnnMemoryOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     paths_only: Annotated[
         bool, typer.Option("--paths-only", "-f", help="Print only paths, one per line (for xargs).")
@@ -199,6 +203,8 @@ def search(
         score_style=score_style,
         visual_retracing=visual_retracing,
         server=server,
+        storage_options=storage_options,
+        ann_memory=ann_memory,
     )
     if no_rerank:
         settings = dataclasses.replace(settings, rerank="none", origins={**settings.origins, "rerank": "--no-rerank"})
@@ -265,6 +271,8 @@ SERVER_SIDE_FLAGS = (
     "score_style",
     "visual_retracing",
     "trust_remote_code",
+    "storage_options",
+    "ann_memory",
 )
 
 

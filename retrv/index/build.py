@@ -13,10 +13,12 @@ image file, a text document, inline text, or an image with text). `build_index` 
    its mtime).
 3. A hash the store already holds (a renamed, copied or touched file) reuses the stored vector: no model call.
    Sources sharing a hash within this build are encoded once.
-4. The rest goes through the model in batches. Images are decoded (`retrv.images`) and preprocessed on loader
-   threads, ahead of the model; texts are embedded as documents (`retrv.index.documents`: one vector per
-   text); an image with text gets `encoders.base.combine` of the two. Each batch is one `store.upsert`, so an
-   interrupted build leaves every finished batch readable and the next build picks up where it stopped.
+4. The rest goes through the model in batches, by an `EncodeStep`: `encode_locally` decodes images
+   (`retrv.images`) and preprocesses them on loader threads, ahead of the model on the calling thread;
+   `retrv.index.distributed` does the same on a Ray cluster. Texts are embedded as documents
+   (`retrv.index.documents`: one vector per text); an image with text gets `encoders.base.combine` of the two
+   (`embed_batch`, the same on both). Each batch that comes back is one `store.upsert` here, so an interrupted
+   build leaves every finished batch readable and the next build picks up where it stopped.
 5. Stored rows in the build's scope whose source is gone (or can no longer be read) are deleted: for folders,
    rows under the given roots; for a dataset, every row not among its items. A stopped build deletes nothing,
    and a folder build that would remove more than half of the index, or every row under one of its roots,
@@ -126,6 +128,33 @@ class BuildReport:
         }
 
 
+@dataclass(frozen=True)
+class EncodeJob:
+    """What the model needs of one source to encode: its image file and/or its parsed text."""
+
+    image_path: str | None
+    document: TextDocument | None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What an EncodeStep yields for a batch: positions in its job list and their vectors (one row each)."""
+
+    positions: list[int]
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class Failed:
+    """What an EncodeStep yields for a job it could not use, and why."""
+
+    position: int
+    why: SkipFile
+
+
+EncodeStep = Callable[[list[EncodeJob], "Encoder", "BuildOptions"], Iterator[Encoded | Failed]]
+
+
 @dataclass
 class BuildOptions:
     batch_size: int = 32
@@ -133,6 +162,7 @@ class BuildOptions:
     max_megapixels: float = 64.0
     max_text_bytes: int = 8_000_000
     prune: bool = False  # remove what is gone from disk even when `guard_removal` would hold it back
+    encode: EncodeStep | None = None  # how the new content is encoded (None: `encode_locally`)
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.loader_threads < 1:
@@ -313,17 +343,16 @@ def ingest(
             changed.append(_Work(src, existed=state is not None))
     emit(progress, "scan", len(usable), len(usable), f"{len(usable)} items, {len(changed)} new or changed")
 
-    with pil_limits(options.max_megapixels):
-        pool = ThreadPoolExecutor(max_workers=options.loader_threads, thread_name_prefix="retrv-loader")
-        try:
-            writer = _Writer(store, report, present, progress, should_stop)
-            _hash_all(pool, changed, writer, options.max_text_bytes, chunk_chars_for(encoder))
-            _write_all(pool, writer, encoder, options)
-        except _Stopped:
-            report.stopped = True
-        finally:
-            # Cancel what has not started; a running load finishes its one file. No hang on Ctrl-C.
-            pool.shutdown(wait=True, cancel_futures=True)
+    pool = ThreadPoolExecutor(max_workers=options.loader_threads, thread_name_prefix="retrv-hash")
+    try:
+        writer = _Writer(store, report, present, progress, should_stop)
+        _hash_all(pool, changed, writer, options.max_text_bytes, chunk_chars_for(encoder))
+        pool.shutdown(wait=True)
+        _write_all(writer, encoder, options)
+    except _Stopped:
+        report.stopped = True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # cancel what has not started: no hang on Ctrl-C
 
     if not report.stopped:
         in_scope = (lambda src: any(is_under(src, r) for r in roots)) if roots is not None else (lambda _: True)
@@ -498,70 +527,103 @@ def _read_file(path: str, digest: Any, keep: int = 0) -> bytes:
     return bytes(head)
 
 
-def _write_all(pool: ThreadPoolExecutor, writer: _Writer, encoder: Encoder, options: BuildOptions) -> None:
+def _write_all(writer: _Writer, encoder: Encoder, options: BuildOptions) -> None:
     import numpy as np
 
     for start in range(0, len(writer.reuse), REUSE_BATCH):
         works = writer.reuse[start : start + REUSE_BATCH]
         writer.write(works, np.stack([writer.known[w.content_hash] for w in works]), encoded=False)
 
+    jobs = [EncodeJob(w.source.image_path, w.document) for w in writer.encode]
+    results = (options.encode or encode_locally)(jobs, encoder, options)
+    try:
+        for result in results:
+            if isinstance(result, Failed):
+                writer.skip(writer.encode[result.position], result.why)
+            else:
+                writer.write([writer.encode[i] for i in result.positions], result.vectors, encoded=True)
+    finally:
+        getattr(results, "close", lambda: None)()  # a stopped build stops the step's loaders (or its cluster work)
+
+
+def encode_locally(jobs: list[EncodeJob], encoder: Encoder, options: BuildOptions) -> Iterator[Encoded | Failed]:
+    """The EncodeStep of one process: images decoded and preprocessed on `loader_threads`, at most two batches
+    ahead of the model, which runs on the calling thread; batches of about `batch_size` images and text chunks."""
     image_size = getattr(encoder, "image_size", None)
     draft = 2 * int(image_size) if image_size else None
-    batch: list[tuple[_Work, Any]] = []
-    cost = 0  # images and text chunks in the batch: one model call sees about batch_size of them
-    for w, pixels in _prefetched(pool, writer.encode, 2 * options.batch_size, encoder, options.max_megapixels, draft):
-        if isinstance(pixels, SkipFile):
-            writer.skip(w, pixels)
-            continue
-        size = (pixels is not None) + (len(w.document.chunks) if w.document is not None else 0)
-        if batch and cost + size > options.batch_size:
-            writer.write([b for b, _ in batch], _embed(encoder, batch), encoded=True)
-            batch, cost = [], 0
-        batch.append((w, pixels))
-        cost += size
-    if batch:
-        writer.write([b for b, _ in batch], _embed(encoder, batch), encoded=True)
+    with pil_limits(options.max_megapixels):
+        pool = ThreadPoolExecutor(max_workers=options.loader_threads, thread_name_prefix="retrv-loader")
+        try:
+            batch: list[tuple[int, Any]] = []
+            cost = 0  # images and text chunks in the batch: one model call sees about batch_size of them
+            for i, pixels in _prefetched(pool, jobs, 2 * options.batch_size, encoder, options.max_megapixels, draft):
+                if isinstance(pixels, SkipFile):
+                    yield Failed(i, pixels)
+                    continue
+                document = jobs[i].document
+                size = (pixels is not None) + (len(document.chunks) if document is not None else 0)
+                if batch and cost + size > options.batch_size:
+                    yield _encoded(encoder, jobs, batch)
+                    batch, cost = [], 0
+                batch.append((i, pixels))
+                cost += size
+            if batch:
+                yield _encoded(encoder, jobs, batch)
+        finally:
+            # Cancel what has not started; a running load finishes its one file. No hang on Ctrl-C.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _embed(encoder: Encoder, batch: list[tuple[_Work, Any]]) -> np.ndarray:
-    """One vector per work: its image's, its text's, or `combine` of both (one model call per modality)."""
+def _encoded(encoder: Encoder, jobs: list[EncodeJob], batch: list[tuple[int, Any]]) -> Encoded:
+    positions = [i for i, _ in batch]
+    return Encoded(positions, embed_batch(encoder, [p for _, p in batch], [jobs[i].document for i in positions]))
+
+
+def embed_batch(encoder: Encoder, pixels: list[Any], documents: list[TextDocument | None]) -> np.ndarray:
+    """One vector per item: its image's (preprocessed `pixels`, None without an image), its document's, or
+    `combine` of both; one model call per modality."""
     import numpy as np
 
     from retrv.encoders.base import combine
 
-    out = np.zeros((len(batch), encoder.dim), dtype=np.float32)
-    with_image = [i for i, (_, pixels) in enumerate(batch) if pixels is not None]
-    with_text = [i for i, (w, _) in enumerate(batch) if w.document is not None]
+    out = np.zeros((len(pixels), encoder.dim), dtype=np.float32)
+    with_image = [i for i, p in enumerate(pixels) if p is not None]
+    texts = [(i, d) for i, d in enumerate(documents) if d is not None]
+    with_text = [i for i, _ in texts]
     if with_image:
-        out[with_image] = encoder.encode_pixels([batch[i][1] for i in with_image])
-    if with_text:
-        documents = [batch[i][0].document for i in with_text]
-        text_vectors = embed_documents(encoder, documents)  # type: ignore[arg-type]
+        out[with_image] = encoder.encode_pixels([pixels[i] for i in with_image])
+    if texts:
+        text_vectors = embed_documents(encoder, [d for _, d in texts])
         for i, vector in zip(with_text, text_vectors, strict=True):
-            out[i] = combine(out[i], vector) if batch[i][1] is not None else vector
+            out[i] = combine(out[i], vector) if pixels[i] is not None else vector
     return out
 
 
 def _prefetched(
-    pool: ThreadPoolExecutor, works: list[_Work], ahead: int, encoder: Encoder, max_megapixels: float, draft: int | None
-) -> Iterator[tuple[_Work, Any]]:
-    """Yield (work, preprocessed pixels, None without an image, or SkipFile) in order, `ahead` loads in flight."""
+    pool: ThreadPoolExecutor,
+    jobs: list[EncodeJob],
+    ahead: int,
+    encoder: Encoder,
+    max_megapixels: float,
+    draft: int | None,
+) -> Iterator[tuple[int, Any]]:
+    """Yield (position, preprocessed pixels, None without an image, or SkipFile) in order, `ahead` in flight."""
     queue: deque = deque()
-    todo = iter(works)
+    todo = iter(enumerate(jobs))
 
     def top_up() -> None:
-        while len(queue) < ahead and (w := next(todo, None)) is not None:
-            path = w.source.image_path
-            queue.append((w, pool.submit(_load_pixels, encoder, path, max_megapixels, draft) if path else None))
+        while len(queue) < ahead and (job := next(todo, None)) is not None:
+            i, path = job[0], job[1].image_path
+            queue.append((i, pool.submit(_load_pixels, encoder, path, max_megapixels, draft) if path else None))
 
     top_up()
     while queue:
-        w, future = queue.popleft()
+        i, future = queue.popleft()
         top_up()
         try:
-            yield w, future.result() if future is not None else None
+            yield i, future.result() if future is not None else None
         except SkipFile as e:
-            yield w, e
+            yield i, e
 
 
 def _load_pixels(encoder: Encoder, path: str, max_megapixels: float, draft: int | None) -> Any:

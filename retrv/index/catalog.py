@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrv.config import data_dir, resolve_index_path
-from retrv.errors import IndexNotFoundError, RetrvError
+from retrv.errors import IndexNotFoundError, RetrvError, UsageError
 
 if TYPE_CHECKING:
     from retrv.index.repair import RepairReport
@@ -76,7 +76,7 @@ def remove_index(index: str | os.PathLike[str]) -> tuple[Path, list[str]]:
     from retrv.index.lock import LOCK_FILE, write_lock
     from retrv.index.store import META_FILE
 
-    root = _existing_root(index)
+    root = _existing_root(index, "retrv index rm")
     with write_lock(root, wait=False):
         (root / META_FILE).unlink()  # first: a half-deleted folder is no longer an index
         for folder in INDEX_FOLDERS:
@@ -94,16 +94,26 @@ def repair_index(index: str | os.PathLike[str] | None, *, notify: Callable[[str]
     from retrv.index.repair import repair
     from retrv.index.store import items_schema, read_meta
 
-    root = resolve_index_path(index)
+    root = _local_root(index, "retrv index repair")
     meta = read_meta(root)
     with write_lock(root, notify=notify):
         return repair(root, schema=items_schema(meta.dim))
 
 
-def _existing_root(index: str | os.PathLike[str]) -> Path:
+def _local_root(index: str | os.PathLike[str] | None, command: str) -> Path:
+    root = resolve_index_path(index)
+    if isinstance(root, str):
+        raise UsageError(
+            f"{command} works on a local index; {root} is on object storage, whose versions Lance commits whole "
+            "(use the object store's or Lance's own tools there)"
+        )
+    return root
+
+
+def _existing_root(index: str | os.PathLike[str], command: str = "retrv index list") -> Path:
     from retrv.index.store import META_FILE
 
-    root = resolve_index_path(index)
+    root = _local_root(index, command)
     if not (root / META_FILE).is_file():
         raise IndexNotFoundError(f"no index at {root}" + known_names_hint())
     return root

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from retrv.config import Settings
     from retrv.encoders.base import Encoder
-    from retrv.index.ann import AnnIndex
+    from retrv.index.ann import AnnIndex, ShardAdd
     from retrv.index.build import BuildReport, Source
     from retrv.index.filters import SearchFilter
     from retrv.index.store import Store
@@ -69,18 +70,24 @@ class Index:
         self,
         store: Store | None,
         *,
-        root: Path | None = None,
+        root: Path | str | None = None,
         device: str = "auto",
         exact_max: int = 50_000,
+        ann_memory: int | None = None,
+        storage_options: dict[str, str] | None = None,
         encoder: Encoder | None = None,
         notify: Callable[[str], None] | None = None,
+        ann_shards: ShardAdd | None = None,
     ) -> None:
         if store is None and (root is None or encoder is None):
             raise ValueError("an index not created yet needs its root and its encoder")
         self._store = store
-        self.root = store.root if store is not None else Path(root)  # type: ignore[arg-type]
+        self.root: Path | str = store.root if store is not None else root  # type: ignore[assignment]  # checked above
         self.device = device
         self.exact_max = exact_max
+        self.ann_memory = ann_memory
+        self.ann_shards = ann_shards  # who fills the shards of an on-disk IVF-PQ (None: this process)
+        self.storage_options = dict(storage_options or (store.storage_options if store is not None else {}))
         self.notify = notify
         self._encoder = encoder
         self._ann: AnnIndex | None = None
@@ -95,13 +102,18 @@ class Index:
         encoder: str | Encoder = "auto",
         device: str = "auto",
         exact_max: int = 50_000,
+        ann_memory: int | None = None,
+        storage_options: dict[str, str] | None = None,
         notify: Callable[[str], None] | None = None,
+        ann_shards: ShardAdd | None = None,
     ) -> Index:
-        """Open the index at `index` (a name under the user data dir, or a directory).
+        """Open the index at `index` (a name under the user data dir, a directory, or an object-store URI such as
+        `s3://bucket/prefix`, reached with `storage_options`).
 
         `encoder` (a spec string, or a loaded encoder) other than "auto" must match the one the index was built
         with; with `create`, a missing index will be created with that encoder ("auto" resolves to CLIP, else
-        `lite`).
+        `lite`). `ann_memory` (bytes) is the budget the ANN kind is chosen for (`retrv.index.ann_plan`); an on-disk
+        IVF-PQ's shards are filled by `ann_shards` when given (`retrv.index.distributed.ray_shard_add`).
         """
         from retrv.encoders.registry import canonical_spec, load_encoder
         from retrv.index.store import Store
@@ -109,14 +121,22 @@ class Index:
         root = resolve_index_path(index)
         loaded = None if isinstance(encoder, str) else encoder
         spec = encoder if isinstance(encoder, str) else encoder.spec
-        if Store.exists(root):
-            store = Store.open(root)
+        if Store.exists(root, storage_options):
+            store = Store.open(root, storage_options)
             if spec not in (None, "", "auto") and canonical_spec(spec) != store.meta.encoder:
                 raise EncoderMismatchError(
                     f"index {root} was built with encoder {store.meta.encoder!r}, not {canonical_spec(spec)!r}; "
                     "drop --encoder to use the index's own, or build a new index with --index OTHER"
                 )
-            return cls(store, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
+            return cls(
+                store,
+                device=device,
+                exact_max=exact_max,
+                ann_memory=ann_memory,
+                encoder=loaded,
+                notify=notify,
+                ann_shards=ann_shards,
+            )
         if not create:
             from retrv.index.catalog import known_names_hint
 
@@ -125,7 +145,41 @@ class Index:
                 + known_names_hint()
             )
         loaded = loaded or load_encoder(spec or "auto", device=device, notify=notify)
-        return cls(None, root=root, device=device, exact_max=exact_max, encoder=loaded, notify=notify)
+        return cls(
+            None,
+            root=root,
+            device=device,
+            exact_max=exact_max,
+            ann_memory=ann_memory,
+            storage_options=storage_options,
+            encoder=loaded,
+            notify=notify,
+            ann_shards=ann_shards,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        create: bool = False,
+        encoder: str | Encoder = "auto",
+        notify: Callable[[str], None] | None = None,
+        ann_shards: ShardAdd | None = None,
+    ) -> Index:
+        """`Index.open` with what `settings` say: the index, the device, the exact and memory limits of the ANN, the
+        object-store options (`encoder` and `ann_shards` as in `open`)."""
+        return cls.open(
+            settings.index,
+            create=create,
+            encoder=encoder,
+            device=settings.device,
+            exact_max=settings.exact_search_max,
+            ann_memory=settings.ann_memory_bytes,
+            storage_options=settings.storage,
+            notify=notify,
+            ann_shards=ann_shards,
+        )
 
     @property
     def created(self) -> bool:
@@ -156,9 +210,10 @@ class Index:
 
     def _refuse_unembeddable(self, sources: list[Source]) -> None:
         """A new index is not created (and locked to its encoder) when the encoder can embed none of `sources`."""
+        from retrv.index.store import Store
         from retrv.scan import ENCODER_NO_IMAGES, ENCODER_NO_TEXT
 
-        if self._store is not None or (self.root / "retrv.json").is_file():
+        if self._store is not None or Store.exists(self.root, self.storage_options):
             return
         usable = [s for s in sources if not (s.needs - self.encoder.modalities)]
         refused = len(sources) - len(usable)
@@ -179,8 +234,8 @@ class Index:
         self._refuse_unembeddable(sources)
         with write_lock(self.root, notify=self.notify):
             if self._store is None:
-                if Store.exists(self.root):
-                    store = Store.open(self.root)
+                if Store.exists(self.root, self.storage_options):
+                    store = Store.open(self.root, self.storage_options)
                     if store.meta.encoder != self.encoder.spec:
                         raise EncoderMismatchError(
                             f"index {self.root} was created meanwhile by another build, with encoder "
@@ -189,7 +244,12 @@ class Index:
                         )
                     self._store = store
                 else:
-                    self._store = Store.create(self.root, encoder_spec=self.encoder.spec, dim=self.encoder.dim)
+                    self._store = Store.create(
+                        self.root,
+                        encoder_spec=self.encoder.spec,
+                        dim=self.encoder.dim,
+                        storage_options=self.storage_options,
+                    )
             yield self._store
 
     def add(
@@ -280,7 +340,13 @@ class Index:
         self.store.refresh()
         identity = self.store.identity() or f"v{self.store.version()}"
         if self._ann is None or self._ann_identity != identity:
-            self._ann = AnnIndex.load_or_build(self.store, exact_max=self.exact_max, progress=progress)
+            self._ann = AnnIndex.load_or_build(
+                self.store,
+                exact_max=self.exact_max,
+                progress=progress,
+                budget=self.ann_memory,
+                add_shards=self.ann_shards,
+            )
             self._ann_identity = identity
         return self._ann
 

@@ -4,6 +4,12 @@ Every command that writes an index (creating it, building, compressing, repairin
 write; readers never take it (Lance versions keep them consistent). A second writer waits for the first and
 says so, so two first builds of one new index serialise: the second finds the index the first created and
 adds its own files to it, instead of creating a table over it.
+
+An index on object storage has no lock: object stores have no advisory locks, and a lock object would outlive
+a writer that died. What keeps it consistent there is Lance's conditional commit: every version is committed
+only if no other writer committed that version first (then Lance retries the commit, or fails it as a conflict,
+which is a one-line error; run the build again), and of two processes creating the same index the second is
+refused (`Store.create`). Two builds of one remote index at once are not serialised: run one at a time.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ LOCK_FILE = "write.lock"
 
 
 @contextmanager
-def write_lock(root: Path, *, notify: Callable[[str], None] | None = None, wait: bool = True) -> Iterator[None]:
+def write_lock(root: Path | str, *, notify: Callable[[str], None] | None = None, wait: bool = True) -> Iterator[None]:
     """Hold the index's write lock (creating `root` if needed), waiting for another writer to finish, or with
-    `wait=False` raising IndexBusyError at once (for what must not run beside a build: rm, compact)."""
+    `wait=False` raising IndexBusyError at once (for what must not run beside a build: rm, compact); nothing
+    for an index on object storage (a URI; see the module doc)."""
+    if isinstance(root, str):
+        yield
+        return
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks; writers are not serialised

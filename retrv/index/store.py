@@ -6,6 +6,12 @@ Layout of an index root:
     lance/          LanceDB: `items` (one row per Item + its vector) and side tables (e.g. `icm_<reasoner>`)
     ann/            faiss cache, one file per `items` version (see `retrv.index.ann`)
 
+An index on object storage (`s3://bucket/prefix`, `gs://…`, `az://…`) has the same `lance/` under its URI,
+reached with Lance's own object-store client (credentials and endpoint from the usual environment variables,
+or `storage_options`). It has no `retrv.json`: the same IndexMeta lives in the `items` table's schema metadata
+(every index writes it there), which Lance commits with the table's first version, so a half-created index
+cannot exist. Its faiss cache lives on the local disk (`ann_dir`).
+
 Every write is one Lance version, so a reader always sees the last complete write and an
 interrupted build leaves the previous version readable. A Store keeps reading the version it last
 saw until `refresh()`.
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from retrv.config import cache_dir, is_uri
 from retrv.errors import DiskFullError, IndexDamagedError, IndexNotFoundError, IndexSchemaError, RetrvError
 from retrv.index.filters import sql_quote
 from retrv.items import Item
@@ -44,6 +51,7 @@ ITEM_COLUMNS = ("id", "source", "modality", "text", "image_path", "mtime", "size
 _IN_CHUNK = 2000  # values per `col IN (...)` filter
 _SIDE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SHAPE_KEY = b"retrv.shape"
+_META_KEY = b"retrv.meta"
 
 
 @dataclass(frozen=True)
@@ -111,12 +119,15 @@ def lance_errors(method: F) -> F:
             )
         if "lance" not in text.lower():
             return exc
-        if not (self.root / META_FILE).is_file():
+        if self.remote:
+            first = " ".join(text.split())[:300]
+            return RetrvError(f"index {self.root} could not be read or written on its object store ({first})")
+        if not (Path(self.root) / META_FILE).is_file():
             return IndexNotFoundError(f"index {self.root} no longer exists (it was removed while in use)")
         from retrv.index.repair import describe_damage
 
         return IndexDamagedError(
-            f"index {self.root} is damaged ({describe_damage(self.root, exc)}); "
+            f"index {self.root} is damaged ({describe_damage(Path(self.root), exc)}); "
             f"run `retrv index repair --index {self.root}`, then build-index to add back what it lost"
         )
 
@@ -141,16 +152,35 @@ def lance_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def read_meta(root: Path) -> IndexMeta:
-    """The index's `retrv.json`, checked; IndexNotFoundError or IndexSchemaError with what is wrong."""
-    meta_path = root / META_FILE
-    if not meta_path.is_file():
-        raise IndexNotFoundError(f"no index at {root}; build one with: retrv build-index FOLDER --index {root}")
+def is_remote(root: Path | str) -> bool:
+    """An index on object storage: its root is a URI string (`config.resolve_index_path`)."""
+    return isinstance(root, str) and is_uri(root)
+
+
+def read_meta(root: Path | str, storage_options: dict[str, str] | None = None) -> IndexMeta:
+    """The index's meta (`retrv.json`, or the table's schema metadata on object storage), checked;
+    IndexNotFoundError or IndexSchemaError with what is wrong."""
+    missing = IndexNotFoundError(f"no index at {root}; build one with: retrv build-index FOLDER --index {root}")
+    if is_remote(root):
+        where = f"{root} (items table metadata)"
+        table = _open_remote_items(str(root), storage_options)
+        text = (table.schema.metadata or {}).get(_META_KEY) if table is not None else None
+        if text is None:
+            raise missing
+    else:
+        meta_path = Path(root) / META_FILE
+        if not meta_path.is_file():
+            raise missing
+        where, text = str(meta_path), meta_path.read_bytes()
+    return _checked_meta(root, where, text)
+
+
+def _checked_meta(root: Path | str, where: str, text: bytes) -> IndexMeta:
     try:
-        raw = json.loads(meta_path.read_text())
+        raw = json.loads(text)
         meta = IndexMeta(**{f: raw[f] for f in IndexMeta.__dataclass_fields__})
     except (ValueError, KeyError, TypeError) as e:
-        raise IndexSchemaError(f"{meta_path}: not a valid retrv index file ({e})") from None
+        raise IndexSchemaError(f"{where}: not a valid retrv index file ({e})") from None
     if not isinstance(meta.schema_version, int) or meta.schema_version > SCHEMA_VERSION:
         raise IndexSchemaError(
             f"index {root} has schema version {meta.schema_version!r}, but this retrv "
@@ -163,6 +193,38 @@ def _write_meta(root: Path, meta: IndexMeta) -> None:
     tmp = root / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
     tmp.replace(root / META_FILE)
+
+
+def _connect(root: Path | str, storage_options: dict[str, str] | None) -> Any:
+    """The LanceDB database of the index at `root`; on object storage, a store that cannot be reached or refuses
+    is a one-line error."""
+    if not is_remote(root):
+        return _lancedb().connect(str(Path(root) / "lance"))
+    try:
+        return _lancedb().connect(f"{root}/lance", storage_options=storage_options or None)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise _unreachable(root, e) from None
+
+
+def _unreachable(root: Path | str, exc: BaseException) -> RetrvError:
+    detail = " ".join(str(exc).split())[:300]
+    return RetrvError(
+        f"index {root}: its object store could not be reached or refused the request ({detail}); check the "
+        "endpoint and credentials (AWS_*, GOOGLE_*, AZURE_* variables or --storage-options)"
+    )
+
+
+def _open_remote_items(uri: str, storage_options: dict[str, str] | None) -> Any:
+    """The `items` table of the index at `uri`, or None when there is none."""
+    db = _connect(uri, storage_options)
+    try:
+        return db.open_table(ITEMS)
+    except ValueError as e:
+        if "not found" in str(e).lower():  # LanceDB: "Table 'items' was not found"
+            return None
+        raise _unreachable(uri, e) from None
+    except (OSError, RuntimeError) as e:
+        raise _unreachable(uri, e) from None
 
 
 def _fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = np.float32) -> np.ndarray:
@@ -178,30 +240,57 @@ def _fixed_list_to_numpy(column: pa.ChunkedArray | pa.Array, dtype: Any = np.flo
 
 
 class Store:
-    """One index root. Create with `Store.create`, open with `Store.open`."""
+    """One index root (a local directory, or an object-store URI). Create with `Store.create`, open with
+    `Store.open`."""
 
-    def __init__(self, root: Path, meta: IndexMeta, db: Any, table: Any) -> None:
+    def __init__(
+        self, root: Path | str, meta: IndexMeta, db: Any, table: Any, storage_options: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.meta = meta
+        self.storage_options = dict(storage_options or {})
         self._db = db
         self._table = table
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
+    @property
+    def ann_dir(self) -> Path:
+        """Where the faiss cache lives (its files are keyed by table version and identity)."""
+        return self.local_folder("ann")
+
+    def local_folder(self, name: str) -> Path:
+        """A folder of files derived from the index (`ann`, `thumbs`): in the index, or for an index on object
+        storage in the local cache dir, one folder per URI."""
+        if not self.remote:
+            return Path(self.root) / name
+        slug = hashlib.blake2b(str(self.root).encode(), digest_size=8).hexdigest()
+        return cache_dir() / name / slug
+
     @staticmethod
-    def exists(root: str | os.PathLike[str]) -> bool:
+    def exists(root: Path | str, storage_options: dict[str, str] | None = None) -> bool:
+        if is_remote(root):
+            table = _open_remote_items(str(root), storage_options)
+            return table is not None and _META_KEY in (table.schema.metadata or {})
         return (Path(root) / META_FILE).is_file()
 
     @classmethod
-    def create(cls, root: str | os.PathLike[str], *, encoder_spec: str, dim: int) -> Store:
-        """A new, empty index at `root`. Hold the index's write lock (`index/lock.py`): a table left by a create
-        that crashed before `retrv.json` was written is dropped here, which would drop another writer's."""
-        root = Path(root).expanduser().resolve()
-        if cls.exists(root):
+    def create(
+        cls, root: Path | str, *, encoder_spec: str, dim: int, storage_options: dict[str, str] | None = None
+    ) -> Store:
+        """A new, empty index at `root`. Hold the index's write lock (`index/lock.py`): a local table left by a
+        create that crashed before `retrv.json` was written is dropped here, which would drop another writer's.
+        On object storage, where there is no lock, the table is created with Lance's conditional commit: of two
+        creates, the second fails and says so."""
+        root = root if is_remote(root) else Path(root).expanduser().resolve()
+        if cls.exists(root, storage_options):
             raise RetrvError(f"an index already exists at {root}; open it, or choose another --index")
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
-        root.mkdir(parents=True, exist_ok=True)
         meta = IndexMeta(
             SCHEMA_VERSION,
             encoder_spec,
@@ -209,19 +298,34 @@ class Store:
             _retrv_version(),
             datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        db = _lancedb().connect(str(root / "lance"))
-        if ITEMS in db.list_tables(limit=None).tables:  # left by a create that crashed before retrv.json
-            db.drop_table(ITEMS)
-        table = db.create_table(ITEMS, schema=items_schema(meta.dim))
-        _write_meta(root, meta)  # retrv.json last: its presence means the index is complete
-        return cls(root, meta, db, table)
+        meta_text = json.dumps(asdict(meta), indent=2) + "\n"
+        schema = items_schema(meta.dim).with_metadata({_META_KEY: meta_text.encode()})
+        store = cls(root, meta, None, None, storage_options)
+        if store.remote:
+            store._db = _connect(root, storage_options)
+            try:
+                store._table = store._db.create_table(ITEMS, schema=schema, mode="create")
+            except (ValueError, OSError, RuntimeError) as e:
+                raise RetrvError(
+                    f"could not create an index at {root}: another writer created it meanwhile, or the object "
+                    f"store refused ({' '.join(str(e).split())[:200]}); run again to add to it"
+                ) from None
+            return store
+        local = Path(root)
+        local.mkdir(parents=True, exist_ok=True)
+        store._db = _connect(root, None)
+        if ITEMS in store._db.list_tables(limit=None).tables:  # left by a create that crashed before retrv.json
+            store._db.drop_table(ITEMS)
+        store._table = store._db.create_table(ITEMS, schema=schema)
+        _write_meta(local, meta)  # retrv.json last: its presence means the index is complete
+        return store
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str]) -> Store:
-        root = Path(root).expanduser().resolve()
-        meta = read_meta(root)
-        db = _lancedb().connect(str(root / "lance"))
-        store = cls(root, meta, db, None)
+    def open(cls, root: Path | str, storage_options: dict[str, str] | None = None) -> Store:
+        root = root if is_remote(root) else Path(root).expanduser().resolve()
+        meta = read_meta(root, storage_options)
+        store = cls(root, meta, None, None, storage_options)
+        store._db = _connect(root, storage_options)
         store._table = store._open_items()
         return store
 
@@ -238,13 +342,36 @@ class Store:
     def version(self) -> int:
         return int(self._table.version)
 
+    @lance_errors
+    def checkout(self, version: int) -> None:
+        """Read version `version` (until `refresh`)."""
+        self._table.checkout(version)
+
+    @lance_errors
+    def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, vectors) of rows [start, stop) in the order `iter_vectors` reads them (for shards built apart)."""
+        query = self._table.search().select(["key", "vector"]).offset(start).limit(stop - start)
+        table = query.to_arrow()
+        return table.column("key").to_numpy(), _fixed_list_to_numpy(table.column("vector"))
+
     def identity(self, version: int | None = None) -> str:
         """What tells version `version` (default: the current one) of this table from a version of the same
-        number of another table at the same path (the index re-created, or rolled back and written again):
-        the version and its manifest file's inode, size and modification time. Caches of derived data (the
-        faiss index) are keyed by it. '' when there is no such manifest (cleaned up, or not a local file)."""
+        number of another table at the same place (the index re-created, or rolled back and written again).
+        Caches of derived data (the faiss index) are keyed by it. '' when that version is gone.
+
+        Locally: the version and its manifest file's inode, size and modification time (a stat: every search
+        asks). On object storage, where there are no inodes: the version and the time Lance committed it, read
+        from its manifest (the current version's is already loaded)."""
         v = self.version() if version is None else version
-        folder = self.root / "lance" / f"{ITEMS}.lance" / "_versions"
+        if self.remote:
+            try:
+                dataset = self._table.to_lance()
+                if dataset.version != v:
+                    dataset = dataset.checkout_version(v)
+                return f"{v}:{dataset.get_version()['timestamp'].isoformat()}"
+            except (OSError, RuntimeError, ValueError):
+                return ""
+        folder = Path(self.root) / "lance" / f"{ITEMS}.lance" / "_versions"
         for name in (f"{2**64 - 1 - v}.manifest", f"{v}.manifest"):  # Lance's v2 and v1 manifest names
             try:
                 st = os.stat(folder / name)
@@ -417,8 +544,13 @@ class Store:
         counts = pc.value_counts(self._scan(["modality"]).column("modality")).to_pylist()
         return {c["values"]: int(c["counts"]) for c in sorted(counts, key=lambda c: str(c["values"]))}
 
+    @lance_errors
     def size_on_disk(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        """Bytes of the index: every file under a local root; on object storage, the files of the current
+        version of `items` (what Lance's manifest counts)."""
+        if self.remote:
+            return int(self._table.to_lance().get_version()["metadata"].get("total_files_size", 0))
+        return sum(p.stat().st_size for p in Path(self.root).rglob("*") if p.is_file())
 
     # ---- side tables (precomputed reasoner data, e.g. icm_<reasoner-id>) --------------------
 
@@ -551,7 +683,8 @@ class Store:
             return
         self._table.add_columns({"date": "mtime"})
         self.meta = IndexMeta(**{**asdict(self.meta), "schema_version": SCHEMA_VERSION})
-        _write_meta(self.root, self.meta)
+        if not self.remote:  # an index on object storage was made with schema 2 or later: none gets here
+            _write_meta(Path(self.root), self.meta)
 
     def _items_arrow(self, items: Sequence[Item], vectors: np.ndarray, written: int) -> pa.Table:
         import pyarrow as pa

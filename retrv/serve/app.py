@@ -98,8 +98,8 @@ class _Api:
         from retrv.serve.thumbnails import MEDIA_TYPE, thumbnail
 
         def make() -> bytes:
-            index, item = self._item(request)
-            return thumbnail(index, item, max_megapixels=self.limits.max_megapixels)
+            folder, item = self._item(request)
+            return thumbnail(folder, item, max_megapixels=self.limits.max_megapixels)
 
         data = await self._in_time(lambda: self._in_thread(make))
         return _image(data, MEDIA_TYPE)
@@ -115,9 +115,10 @@ class _Api:
         return _image(data, MEDIA_TYPE)
 
     def _item(self, request: Request) -> tuple[Path, Any]:
+        """The thumbnail folder of the request's index, and its item."""
         index = request.query_params.get("index") or None
-        root = self.service.resolve(index).engine.index.root
-        return root, self.service.item(index, request.path_params["item_id"])
+        thumbs = self.service.resolve(index).engine.index.store.local_folder("thumbs")
+        return thumbs, self.service.item(index, request.path_params["item_id"])
 
     async def _fields(self, request: Request) -> dict[str, list[Term]]:
         """The request's fields, from its query string (GET), or its JSON or multipart body (POST)."""

@@ -28,9 +28,9 @@ _HASH = re.compile(r"^[0-9a-f]{8,128}$")
 _RENDERS = threading.BoundedSemaphore(os.cpu_count() or 1)
 
 
-def thumbnail(root: Path, item: Item, *, max_megapixels: float) -> bytes:
-    """The item's thumbnail (at most THUMB_SIDE pixels a side), from the cache or made and cached now."""
-    cached = root / "thumbs" / f"{item.content_hash}.{THUMB_SIDE}.webp" if _HASH.match(item.content_hash) else None
+def thumbnail(folder: Path, item: Item, *, max_megapixels: float) -> bytes:
+    """The item's thumbnail (at most THUMB_SIDE pixels a side), from the cache in `folder` or made and cached now."""
+    cached = folder / f"{item.content_hash}.{THUMB_SIDE}.webp" if _HASH.match(item.content_hash) else None
     if cached is not None and cached.is_file():
         return cached.read_bytes()
     data = render(item, THUMB_SIDE, max_megapixels=max_megapixels, quality=80)

@@ -76,6 +76,7 @@ def test_cache_is_reused_when_the_version_is_unchanged(store):
         "current": True,
         "file": str(first.path),
         "file_bytes": first.path.stat().st_size,
+        "plan": {"kind": "flat", "expected_bytes": 300 * (4 * store.meta.dim + 9), "budget_bytes": None},
     }
 
 

@@ -1,0 +1,94 @@
+"""An index on object storage: build, search, incremental rebuild and info on s3://bucket/prefix, through the CLI,
+against an S3 endpoint on 127.0.0.1 (moto's server, which speaks the S3 HTTP protocol to Lance's own client)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+moto_server = pytest.importorskip("moto.server")
+
+from retrv.cli.app import app  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A bucket on an S3 server on 127.0.0.1 (a free port); the credentials come from the usual variables."""
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_REGION", "us-east-1")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="retrv-test")
+        yield endpoint
+    server.stop()
+
+
+def cli(*args: str) -> object:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_object_storage_build_search_rebuild_info(s3_endpoint, sample_photos_dir, tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    shutil.copytree(sample_photos_dir, photos)
+    uri = "s3://retrv-test/indexes/photos/"  # a trailing slash is the same index
+    monkeypatch.setenv("RETRV_STORAGE_OPTIONS", f"aws_endpoint={s3_endpoint},allow_http=true")
+    common = ["--index", uri, "--quiet"]
+
+    first = json.loads(cli("build-index", str(photos), *common, "--encoder", "lite", "--json").stdout)
+    assert first["index"] == uri.rstrip("/") and first["added"] == len(list(photos.iterdir()))
+
+    hits = json.loads(cli("search", "a cup of coffee", *common, "--json", "--k", "3").stdout)["hits"]
+    assert hits[0]["source"].endswith("coffee.jpg")
+
+    (photos / "rocket.jpg").unlink()
+    shutil.copy(photos / "chelsea.jpg", photos / "chelsea-copy.jpg")
+    second = json.loads(cli("build-index", str(photos), *common, "--json").stdout)
+    assert (second["added"], second["reused"], second["removed"], second["encoded"]) == (1, 1, 1, 0)
+
+    info = json.loads(cli("info", "--index", uri, "--json").stdout)
+    assert info["path"] == uri.rstrip("/") and info["items"] == len(list(photos.iterdir()))
+    assert info["encoder"] == "lite" and info["size_bytes"] > 0
+    assert info["ann"]["current"] is True and info["ann"]["kind"] == "flat"
+    assert not info["ann"]["file"].startswith("s3://")  # the faiss cache is local, keyed by the table version
+
+    text = cli("info", "--index", uri).stdout
+    assert "cache of table version" in text and "expected memory" in text
+
+
+def test_object_storage_missing_index_and_bad_endpoint_are_one_line_errors(s3_endpoint, monkeypatch):
+    monkeypatch.setenv("RETRV_STORAGE_OPTIONS", f"aws_endpoint={s3_endpoint},allow_http=true")
+    result = runner.invoke(app, ["info", "--index", "s3://retrv-test/nothing-here"])
+    assert result.exit_code == 1 and "no index at s3://retrv-test/nothing-here" in result.stderr
+    result = runner.invoke(app, ["index", "repair", "--index", "s3://retrv-test/nothing-here"])
+    assert result.exit_code == 1 and "object storage" in result.stderr
+    result = runner.invoke(app, ["info", "--index", "s3://retrv-test/x", "--storage-options", "no-equals-sign"])
+    assert result.exit_code == 1 and "--storage-options" in result.stderr
+    refused = "aws_endpoint=http://127.0.0.1:1,allow_http=true"  # nothing listens on port 1
+    result = runner.invoke(app, ["info", "--index", "s3://retrv-test/x", "--storage-options", refused])
+    assert result.exit_code == 1 and "could not be reached" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_object_storage_second_create_is_refused(s3_endpoint, monkeypatch):
+    from retrv.errors import RetrvError
+    from retrv.index.store import Store
+
+    options = {"aws_endpoint": s3_endpoint, "allow_http": "true"}
+    Store.create("s3://retrv-test/twice", encoder_spec="x", dim=4, storage_options=options)
+    with pytest.raises(RetrvError, match="already exists"):
+        Store.create("s3://retrv-test/twice", encoder_spec="x", dim=4, storage_options=options)
+    assert Store.open("s3://retrv-test/twice", options).meta.dim == 4
