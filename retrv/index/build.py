@@ -346,8 +346,9 @@ def ingest(
     pool = ThreadPoolExecutor(max_workers=options.loader_threads, thread_name_prefix="retrv-hash")
     try:
         writer = _Writer(store, report, present, progress, should_stop)
-        _hash_all(pool, changed, writer, options.max_text_bytes, chunk_chars_for(encoder))
-        pool.shutdown(wait=True)
+        with pil_limits(options.max_megapixels):  # hashing reads each image's header for its EXIF date
+            _hash_all(pool, changed, writer, options.max_text_bytes, chunk_chars_for(encoder))
+            pool.shutdown(wait=True)
         _write_all(writer, encoder, options)
     except _Stopped:
         report.stopped = True

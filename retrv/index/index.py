@@ -337,18 +337,19 @@ class Index:
         """The faiss index for the store's current version (loaded from cache, updated or built)."""
         from retrv.index.ann import AnnIndex
 
-        self.store.refresh()
-        identity = self.store.identity() or f"v{self.store.version()}"
-        if self._ann is None or self._ann_identity != identity:
-            self._ann = AnnIndex.load_or_build(
-                self.store,
-                exact_max=self.exact_max,
-                progress=progress,
-                budget=self.ann_memory,
-                add_shards=self.ann_shards,
-            )
-            self._ann_identity = identity
-        return self._ann
+        with self.store.version_lock:  # another thread's refresh must not move the table under the build
+            self.store.refresh()
+            identity = self.store.identity() or f"v{self.store.version()}"
+            if self._ann is None or self._ann_identity != identity:
+                self._ann = AnnIndex.load_or_build(
+                    self.store,
+                    exact_max=self.exact_max,
+                    progress=progress,
+                    budget=self.ann_memory,
+                    add_shards=self.ann_shards,
+                )
+                self._ann_identity = identity
+            return self._ann
 
     def embed_query(self, query: Query | str) -> np.ndarray:
         """One L2-normalised vector for a (possibly composed) query."""

@@ -14,7 +14,8 @@ cannot exist. Its faiss cache lives on the local disk (`ann_dir`).
 
 Every write is one Lance version, so a reader always sees the last complete write and an
 interrupted build leaves the previous version readable. A Store keeps reading the version it last
-saw until `refresh()`.
+saw until `refresh()`. Threads sharing a Store (the server's) hold `version_lock` across reads that must see
+one version (the faiss index is built or updated under it), since `refresh()` moves the version they read.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import inspect
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -251,6 +253,7 @@ class Store:
         self.storage_options = dict(storage_options or {})
         self._db = db
         self._table = table
+        self.version_lock = threading.RLock()  # refresh and checkout wait for whoever holds it
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -336,8 +339,9 @@ class Store:
     @lance_errors
     def refresh(self) -> int:
         """Move to the latest committed version (writes by other processes become visible)."""
-        self._table.checkout_latest()
-        return self.version()
+        with self.version_lock:
+            self._table.checkout_latest()
+            return self.version()
 
     def version(self) -> int:
         return int(self._table.version)
@@ -345,7 +349,8 @@ class Store:
     @lance_errors
     def checkout(self, version: int) -> None:
         """Read version `version` (until `refresh`)."""
-        self._table.checkout(version)
+        with self.version_lock:
+            self._table.checkout(version)
 
     @lance_errors
     def rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

@@ -123,3 +123,21 @@ def test_memory_budget_ivfpq_is_updated_in_place_of_a_rebuild(tmp_path):
     assert not set(found.ravel().tolist()) & {key_for_id(f"v{i}") for i in range(10)}
     again = AnnIndex.load_or_build(Store.open(store.root))
     np.testing.assert_array_equal(again.search(added[:5], 3)[1], updated.search(added[:5], 3)[1])
+
+
+@pytest.mark.parametrize("budget", [700_000, 400_000], ids=["in_ram", "on_disk"])
+def test_memory_budget_ivfpq_searches_only_the_allowed_keys(clustered_store, budget, monkeypatch, tmp_path):
+    # the filters' faiss selector must reach the IVF lists through the OPQ rotation and the exact re-rank
+    store = Store.open(clustered_store.root)
+    ann_dir = tmp_path / "ann"
+    monkeypatch.setattr(Store, "ann_dir", property(lambda self: ann_dir))
+    ann = AnnIndex.load_or_build(store, budget=budget)
+    assert ann.kind == "ivfpq" and ann.plan.opq and ann.plan.mmap == (budget < 700_000)
+    keys, vectors = store.all_vectors()
+    allowed = keys[::7]
+    queries = clustered(20, seed=11)
+    _, found = ann.search(queries, 50, allowed=allowed)
+    assert (found >= 0).all() and np.isin(found, allowed).all()
+    subset = vectors[::7]
+    exact = allowed[np.argsort(-(queries @ subset.T), axis=1)[:, :50]]
+    assert np.mean([len(set(f) & set(e)) / 50 for f, e in zip(found, exact)]) >= 0.9
