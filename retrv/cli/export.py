@@ -12,6 +12,7 @@ from retrv.cli.common import (
     IndexOption,
     JsonOption,
     QuietOption,
+    StorageOptionsOption,
     escape,
     handle_errors,
     print_json,
@@ -42,6 +43,7 @@ def export(
         str | None,
         typer.Option(metavar="TABLE", help="Also export a table of precomputed reasoner tokens (see `retrv info`)."),
     ] = None,
+    storage_options: StorageOptionsOption = None,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -58,8 +60,8 @@ def export(
         raise UsageError(f"{out} exists; export writes a new file or folder")
     if chosen is None:
         raise UsageError(f"cannot tell the format from {out.name!r}: give --format parquet, npy or jsonl")
-    settings = settings_from_flags(ctx, index=index)
-    opened = Index.open(settings.index)
+    settings = settings_from_flags(ctx, index=index, storage_options=storage_options)
+    opened = Index.from_settings(settings)
     with progress_bar(quiet or json_out) as progress:
         report = export_index(opened.store, out, chosen, precomputed=precomputed, progress=progress)
     if json_out:

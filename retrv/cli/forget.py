@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from retrv.cli.common import IndexOption, JsonOption, escape, handle_errors, print_json, settings_from_flags
+from retrv.cli.common import (
+    IndexOption,
+    JsonOption,
+    StorageOptionsOption,
+    escape,
+    handle_errors,
+    print_json,
+    settings_from_flags,
+)
 
 
 @handle_errors
@@ -17,6 +25,7 @@ def forget(
         list[Path], typer.Argument(metavar="PATH...", help="Files or folders (they need not exist any more).")
     ],
     index: IndexOption = None,
+    storage_options: StorageOptionsOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Drop from the index every item at or under PATH (the files are not touched). A later build-index of a
@@ -25,8 +34,8 @@ def forget(
 
     from retrv.index.index import Index
 
-    settings = settings_from_flags(ctx, index=index)
-    opened = Index.open(settings.index)
+    settings = settings_from_flags(ctx, index=index, storage_options=storage_options)
+    opened = Index.from_settings(settings)
     paths = list(dict.fromkeys(Path(os.path.abspath(p.expanduser())) for p in paths))
     forgotten = opened.forget(paths)
     if json_out:

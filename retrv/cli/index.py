@@ -11,6 +11,7 @@ from retrv.cli.common import (
     IndexOption,
     JsonOption,
     QuietOption,
+    StorageOptionsOption,
     escape,
     handle_errors,
     notice,
@@ -92,7 +93,11 @@ def rm(
 @app.command("compact")
 @handle_errors
 def compact(
-    ctx: typer.Context, index: IndexOption = None, json_out: JsonOption = False, quiet: QuietOption = False
+    ctx: typer.Context,
+    index: IndexOption = None,
+    storage_options: StorageOptionsOption = None,
+    json_out: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Merge the index's small data files and delete its old versions (the undo history of builds); items and
     vectors are unchanged. Refused while a build writes the index. A search running at that moment may fail
@@ -102,8 +107,8 @@ def compact(
     from retrv.index.index import Index
 
     silence_library(quiet)
-    settings = settings_from_flags(ctx, index=index)
-    report = Index.open(settings.index).compact()
+    settings = settings_from_flags(ctx, index=index, storage_options=storage_options)
+    report = Index.from_settings(settings).compact()
     if json_out:
         print_json({"schema": "retrv.index-compact/1", **asdict(report), "bytes_freed": report.bytes_freed})
         return
