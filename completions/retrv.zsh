@@ -152,6 +152,7 @@ _retrv_export() {
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:index:_retrv_indexes' \
         '--format[parquet, npy or jsonl (default from OUTs suffix)]:value:(parquet npy jsonl)' \
         '--precomputed[Also export a table of precomputed reasoner tokens (see `retrv info`)]:value: ' \
+        '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
         '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]' \
@@ -162,7 +163,9 @@ _retrv_forget() {
     local curcontext=$curcontext state line
     _arguments -s -C \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:index:_retrv_indexes' \
+        '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]' \
         '*:file:_files'
 }
@@ -183,6 +186,7 @@ _retrv_index_compact() {
     local curcontext=$curcontext state line
     _arguments -s -C \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:index:_retrv_indexes' \
+        '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
         '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
@@ -220,6 +224,7 @@ _retrv_info() {
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:index:_retrv_indexes' \
         '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '--json[Print JSON on stdout (schemas in docs/cli.md)]' \
+        '(--quiet -q)'{--quiet,-q}'[No progress, notices or library warnings on stderr]' \
         '(--help -h)'{--help,-h}'[Show help and exit]'
 }
 

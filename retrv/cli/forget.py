@@ -10,11 +10,13 @@ import typer
 from retrv.cli.common import (
     IndexOption,
     JsonOption,
+    QuietOption,
     StorageOptionsOption,
     escape,
     handle_errors,
     print_json,
     settings_from_flags,
+    silence_library,
 )
 
 
@@ -27,6 +29,7 @@ def forget(
     index: IndexOption = None,
     storage_options: StorageOptionsOption = None,
     json_out: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Drop from the index every item at or under PATH (the files are not touched). A later build-index of a
     folder above PATH adds them back; `--exclude` keeps them out of it."""
@@ -34,6 +37,7 @@ def forget(
 
     from retrv.index.index import Index
 
+    silence_library(quiet)
     settings = settings_from_flags(ctx, index=index, storage_options=storage_options)
     opened = Index.from_settings(settings)
     paths = list(dict.fromkeys(Path(os.path.abspath(p.expanduser())) for p in paths))

@@ -7,10 +7,12 @@ import typer
 from retrv.cli.common import (
     IndexOption,
     JsonOption,
+    QuietOption,
     StorageOptionsOption,
     handle_errors,
     print_json,
     settings_from_flags,
+    silence_library,
     stdout_console,
 )
 
@@ -47,11 +49,13 @@ def info(
     index: IndexOption = None,
     storage_options: StorageOptionsOption = None,
     json_out: JsonOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Show an index's encoder, dimension, counts per modality, size on disk, version and ANN state (its kind,
     parameters and expected memory)."""
     from retrv.index.index import Index
 
+    silence_library(quiet)
     settings = settings_from_flags(ctx, index=index, storage_options=storage_options)
     data = Index.from_settings(settings).info()
     if json_out:

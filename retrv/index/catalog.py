@@ -76,7 +76,7 @@ def remove_index(index: str | os.PathLike[str]) -> tuple[Path, list[str]]:
     from retrv.index.lock import LOCK_FILE, write_lock
     from retrv.index.store import META_FILE
 
-    root = _existing_root(index, "retrv index rm")
+    root = _existing_root(index)
     with write_lock(root, wait=False):
         (root / META_FILE).unlink()  # first: a half-deleted folder is no longer an index
         for folder in INDEX_FOLDERS:
@@ -110,7 +110,7 @@ def _local_root(index: str | os.PathLike[str] | None, command: str) -> Path:
     return root
 
 
-def _existing_root(index: str | os.PathLike[str], command: str = "retrv index list") -> Path:
+def _existing_root(index: str | os.PathLike[str], command: str = "retrv index rm") -> Path:
     from retrv.index.store import META_FILE
 
     root = _local_root(index, command)

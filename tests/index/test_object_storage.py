@@ -92,3 +92,34 @@ def test_object_storage_second_create_is_refused(s3_endpoint, monkeypatch):
     with pytest.raises(RetrvError, match="already exists"):
         Store.create("s3://retrv-test/twice", encoder_spec="x", dim=4, storage_options=options)
     assert Store.open("s3://retrv-test/twice", options).meta.dim == 4
+
+
+def test_object_storage_filters_export_forget_compact(s3_endpoint, sample_photos_dir, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    photos = tmp_path / "photos"
+    (photos / "cats").mkdir(parents=True)
+    for path in sample_photos_dir.iterdir():
+        shutil.copy(path, photos / ("cats" if "chelsea" in path.name else "") / path.name)
+    uri = "s3://retrv-test/indexes/everyday"
+    common = ["--index", uri, "--quiet", "--storage-options", f"aws_endpoint={s3_endpoint},allow_http=true"]
+    total = len(list(sample_photos_dir.iterdir()))
+    cli("build-index", str(photos), *common, "--encoder", "lite")
+
+    hits = json.loads(cli("search", "a cat", *common, "--under", str(photos / "cats"), "--json").stdout)["hits"]
+    assert [h["source"] for h in hits] == [str(photos / "cats" / "chelsea.jpg")]
+    assert json.loads(cli("search", "a cat", *common, "--since", "2999-01-01", "--json").stdout)["hits"] == []
+
+    out = tmp_path / "items.parquet"
+    exported = json.loads(cli("export", str(out), *common, "--json").stdout)
+    assert exported["items"] == total and pq.read_table(out).num_rows == total
+
+    forgotten = json.loads(cli("forget", str(photos / "cats"), *common, "--json").stdout)
+    assert forgotten["forgotten"] == 1
+    assert json.loads(cli("info", *common, "--json").stdout)["items"] == total - 1
+    cli("index", "compact", *common)
+    hits = json.loads(cli("search", "a cup of coffee", *common, "--json", "--k", "3").stdout)["hits"]
+    assert hits[0]["source"].endswith("coffee.jpg")
+
+    refused = runner.invoke(app, ["index", "rm", uri, "--yes"])
+    assert refused.exit_code != 0 and "object storage" in refused.stderr
