@@ -220,7 +220,7 @@ class AnnIndex:
                     if not np.array_equal(keys, self.labels[start:stop]):
                         raise RuntimeError(f"shard {start}:{stop} read other rows than the build; rebuild the index")
                     shards.append(self._write_shard(faiss.deserialize_index(filled), path, len(shards)))
-            with _stdout_to_stderr():  # faiss prints "resizing …" on stdout, where --json goes
+            with _native_chatter_silenced():  # faiss prints "resizing …" on stdout, where --json goes
                 merge_ondisk(self.index, shards, str(path.with_suffix(".ivfdata")))
         finally:
             for name in shards:
@@ -282,7 +282,8 @@ class AnnIndex:
 
     def train(self, sample: np.ndarray) -> None:
         """IVF kinds only: learn the list centroids (and the PQ codebooks, the OPQ rotation) from a sample."""
-        self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        with _native_chatter_silenced():  # a small index: a "please provide at least N training points" per k-means
+            self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
     def _update(self, store: Store, progress: ProgressCallback | None) -> AnnIndex | None:
         """Bring an older cached index to the store's version; None when a rebuild is the better deal."""
@@ -477,7 +478,7 @@ class AnnIndex:
                 if len(refine) != len(labels):
                     return None
             if plan is not None and plan.mmap:
-                with _stdout_to_stderr():  # faiss reports the on-disk lists' file on stdout
+                with _native_chatter_silenced():  # faiss reports the on-disk lists' file on stdout
                     index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
             else:
                 index = faiss.read_index(str(path))
@@ -557,18 +558,29 @@ def _single_thread(enabled: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send what C++ code prints on file descriptor 1 to stderr: stdout holds results (`--json`)."""
+def _native_chatter_silenced() -> Iterator[None]:
+    """Drop what faiss's C++ code prints on file descriptors 1 and 2 meanwhile: notes and warnings for developers
+    ("resizing", "updating ondisk filename", too few training points), on stdout where results go (`--json`).
+    Its errors still arrive, as exceptions."""
     import sys
 
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    with _FD_LOCK:  # two threads at once would each save the other's /dev/null
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in (*saved, null):
+                os.close(fd)
+
+
+_FD_LOCK = threading.Lock()
 
 
 def _plan_from(arrays: Any) -> AnnPlan | None:

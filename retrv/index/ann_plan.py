@@ -11,7 +11,9 @@ Without a budget the kind follows the size: exact (flat) up to `exact_max` vecto
    evenly over the sub-vectors, which plain PQ's contiguous split does not); its results are re-ranked exactly
    with the stored vectors (`retrv.index.refine`: a memory-mapped file, not counted in the budget);
 4. when even the smallest IVF-PQ does not fit, the same with the inverted lists memory-mapped from disk (faiss's
-   on-disk inverted lists): RAM then holds only the centroids, the rotation and the key of each position.
+   on-disk inverted lists): RAM then holds only the centroids, the rotation and the key of each position;
+5. when nothing fits (a budget below the centroids, or too few vectors for PQ), the plan with the least memory,
+   marked `over_budget` (the index says so once it is built).
 
 Expected memory counts what faiss holds (codes, ids, centroids, graph links) and retrv's per-position arrays
 (key and dead flag: 9 bytes). The estimates are checked against measured sizes in tests/index/test_ann_budget.py
@@ -47,6 +49,21 @@ class AnnPlan:
     m: int = 0  # IVF-PQ: bytes per vector (sub-quantizers)
     opq: bool = False
     mmap: bool = False  # IVF-PQ inverted lists memory-mapped from disk
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and self.expected_bytes > self.budget
+
+    def shortfall(self) -> str | None:
+        """What to tell the user when nothing fits the budget (None when the plan fits)."""
+        if self.budget is None or not self.over_budget:
+            return None
+        mib = 2**20
+        chosen = self.factory + (" (lists on disk)" if self.mmap else "") if self.kind == IVFPQ else self.kind
+        return (
+            f"no ANN index of {self.n} vectors fits in the --ann-memory budget of {self.budget / mib:.2f} MiB; "
+            f"using the smallest, {chosen}, at {self.expected_bytes / mib:.2f} MiB"
+        )
 
     @property
     def factory(self) -> str:
@@ -102,12 +119,14 @@ def plan_ann(n: int, dim: int, *, budget: int | None, exact_max: int, large: str
     if large_bytes <= budget:
         return AnnPlan(large, n, dim, large_bytes, budget, nlist=nlist if large == IVF else 0)
     choices = [m for m in PQ_M_CHOICES if dim % m == 0 and m <= dim // 2] or [1]
-    for m in choices:
-        opq = dim // m >= OPQ_MIN_DIMS_PER_BYTE
-        expected = ivfpq_bytes(n, dim, nlist, m, opq)
-        if expected <= budget:
-            return AnnPlan(IVFPQ, n, dim, expected, budget, nlist=nlist, m=m, opq=opq)
-    m = choices[-1]
-    opq = dim // m >= OPQ_MIN_DIMS_PER_BYTE
-    expected = ivfpq_bytes(n, dim, nlist, m, opq, mmap=True)
-    return AnnPlan(IVFPQ, n, dim, expected, budget, nlist=nlist, m=m, opq=opq, mmap=True)
+    # Best first: in RAM by bytes per vector, then on disk with the smallest codes; each with the OPQ rotation
+    # where it helps, then without it (its dim x dim matrix is what overflows a small index's budget).
+    shapes = [(m, False) for m in choices] + [(choices[-1], True)]
+    plans = [
+        AnnPlan(IVFPQ, n, dim, ivfpq_bytes(n, dim, nlist, m, opq, mmap), budget, nlist=nlist, m=m, opq=opq, mmap=mmap)
+        for m, mmap in shapes
+        for opq in dict.fromkeys((dim // m >= OPQ_MIN_DIMS_PER_BYTE, False))
+    ]
+    fitting = [plan for plan in plans if plan.expected_bytes <= budget]
+    # Nothing fits: the smallest there is (`over_budget` says so; the index tells the user).
+    return fitting[0] if fitting else min(plans, key=lambda plan: plan.expected_bytes)

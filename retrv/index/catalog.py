@@ -104,8 +104,8 @@ def _local_root(index: str | os.PathLike[str] | None, command: str) -> Path:
     root = resolve_index_path(index)
     if isinstance(root, str):
         raise UsageError(
-            f"{command} works on a local index; {root} is on object storage, whose versions Lance commits whole "
-            "(use the object store's or Lance's own tools there)"
+            f"{command} works on a local index; {root} is on object storage (use the object store's own tools "
+            "there, or Lance's to restore an older version)"
         )
     return root
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from retrv.errors import RetrvError
 from retrv.index.build import BuildOptions, Encoded, EncodeJob, EncodeStep, Failed, embed_batch
 from retrv.scan import SkipFile
 
@@ -56,18 +57,26 @@ def connect(cluster: RayCluster) -> dict[str, float]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # never report usage to anyone
     import ray
 
+    if cluster.address != LOCAL:
+        _check_reachable(cluster.address)
     if not ray.is_initialized():
         env = {name: os.environ[name] for name in _WORKER_ENV if name in os.environ}
         options: dict[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
         if cluster.address != LOCAL:
             options = {}
-        ray.init(
-            address=None if cluster.address == LOCAL else cluster.address,
-            runtime_env={"env_vars": env},
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            **options,
-        )
+        try:
+            ray.init(
+                address=None if cluster.address == LOCAL else cluster.address,
+                runtime_env={"env_vars": env},
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                **options,
+            )
+        except ConnectionError:  # "auto" with no cluster running here
+            raise RetrvError(
+                f"--ray-address {cluster.address}: no Ray cluster runs on this machine; start one with "
+                "`ray start --head`, or leave out --ray-address for one started for this run"
+            ) from None
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per execution otherwise
@@ -75,6 +84,22 @@ def connect(cluster: RayCluster) -> dict[str, float]:
     context.enable_progress_bars = False  # progress is the driver's, through the build's callback
     context.print_on_execution_start = False
     return dict(ray.cluster_resources())
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A one-line error at once for a HOST:PORT (or ray://HOST:PORT) where nothing listens: Ray itself retries
+    such an address for minutes, deaf to Ctrl-C."""
+    import socket
+
+    if address == AUTO:
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise RetrvError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RetrvError(f"--ray-address {address}: no Ray cluster answers there ({e.strerror or e})") from None
 
 
 def ray_encode_step(cluster: RayCluster) -> EncodeStep:

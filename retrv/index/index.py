@@ -349,6 +349,9 @@ class Index:
                     add_shards=self.ann_shards,
                 )
                 self._ann_identity = identity
+                shortfall = self._ann.plan.shortfall() if self._ann.plan is not None else None
+                if shortfall and self._ann.source != "cache" and self.notify is not None:
+                    self.notify(shortfall)  # once, when built or updated
             return self._ann
 
     def embed_query(self, query: Query | str) -> np.ndarray:

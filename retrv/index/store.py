@@ -122,8 +122,9 @@ def lance_errors(method: F) -> F:
         if "lance" not in text.lower():
             return exc
         if self.remote:
-            first = " ".join(text.split())[:300]
-            return RetrvError(f"index {self.root} could not be read or written on its object store ({first})")
+            return RetrvError(
+                f"index {self.root} could not be read or written on its object store ({object_store_cause(text)})"
+            )
         if not (Path(self.root) / META_FILE).is_file():
             return IndexNotFoundError(f"index {self.root} no longer exists (it was removed while in use)")
         from retrv.index.repair import describe_damage
@@ -208,8 +209,28 @@ def _connect(root: Path | str, storage_options: dict[str, str] | None) -> Any:
         raise _unreachable(root, e) from None
 
 
+def object_store_cause(text: str) -> str:
+    """What an object store's error (Lance's Rust debug text) comes down to, in a few words: the store's own error
+    code and message, a refused or unknown host, or an HTTP status; else the start of the text."""
+    endpoint = re.search(r"uri: Some\((\w+://[^/)\s]+)", text)
+    at = f" at {endpoint.group(1)}" if endpoint else ""
+    code = re.search(r"<Code>([^<]+)</Code>(?:\s*<Message>([^<]+)</Message>)?", text)
+    if code:
+        return f"{code.group(1)}{': ' + code.group(2) if code.group(2) else ''}{at}"
+    if "ConnectionRefused" in text or "Connection refused" in text:
+        return f"connection refused{at}"
+    if "dns error" in text.lower() or "failed to lookup address" in text.lower():
+        return f"host not found{at}"
+    if "TimedOut" in text or "timed out" in text.lower():
+        return f"timed out{at}"
+    status = re.search(r"status: (\d{3})", text)
+    if status:
+        return f"HTTP {status.group(1)}{at}"
+    return " ".join(text.split())[:200]
+
+
 def _unreachable(root: Path | str, exc: BaseException) -> RetrvError:
-    detail = " ".join(str(exc).split())[:300]
+    detail = object_store_cause(str(exc))
     return RetrvError(
         f"index {root}: its object store could not be reached or refused the request ({detail}); check the "
         "endpoint and credentials (AWS_*, GOOGLE_*, AZURE_* variables or --storage-options)"

@@ -255,7 +255,7 @@ class SearchService:
         encoders: dict[str, BatchingEncoder] = {}
         served = []
         for name, root in zip(names, roots, strict=True):
-            spec = read_meta(root).encoder
+            spec = read_meta(root, settings.storage).encoder
             if spec not in encoders:
                 encoders[spec] = BatchingEncoder(load_encoder(spec, device=settings.device, notify=notify))
             engine = Engine.from_settings(

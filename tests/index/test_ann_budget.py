@@ -141,3 +141,30 @@ def test_memory_budget_ivfpq_searches_only_the_allowed_keys(clustered_store, bud
     subset = vectors[::7]
     exact = allowed[np.argsort(-(queries @ subset.T), axis=1)[:, :50]]
     assert np.mean([len(set(f) & set(e)) / 50 for f, e in zip(found, exact)]) >= 0.9
+
+
+def test_memory_budget_that_nothing_meets_takes_the_smallest_and_says_so(tmp_path):
+    from retrv.index.ann_plan import ivf_lists, ivfpq_bytes
+
+    n, dim = 3000, 384  # the OPQ matrix alone (576 KiB) outweighs the codes of so few vectors
+    small = plan_ann(n, dim, budget=200_000, exact_max=0)
+    assert small.over_budget and not small.opq
+    assert small.expected_bytes == min(
+        ivfpq_bytes(n, dim, ivf_lists(n), m, opq, mmap)
+        for m in (8, 128)
+        for opq in (True, False)
+        for mmap in (True, False)
+    )
+    assert plan_ann(n, dim, budget=2_000_000, exact_max=0).expected_bytes <= 2_000_000
+    assert plan_ann(500, dim, budget=10_000, exact_max=0).over_budget  # too few to train: flat, over budget
+
+    from retrv.index.index import Index
+
+    notes: list[str] = []
+    store = Store.create(tmp_path / "idx", encoder_spec="x", dim=DIM)
+    store.upsert([Item(id=f"v{i}", source=f"/v/{i}", modality="text") for i in range(2000)], clustered(2000, seed=5))
+    index = Index.open(tmp_path / "idx", ann_memory=1000, notify=notes.append)
+    index.ann()
+    assert len(notes) == 1 and "no ANN index of 2000 vectors fits" in notes[0]
+    index.ann()
+    assert len(notes) == 1  # said once, when built

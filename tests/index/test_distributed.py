@@ -191,3 +191,20 @@ def test_ray_fills_the_shards_of_an_on_disk_ann_as_a_local_build_does(ray_cluste
     queries = vectors[:20]
     np.testing.assert_array_equal(built["ray"].labels, built["here"].labels)
     np.testing.assert_array_equal(built["ray"].search(queries, 10)[1], built["here"].search(queries, 10)[1])
+
+
+def test_ray_address_where_nothing_listens_is_a_one_line_error(photo_dir, tmp_path):
+    """Ray retries an address where nothing listens for minutes, deaf to Ctrl-C: retrv says so at once."""
+    from typer.testing import CliRunner
+
+    from retrv.cli.app import app
+    from retrv.errors import RetrvError
+    from retrv.index.distributed import connect
+
+    with pytest.raises(RetrvError, match="expected auto, HOST:PORT"):
+        connect(RayCluster(address="nowhere"))
+    result = CliRunner().invoke(
+        app, ["build-index", str(photo_dir), "--index", str(tmp_path / "i"), "--ray", "--ray-address", "127.0.0.1:1"]
+    )
+    assert result.exit_code == 1 and "no Ray cluster answers there" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "i").exists()

@@ -121,5 +121,35 @@ def test_object_storage_filters_export_forget_compact(s3_endpoint, sample_photos
     hits = json.loads(cli("search", "a cup of coffee", *common, "--json", "--k", "3").stdout)["hits"]
     assert hits[0]["source"].endswith("coffee.jpg")
 
+    from retrv.config import load_settings
+    from retrv.serve.service import SearchRequest, SearchService
+
+    options = f"aws_endpoint={s3_endpoint},allow_http=true"
+    service = SearchService.open(load_settings({"index": uri, "storage_options": options}))  # as `retrv serve`
+    document = service.search(SearchRequest(q="a cup of coffee", k=3))
+    assert document["hits"][0]["source"].endswith("coffee.jpg")
+    thumbs = service.resolve(None).engine.index.store.local_folder("thumbs")
+    assert not str(thumbs).startswith("s3:") and thumbs.parent.name == "thumbs"
+
     refused = runner.invoke(app, ["index", "rm", uri, "--yes"])
     assert refused.exit_code != 0 and "object storage" in refused.stderr
+
+
+def test_object_storage_errors_come_down_to_their_cause():
+    from retrv.index.store import object_store_cause
+
+    missing = (
+        'Invalid input, Failed to connect to namespace: IO { source: Generic { store: "S3", source: ListRequest { '
+        "source: RetryError(RetryErrorImpl { method: GET, uri: Some(http://127.0.0.1:37495/nobucket?list-type=2), "
+        'inner: Status { status: 404, body: Some("<?xml version=\\"1.0\\"?>\\n<Error><Code>NoSuchBucket</Code>'
+        '<Message>The specified bucket does not exist</Message></Error>") } }) } }, location: Location { file: '
+        '"/root/.cargo/registry/src/lance-io-13.0.0/src/object_store.rs", line: 1506 }'
+    )
+    assert object_store_cause(missing) == "NoSuchBucket: The specified bucket does not exist at http://127.0.0.1:37495"
+    refused = (
+        "RetryError(RetryErrorImpl { method: GET, uri: Some(http://127.0.0.1:5999/bkt?list-type=2), inner: Http("
+        'HttpError { kind: Connect, source: ConnectError("tcp connect error", 127.0.0.1:5999, Os { code: 111, kind: '
+        'ConnectionRefused, message: "Connection refused" }) }) })'
+    )
+    assert object_store_cause(refused) == "connection refused at http://127.0.0.1:5999"
+    assert object_store_cause("Status { status: 403, body: None }") == "HTTP 403"
