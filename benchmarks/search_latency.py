@@ -153,8 +153,16 @@ def run(n: int, args: argparse.Namespace) -> None:
                 name = f"{ann.plan.factory} nprobe={setting}"
             else:
                 name = kind
-            times, found = latencies(ann, queries, args.k)
-            print(row(n, name, build_s, times, recall(found, exact), memory_mib(ann)), flush=True)
+            for factor in args.depth_factors if kind == "ivfpq" else [1.0]:
+                # the exact re-rank's depth scaled by `factor` (1: what the library re-ranks)
+                ann.__dict__.pop("_rerank_depth", None)
+                library_depth = ann._rerank_depth
+                if factor != 1.0:
+                    ann._rerank_depth = lambda k, f=factor, depth=library_depth: int(depth(k) * f)  # type: ignore[method-assign]
+                depth = f" re-rank {ann._rerank_depth(args.k)}" if kind == "ivfpq" else ""
+                times, found = latencies(ann, queries, args.k)
+                print(row(n, name + depth, build_s, times, recall(found, exact), memory_mib(ann)), flush=True)
+            ann.__dict__.pop("_rerank_depth", None)
         if ann.refine is not None and ann.refine.path is not None:
             ann.refine.path.unlink(missing_ok=True)
 
@@ -173,6 +181,9 @@ def main() -> None:
         "--kinds", nargs="+", choices=["hnsw", "ivf", "ivfpq"], default=["hnsw"], help="approximate indices to compare"
     )
     parser.add_argument("--ann-memory", help="ivfpq: the memory budget its parameters are chosen for (e.g. 1GB)")
+    parser.add_argument(
+        "--depth-factors", type=float, nargs="+", default=[1.0], help="ivfpq: also re-rank this many times deeper"
+    )
     parser.add_argument("--train", type=int, default=100_000, help="IVF kinds: vectors trained on")
     parser.add_argument("--tmp", default="/tmp", help="where an IVF-PQ's re-rank vectors are written")
     parser.add_argument("--m", type=int, default=ANN_PARAMS.m)
