@@ -77,6 +77,7 @@ def connect(cluster: RayCluster) -> dict[str, float]:
                 f"--ray-address {cluster.address}: no Ray cluster runs on this machine; start one with "
                 "`ray start --head`, or leave out --ray-address for one started for this run"
             ) from None
+    _raylet_errors_to_stderr()
     import ray.data
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # one INFO line per execution otherwise
@@ -84,6 +85,22 @@ def connect(cluster: RayCluster) -> dict[str, float]:
     context.enable_progress_bars = False  # progress is the driver's, through the build's callback
     context.print_on_execution_start = False
     return dict(ray.cluster_resources())
+
+
+def _raylet_errors_to_stderr() -> None:
+    """Ray's driver prints the errors its raylets publish (a task killed, a worker lost) on stdout, even with
+    `log_to_driver=False`; stdout holds retrv's results (`--json`), so they go to stderr instead."""
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "retrv_to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.retrv_to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:

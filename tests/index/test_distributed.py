@@ -208,3 +208,15 @@ def test_ray_address_where_nothing_listens_is_a_one_line_error(photo_dir, tmp_pa
     )
     assert result.exit_code == 1 and "no Ray cluster answers there" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "i").exists()
+
+
+def test_ray_errors_of_its_raylets_go_to_stderr_not_stdout(ray_cluster, capsys):
+    """A killed task's "(raylet) …" message must not land among the results on stdout (`--json`)."""
+    from ray._private import worker
+
+    from retrv.index.distributed import connect
+
+    connect(ray_cluster)
+    worker.print_to_stdstream({"lines": ["Task failed: killed by ray.kill"], "pid": "raylet", "is_err": False}, False)
+    captured = capsys.readouterr()
+    assert "killed by ray.kill" in captured.err and "killed by ray.kill" not in captured.out
