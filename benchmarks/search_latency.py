@@ -140,6 +140,7 @@ def run(n: int, args: argparse.Namespace) -> None:
     del flat
     for kind, ann in built.items():
         build_s = None if ann.source == "cache" else seconds[kind]
+        library_depth = ann._rerank_depth
         for setting in args.ef if kind == "hnsw" else args.nprobe if kind in ("ivf", "ivfpq") else [0]:
             if kind == "hnsw":
                 ann.params = replace(ann.params, ef_search=setting)
@@ -155,14 +156,11 @@ def run(n: int, args: argparse.Namespace) -> None:
                 name = kind
             for factor in args.depth_factors if kind == "ivfpq" else [1.0]:
                 # the exact re-rank's depth scaled by `factor` (1: what the library re-ranks)
-                ann.__dict__.pop("_rerank_depth", None)
-                library_depth = ann._rerank_depth
-                if factor != 1.0:
-                    ann._rerank_depth = lambda k, f=factor, depth=library_depth: int(depth(k) * f)  # type: ignore[method-assign]
-                depth = f" re-rank {ann._rerank_depth(args.k)}" if kind == "ivfpq" else ""
+                ann._rerank_depth = lambda k, f=factor, depth=library_depth: int(depth(k) * f)  # type: ignore[method-assign]
+                label = f" re-rank {ann._rerank_depth(args.k)}" if kind == "ivfpq" else ""
                 times, found = latencies(ann, queries, args.k)
-                print(row(n, name + depth, build_s, times, recall(found, exact), memory_mib(ann)), flush=True)
-            ann.__dict__.pop("_rerank_depth", None)
+                print(row(n, name + label, build_s, times, recall(found, exact), memory_mib(ann)), flush=True)
+            del ann._rerank_depth
         if ann.refine is not None and ann.refine.path is not None:
             ann.refine.path.unlink(missing_ok=True)
 
