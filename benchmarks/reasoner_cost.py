@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/reasoner_cost.py                        # CPU config (~66M params), K=10,50
     .venv/bin/python benchmarks/reasoner_cost.py --ks 10,50,100 --repeats 3
     .venv/bin/python benchmarks/reasoner_cost.py --config 3b --device cuda --ks 10,50,100
+    .venv/bin/python benchmarks/reasoner_cost.py --config cpu-qwen3 --image-size 512 --ks 50   # 256 tokens, as 448 px above
 
 What one resolve is (the timed region, the same code for every arm: `Reasoner.prepare`, then the decode loop):
   encode the query -> make the candidates' tokens -> build the prompt -> prefill -> decode `--decode-tokens`
@@ -45,9 +46,13 @@ FORCED_TEXT = (
     "The ideal result shows a small red circle left of a blue square. Candidate 1 is wrong. Candidate 2 matches. "
 )
 
-# "cpu": ~56M-param Qwen2.5-VL; "3b": the shapes of Qwen2.5-VL-3B-Instruct.
-CONFIGS = {
+# "cpu": ~56M-param Qwen2.5-VL; "cpu-qwen3": the same sizes as a Qwen3-VL (32-px merged patches, DeepStack
+# features from each vision layer into the first four text layers); "3b": the shapes of Qwen2.5-VL-3B-Instruct.
+CONFIGS: dict[str, dict] = {
     "cpu": dict(hidden=768, layers=10, heads=12, kv_heads=4, vision_hidden=256, vision_depth=4),
+    "cpu-qwen3": dict(
+        hidden=768, layers=10, heads=12, kv_heads=4, vision_hidden=256, vision_depth=4, architecture="qwen3_vl"
+    ),
     "3b": dict(hidden=2048, layers=36, heads=16, kv_heads=2, vision_hidden=1280, vision_depth=32),
 }
 
@@ -122,8 +127,11 @@ def build_checkpoint(work: Path, config: str, device: str, image_size: int) -> P
         build_3b_shaped(model_dir, device)
     else:
         build_random_vlm(model_dir, **CONFIGS[config])
-    # the tiny builder's processor stops at 112x112 px; let candidates reach `image_size` (load_reasoner caps at 256 tokens)
-    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=image_size * image_size).save_pretrained(model_dir)
+    # the tiny builder's processor stops at 4x4 tokens; let candidates reach `image_size` (load_reasoner caps at 256 tokens)
+    patch = 16 if CONFIGS[config].get("architecture", "qwen2_5_vl") != "qwen2_5_vl" else 14
+    Qwen2VLImageProcessorPil(
+        min_pixels=(4 * patch) ** 2, max_pixels=image_size * image_size, patch_size=patch, merge_size=2
+    ).save_pretrained(model_dir)
     loaded = load_reasoner(str(model_dir), device=device)
     import torch
 

@@ -353,7 +353,7 @@ complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcomm
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from icm' -l limit -x -d 'Use at most this many training queries (0 all)'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from icm' -l tasks -x -d 'Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from icm' -l feature-cache -x -d 'Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco'
-complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from icm' -l reasoner -x -d 'Reasoner to align a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint'
+complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from icm' -l reasoner -x -d 'Reasoner to align a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 model (HF id or directory) or a retrv'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from icm' -l num-candidates -x -d 'Candidates paired with each query its positive, its hard negatives, then random pool members'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from icm' -l icm-heads -x -d 'New ICM only attention heads (must divide the LLM hidden size)'
 complete -c retrv -n '__fish_seen_subcommand_from train; and __fish_seen_subcommand_from icm' -l icm-layers -x -d 'New ICM only cross-attention blocks per stack'

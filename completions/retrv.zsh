@@ -487,7 +487,7 @@ _retrv_train_icm() {
         '--limit[Use at most this many training queries (0 all)]:value: ' \
         '--tasks[Train on these M-BEIR task ids only, comma-separated (e.g. 0,3); empty every task of the split]:value: ' \
         '--feature-cache[Samples whose full tokens (query + K candidates) stay in memory; the vision tower is frozen (0 reco]:value: ' \
-        '--reasoner[Reasoner to align a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint]:value: ' \
+        '--reasoner[Reasoner to align a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 model (HF id or directory) or a retrv]:value: ' \
         '--num-candidates[Candidates paired with each query its positive, its hard negatives, then random pool members]:value: ' \
         '--icm-heads[New ICM only attention heads (must divide the LLM hidden size)]:value: ' \
         '--icm-layers[New ICM only cross-attention blocks per stack]:value: ' \

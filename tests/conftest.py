@@ -67,6 +67,18 @@ def hub_vlm_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hub_qwen3_vl_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-VL in the hub's layout: 32-px merged patches, interleaved M-RoPE and DeepStack features
+    from both vision layers into the first two text layers."""
+    from retrv.train.random_models import DEFAULT_CORPUS, build_random_vlm
+
+    corpus = [*DEFAULT_CORPUS, *["Please output True or False. True. False."] * 20]
+    return build_random_vlm(
+        tmp_path_factory.mktemp("hub-qwen3-vl"), hub_layout=True, corpus=corpus, vision_depth=2, architecture="qwen3_vl"
+    )
+
+
+@pytest.fixture(scope="session")
 def reasoner_checkpoint(tiny_reasoner_dir, tmp_path_factory) -> Path:
     """The tiny Qwen2.5-VL with a freshly initialised ICM, saved as a retrv reasoner checkpoint."""
     import torch

@@ -2,7 +2,9 @@
 
 A candidate's full tokens are the reasoner's own input embeddings of it, image first, then text:
 - image: the vision tower's merged output (`model.model.get_image_features(...).pooler_output`), one
-  row per merged 28x28 px patch for Qwen2.5-VL, after resizing the image into the pixel budget;
+  row per merged patch (28x28 px for Qwen2-VL and Qwen2.5-VL, 32x32 px for Qwen3-VL), after resizing the image
+  into the pixel budget; Qwen3-VL's vision tower also gives DeepStack features for those rows, which the
+  text stack adds to their hidden states in its first layers (`CandidateTokens.deepstack`);
 - text: the LLM's token embeddings of the text, truncated to `max_text_tokens`.
 
 These rows feed the ICM (content / memory tokens), the Detail Inspection segments, and the
@@ -23,24 +25,33 @@ if TYPE_CHECKING:
     from retrv.items import Item, Query
 
 DEFAULT_MAX_TEXT_TOKENS = 256
-PIXELS_PER_IMAGE_TOKEN = 28 * 28  # Qwen-VL merges 2x2 patches of 14 px: one image token covers 28x28 pixels
+PIXELS_PER_IMAGE_TOKEN = 28 * 28  # Qwen2(.5)-VL merges 2x2 patches of 14 px: one image token covers 28x28 pixels
+
+
+def pixels_per_image_token(image_processor: Any) -> int:
+    """The pixels one merged image token covers under this image processor: (patch side x merge size)^2,
+    28x28 for Qwen2-VL and Qwen2.5-VL, 32x32 for Qwen3-VL."""
+    patch = getattr(image_processor, "patch_size", None) or 14
+    merge = getattr(image_processor, "merge_size", None) or 2
+    return int(patch * merge) ** 2
 
 
 @dataclass(frozen=True)
 class GlanceBudget:
     """How small a candidate is in a reason-mode prompt without ICM: its image at most `image_tokens` merged
-    tokens (4 = a 2x2 grid: 56x56 px for Qwen-VL's 28-px merged patches; fewer for a long thin image), its text
-    the first `text_tokens` tokens. The model's own dynamic resolution, so no training is needed."""
+    tokens (4 = a 2x2 grid: 56x56 px for Qwen2.5-VL's 28-px merged patches, 64x64 px for Qwen3-VL's 32-px ones;
+    fewer for a long thin image), its text the first `text_tokens` tokens. The model's own dynamic resolution, so
+    no training is needed."""
 
     image_tokens: int = 4
     text_tokens: int = 16
 
-    def as_token_budget(self) -> TokenBudget:
+    def as_token_budget(self, pixels_per_token: int = PIXELS_PER_IMAGE_TOKEN) -> TokenBudget:
         # Half a token of slack: the processor floors each side to whole patches, and a square image asked for
         # exactly N tokens' pixels can round down a whole row in floating point.
         return TokenBudget(
-            max_image_pixels=int((self.image_tokens + 0.5) * PIXELS_PER_IMAGE_TOKEN),
-            min_image_pixels=PIXELS_PER_IMAGE_TOKEN,
+            max_image_pixels=int((self.image_tokens + 0.5) * pixels_per_token),
+            min_image_pixels=pixels_per_token,
             max_text_tokens=self.text_tokens,
         )
 
@@ -59,12 +70,15 @@ class TokenBudget:
 @dataclass
 class CandidateTokens:
     """Full tokens of one item or query: `embeds` rows [0, n_image) are image tokens laid out as an
-    `image_grid` = (rows, cols) merged grid in row-major order, the rest are the embeddings of `text_ids`."""
+    `image_grid` = (rows, cols) merged grid in row-major order, the rest are the embeddings of `text_ids`.
+    `deepstack` (D, n_image, H), Qwen3-VL only: what the text stack adds to the image rows' hidden states after
+    each of its first D layers."""
 
     embeds: torch.Tensor  # (n, H)
     n_image: int = 0
     image_grid: tuple[int, int] | None = None
     text_ids: tuple[int, ...] = ()
+    deepstack: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.embeds.shape[0])
@@ -95,10 +109,20 @@ def _open_image(path: str) -> Any:
         raise FeatureError(f"{path}: cannot read the image ({exc})") from None
 
 
+@dataclass
+class ImageTokens:
+    """One image's vision-tower tokens (n, H) on a (rows, cols) merged grid, and its DeepStack features
+    (D, n, H) when the model has them (Qwen3-VL)."""
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    deepstack: torch.Tensor | None = None
+
+
 def image_tokens(
     model: Any, image_processor: Any, images: list[Any], budget: TokenBudget = TokenBudget()
-) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-    """Vision-tower tokens of PIL images in one batched call: [(tokens (n_i, H), (rows, cols)), ...]."""
+) -> list[ImageTokens]:
+    """Vision-tower tokens of PIL images in one batched call."""
     import torch
 
     if not images:
@@ -118,9 +142,14 @@ def image_tokens(
         out = base.model.get_image_features(pixel_values=batch["pixel_values"].to(device), image_grid_thw=grid)
     merge = base.config.vision_config.spatial_merge_size
     dtype = base.get_input_embeddings().weight.dtype
+    levels = getattr(out, "deepstack_features", None) or []  # per level, one (n_i, H) tensor per image
     return [
-        (tokens.to(dtype), (int(thw[1]) // merge, int(thw[2]) // merge))
-        for tokens, thw in zip(out.pooler_output, grid.tolist(), strict=True)
+        ImageTokens(
+            tokens.to(dtype),
+            (int(thw[1]) // merge, int(thw[2]) // merge),
+            torch.stack([level[i] for level in levels]).to(dtype) if levels else None,
+        )
+        for i, (tokens, thw) in enumerate(zip(out.pooler_output, grid.tolist(), strict=True))
     ]
 
 
@@ -142,14 +171,21 @@ def tokens_of(
     with torch.no_grad():
         for i, text in enumerate(texts):
             ids = text_ids(parts.tokenizer, text, budget) if text else []
-            rows = [] if i not in by_index else [by_index[i][0]]
+            picture = by_index.get(i)
+            rows = [] if picture is None else [picture.tokens]
             if ids:
                 rows.append(embed_ids(model, ids))
             if not rows:
                 raise FeatureError(f"item {i} has neither text nor an image to read")
-            grid = by_index[i][1] if i in by_index else None
-            n_image = int(by_index[i][0].shape[0]) if i in by_index else 0
-            result.append(CandidateTokens(torch.cat(rows).detach(), n_image, grid, tuple(ids)))
+            result.append(
+                CandidateTokens(
+                    torch.cat(rows).detach(),
+                    0 if picture is None else int(picture.tokens.shape[0]),
+                    None if picture is None else picture.grid,
+                    tuple(ids),
+                    None if picture is None or picture.deepstack is None else picture.deepstack.detach(),
+                )
+            )
     return result
 
 

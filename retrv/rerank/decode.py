@@ -15,6 +15,7 @@ the reasoning so far picks the candidate, not the coarse order). `</answer>` clo
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 from retrv.errors import RetrvError
 from retrv.icm.features import CandidateTokens, unwrap_model
 from retrv.rerank.grammar import parse_answer, parse_inspection_request
-from retrv.rerank.sequence import Segment, SpecialTokens, concat_segments, inspection_segment, text_segment
+from retrv.rerank.sequence import (
+    Segment,
+    SpecialTokens,
+    batch_segments,
+    concat_segments,
+    deepstack_inputs,
+    inspection_segment,
+    text_segment,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -97,16 +106,38 @@ def sample_token(
     return token, float(logp[token])
 
 
+def text_stack(model: Any, segments: list[Segment], cache: Any = None) -> torch.Tensor:
+    """Last hidden states (B, L, H) of the reasoner's text stack on `segments`: one segment fed on `cache` (the
+    decode loop), or several right-padded without a cache (training, `sequence.batch_segments`). Qwen3-VL's
+    DeepStack features ride along (`sequence.deepstack_inputs`)."""
+    base = unwrap_model(model)
+    if len(segments) == 1:
+        embeds, positions, mask = segments[0].embeds[None], segments[0].position_ids[:, None, :], None
+    else:
+        if cache is not None:
+            raise ValueError("a batch of segments runs without a cache")
+        embeds, positions, mask = batch_segments(segments)
+    language_model = base.model.language_model
+    cached = {_cache_argument(language_model.forward): cache} if cache is not None else {}
+    out = language_model(
+        inputs_embeds=embeds,
+        position_ids=positions,
+        attention_mask=mask,
+        use_cache=cache is not None,
+        **cached,
+        **deepstack_inputs(segments, embeds.shape[1]),
+    )
+    return out.last_hidden_state
+
+
+def _cache_argument(forward: Callable[..., Any]) -> str:
+    """`cache` since transformers 5.x renamed it (the old name warns on every model), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
 def forward_segment(model: Any, cache: Any, segment: Segment) -> torch.Tensor:
     """Feed a segment on the cache; return the (V,) logits at its last row."""
-    base = unwrap_model(model)
-    out = base.model.language_model(
-        inputs_embeds=segment.embeds[None],
-        position_ids=segment.position_ids[:, None, :],
-        past_key_values=cache,
-        use_cache=True,
-    )
-    return base.lm_head(out.last_hidden_state[0, -1])
+    return unwrap_model(model).lm_head(text_stack(model, [segment], cache)[0, -1])
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from retrv.icm.features import PIXELS_PER_IMAGE_TOKEN
+from retrv.icm.features import PIXELS_PER_IMAGE_TOKEN, pixels_per_image_token  # noqa: F401 (re-exported)
 
-# Candidates are capped at 256 image tokens (about 448x448 px) unless the caller asks otherwise: the hub default
+# Candidates are capped at 256 image tokens (about 448x448 px; 512x512 for Qwen3-VL) unless the caller asks otherwise: the hub default
 # (1280 tokens) would make a top-50 rerank 64k image tokens long. A processor that already asks for fewer
 # pixels is kept as is.
 DEFAULT_MAX_IMAGE_TOKENS = 256
@@ -27,7 +27,8 @@ def _processor_class(model_type: str) -> type | None:
     try:
         from transformers import Qwen3VLProcessor
 
-        classes["qwen3_vl"] = Qwen3VLProcessor
+        for family in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):  # Qwen3.5 reuses Qwen3-VL's
+            classes[family] = Qwen3VLProcessor
     except ImportError:
         pass
     base: Any = classes.get(model_type)
@@ -73,7 +74,7 @@ def cap_image_tokens(image_processor: Any, max_image_tokens: int | None) -> None
     size = getattr(image_processor, "size", None)
     if size is None or max_image_tokens is None:
         return
-    budget = int(max_image_tokens) * PIXELS_PER_IMAGE_TOKEN
+    budget = int(max_image_tokens) * pixels_per_image_token(image_processor)
     longest = size.get("longest_edge", None)
     if longest and longest > budget:
         new = dict(size.items()) if hasattr(size, "items") else {"shortest_edge": size["shortest_edge"]}

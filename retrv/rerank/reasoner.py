@@ -21,6 +21,7 @@ from retrv.icm.features import (
     TokenBudget,
     candidate_tokens_batch,
     full_tokens_batch,
+    pixels_per_image_token,
     query_tokens,
     unwrap_model,
 )
@@ -70,9 +71,9 @@ class PreparedPrompt:
 
 
 ICM_TABLE_PREFIX = "icm_"
-# The decode loop feeds `model.model.language_model` directly with 3-row M-RoPE positions (`rerank/sequence.py`).
-# Qwen3-VL also injects its vision tower's deepstack features inside the text stack, which that loop does not do.
-REASON_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+# The decode loop feeds `model.model.language_model` directly with 3-row M-RoPE positions (`rerank/sequence.py`)
+# and, for Qwen3-VL, the vision tower's DeepStack features; glance tokens need the family's native dynamic resolution.
+REASON_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 
 class Reasoner:
@@ -115,8 +116,9 @@ class Reasoner:
         model_type = getattr(unwrap_model(model).config, "model_type", "")
         if model_type not in REASON_MODEL_TYPES:
             raise UsageError(
-                f"reason mode drives the text stack of {' and '.join(REASON_MODEL_TYPES)} models with their M-RoPE "
-                f"positions; this reasoner is {model_type!r}: use --rerank score, which reads any instruct VLM"
+                "reason mode drives the Qwen-VL text stack with its M-RoPE positions and dynamic resolution (model "
+                f"types {', '.join(REASON_MODEL_TYPES)}); this reasoner is {model_type!r}: use --rerank score, which "
+                "reads any instruct VLM"
             )
         hidden = unwrap_model(model).get_input_embeddings().weight.shape[-1]
         if icm is not None and icm.config.hidden_size != hidden:
@@ -258,7 +260,7 @@ class Reasoner:
                 full(list(range(len(candidates))))
                 previews = [cache[i] for i in range(len(candidates))]
             else:  # glance: the same model's tokens of each candidate at a small budget
-                small = self.options.glance.as_token_budget()
+                small = self.options.glance.as_token_budget(pixels_per_image_token(self.image_processor))
                 previews = candidate_tokens_batch(self.model, self, [c.item for c in candidates], small)
             prompt = build_prompt(
                 self.tokenizer, embed, q, full=previews, special=self.special, style=self.prompt_style, shown=shown

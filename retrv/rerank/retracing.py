@@ -13,8 +13,9 @@ the FFN's own weights), act the FFN's activation and s = mean|FFN(x)| / mean|act
 output at the FFN's own magnitude). It happens at most once per forward and per example, for every position of
 that example. With the threshold never reached the forward is exactly the plain one.
 
-Written for the Qwen2/2.5-VL text stack (`model.model.language_model.layers[i].mlp` with `gate_proj`,
-`down_proj`, `act_fn`; its `norm`; the model's `lm_head`). A model with fewer layers than `first_layer` is not
+Written for the dense Qwen-VL text stacks (Qwen2-VL, Qwen2.5-VL, Qwen3-VL: `model.model.language_model.layers[i].mlp`
+with `gate_proj`, `down_proj`, `act_fn`; its `norm`; the model's `lm_head`); a mixture-of-experts FFN has no
+single W1 and W2 to scale, and is refused (`check_retracing`). A model with fewer layers than `first_layer` is not
 touched.
 """
 
@@ -65,6 +66,23 @@ def retraced(mlp: Any, x: Any, ffn: Any, memory: Any, alpha: float) -> Any:
     return (1.0 - alpha) * ffn + alpha * s * recalled
 
 
+def check_retracing(model: Any, config: RetracingConfig | None) -> None:
+    """Raise UsageError unless every FFN that `config` would retrace is dense (has `gate_proj` and `down_proj`)."""
+    if config is None:
+        return
+    from retrv.errors import UsageError
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = base.model.language_model.layers
+    for layer in range(config.first_layer, min(config.last_layer, len(layers) - 1)):
+        mlp = layers[layer + 1].mlp
+        if not (hasattr(mlp, "gate_proj") and hasattr(mlp, "down_proj")):
+            raise UsageError(
+                f"--visual-retracing needs a dense FFN with gate_proj and down_proj; layer {layer + 1} of this "
+                f"reasoner is a {type(mlp).__name__}"
+            )
+
+
 @contextmanager
 def visual_retracing(model: Any, config: RetracingConfig | None) -> Iterator[None]:
     """Retrace inside every forward of `model` within this block (nothing at all when `config` is None)."""
@@ -73,6 +91,7 @@ def visual_retracing(model: Any, config: RetracingConfig | None) -> Iterator[Non
         return
     import torch
 
+    check_retracing(model, config)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     text = base.model.language_model
     layers = text.layers

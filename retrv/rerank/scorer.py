@@ -39,7 +39,7 @@ from retrv.errors import ScoreError, UsageError
 from retrv.images import load_image
 from retrv.rerank.base import Candidate, RerankResult
 from retrv.rerank.prompts import SCORE_SYSTEM, render, retllm_segments, score_segments
-from retrv.rerank.retracing import RetracingConfig, visual_retracing
+from retrv.rerank.retracing import RetracingConfig, check_retracing, visual_retracing
 from retrv.scan import SkipFile
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ class Scorer:
         self.batch_size = int(batch_size)
         self.max_text_tokens = int(max_text_tokens)
         self.system = system
+        check_retracing(reasoner.model, retracing)
         self.retracing = retracing
         probe = render([], reasoner.tokenizer, reasoner.processor, system=system)
         pairs = (("True", "False"),) if style == "retllm" else ANSWER_PAIRS

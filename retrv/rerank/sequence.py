@@ -4,9 +4,11 @@ Shared by inference (`rerank/reasoner.py`, `rerank/decode.py`) and training (SFT
 sequences. Everything is a `Segment`: rows of input embeddings, their (3, L) position ids and the
 token ids they stand for (soft ICM rows carry the `<|icm|>` id, image rows the `<|image_pad|>` id).
 
-Positions follow Qwen2.5-VL `get_rope_index`: text and soft tokens use one running index in all
-three rows; an image whose merged grid is (rows, cols) starting at p gets temporal p, height p + r,
-width p + c, and the next position is p + max(rows, cols).
+Positions follow Qwen2.5-VL `get_rope_index` (Qwen3-VL's is the same for images; it interleaves the three rows
+inside its rotary embedding): text and soft tokens use one running index in all three rows; an image whose merged
+grid is (rows, cols) starting at p gets temporal p, height p + r, width p + c, and the next position is
+p + max(rows, cols). A Qwen3-VL image also brings DeepStack features: a segment keeps them for its image rows
+(`Segment.visual_mask`, `Segment.deepstack`) and `deepstack_inputs` hands them to the text stack.
 
 The prompt (candidates are 1-indexed, `[1]`..`[K]`, in coarse order)::
 
@@ -100,6 +102,9 @@ class Segment:
     token_ids: torch.Tensor  # (L,) long
     kind: str  # "prompt" | "generated" | "inspection" | "notice" | "sequence"
     candidate: int | None = None  # 0-based candidate of an "inspection" segment
+    # Qwen3-VL: the rows with DeepStack features (L,) bool, and those features (D, rows, H); None for other models
+    visual_mask: torch.Tensor | None = None
+    deepstack: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.embeds.shape[0])
@@ -121,10 +126,15 @@ class SegmentBuilder:
         self._embeds: list[torch.Tensor] = []
         self._positions: list[torch.Tensor] = []
         self._ids: list[torch.Tensor] = []
+        self._deepstack: list[tuple[int, torch.Tensor]] = []  # (first row, (D, n, H) features of rows first..+n)
 
     @property
     def _weight(self) -> torch.Tensor:
         return self.embed_tokens.weight
+
+    @property
+    def _rows(self) -> int:
+        return sum(int(e.shape[0]) for e in self._embeds)
 
     def token_id(self, token: str) -> int:
         ids = self.tokenizer.convert_tokens_to_ids([token])
@@ -162,14 +172,21 @@ class SegmentBuilder:
         ids = torch.full((vectors.shape[0],), self.token_id(self.special.icm), dtype=torch.long)
         return self._push(vectors, self._text_positions(vectors.shape[0]), ids)
 
-    def image(self, tokens: torch.Tensor, grid: tuple[int, int]) -> SegmentBuilder:
-        """`<|vision_start|>` + image tokens on a (rows, cols) merged grid + `<|vision_end|>`."""
+    def image(
+        self, tokens: torch.Tensor, grid: tuple[int, int], deepstack: torch.Tensor | None = None
+    ) -> SegmentBuilder:
+        """`<|vision_start|>` + image tokens on a (rows, cols) merged grid + `<|vision_end|>`; `deepstack` (D, n, H)
+        are the image rows' DeepStack features (Qwen3-VL)."""
         import torch
 
         rows, cols = grid
         if rows * cols != tokens.shape[0]:
             raise ValueError(f"image grid {rows}x{cols} does not match {tokens.shape[0]} image tokens")
         self.ids([self.token_id(self.special.vision_start)])
+        if deepstack is not None:
+            if deepstack.shape[1] != tokens.shape[0]:
+                raise ValueError(f"{deepstack.shape[1]} rows of DeepStack features for {tokens.shape[0]} image tokens")
+            self._deepstack.append((self._rows, deepstack.to(self._weight.device, self._weight.dtype)))
         r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
         p = self.position
         positions = torch.stack([torch.full((rows * cols,), p), p + r.reshape(-1), p + c.reshape(-1)])
@@ -181,7 +198,7 @@ class SegmentBuilder:
         """Full tokens: the image block (if any) then the text's token embeddings."""
         if tokens.n_image:
             assert tokens.image_grid is not None, "image tokens come with their grid"
-            self.image(tokens.embeds[: tokens.n_image], tokens.image_grid)
+            self.image(tokens.embeds[: tokens.n_image], tokens.image_grid, tokens.deepstack)
         if tokens.text_ids:
             self._push(
                 tokens.embeds[tokens.n_image :], self._text_positions(len(tokens.text_ids)), _long(tokens.text_ids)
@@ -193,8 +210,20 @@ class SegmentBuilder:
 
         if not self._embeds:
             raise ValueError("an empty segment")
+        mask, deepstack = None, None
+        if self._deepstack:
+            mask = torch.zeros(self._rows, dtype=torch.bool, device=self._weight.device)
+            for first, features in self._deepstack:
+                mask[first : first + features.shape[1]] = True
+            deepstack = torch.cat([features for _, features in self._deepstack], dim=1)
         return Segment(
-            torch.cat(self._embeds), torch.cat(self._positions, dim=1), torch.cat(self._ids), kind, candidate
+            torch.cat(self._embeds),
+            torch.cat(self._positions, dim=1),
+            torch.cat(self._ids),
+            kind,
+            candidate,
+            mask,
+            deepstack,
         )
 
 
@@ -291,12 +320,42 @@ def concat_segments(segments: list[Segment]) -> Segment:
     """One segment of the whole sequence (for a fresh prefill, or a training forward pass)."""
     import torch
 
+    mask, deepstack = None, None
+    if any(s.deepstack is not None for s in segments):
+        mask = torch.cat([_visual_mask(s) for s in segments])
+        deepstack = torch.cat([s.deepstack for s in segments if s.deepstack is not None], dim=1)
     return Segment(
         torch.cat([s.embeds for s in segments]),
         torch.cat([s.position_ids for s in segments], dim=1),
         torch.cat([s.token_ids for s in segments]),
         "sequence",
+        None,
+        mask,
+        deepstack,
     )
+
+
+def _visual_mask(segment: Segment) -> torch.Tensor:
+    import torch
+
+    if segment.visual_mask is not None:
+        return segment.visual_mask
+    return torch.zeros(len(segment), dtype=torch.bool, device=segment.embeds.device)
+
+
+def deepstack_inputs(segments: list[Segment], length: int) -> dict[str, Any]:
+    """The text stack's DeepStack arguments for `segments` right-padded to `length` rows (as `batch_segments`
+    lays them out): `visual_pos_masks` (B, length) and `deepstack_visual_embeds`, one (rows, H) tensor per level
+    in the mask's row-major order. Empty when no segment has DeepStack features (every model but Qwen3-VL)."""
+    import torch
+
+    if all(s.deepstack is None for s in segments):
+        return {}
+    mask = torch.zeros(len(segments), length, dtype=torch.bool, device=segments[0].embeds.device)
+    for i, s in enumerate(segments):
+        mask[i, : len(s)] = _visual_mask(s)
+    features = torch.cat([s.deepstack for s in segments if s.deepstack is not None], dim=1)
+    return {"visual_pos_masks": mask, "deepstack_visual_embeds": list(features)}
 
 
 def batch_segments(segments: list[Segment]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -255,13 +255,10 @@ def sequence_logprobs(
     import torch
 
     from retrv.icm.features import unwrap_model
-    from retrv.rerank.sequence import batch_segments
+    from retrv.rerank.decode import text_stack
 
     base = unwrap_model(model)
-    embeds, positions, attention = batch_segments([t.sequence() for t in traces])
-    hidden = base.model.language_model(
-        inputs_embeds=embeds, position_ids=positions, attention_mask=attention, use_cache=False
-    ).last_hidden_state
+    hidden = text_stack(model, [t.sequence() for t in traces])
     rows = [generated_rows(t) for t in traces]
     longest = max(len(r) for r in rows)
     index = torch.zeros(len(traces), longest, dtype=torch.long, device=hidden.device)

@@ -58,7 +58,7 @@ class IcmTrainConfig(CachedFeaturesConfig):
     reasoner: str | None = field(
         default=None,
         metadata=help_text(
-            "Reasoner to align: a Qwen2.5-VL-family model (HF id or directory) or a retrv reasoner checkpoint.",
+            "Reasoner to align: a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 model (HF id or directory) or a retrv reasoner checkpoint.",
             required=True,
         ),
     )
@@ -141,8 +141,9 @@ def alignment_loss(
 
     from retrv.icm.features import unwrap_model
     from retrv.icm.module import pad_tokens
-    from retrv.rerank.sequence import SpecialTokens, batch_segments
-    from retrv.train.samples import lm_hidden, sample_tokens
+    from retrv.rerank.decode import text_stack
+    from retrv.rerank.sequence import SpecialTokens
+    from retrv.train.samples import sample_tokens
 
     special = SpecialTokens.from_mapping(parts.config.special_tokens)
     base = unwrap_model(model)
@@ -158,8 +159,7 @@ def alignment_loss(
     )
 
     def rows_of(views: list[tuple[Any, int]]) -> torch.Tensor:
-        embeds, positions, mask = batch_segments([seq for seq, _ in views])
-        hidden = lm_hidden(model, embeds, positions, mask)
+        hidden = text_stack(model, [seq for seq, _ in views])
         picked = torch.cat([hidden[i, start : len(seq)] for i, (seq, start) in enumerate(views)])
         return torch.log_softmax(base.lm_head(picked).float(), dim=-1)
 

@@ -1,7 +1,7 @@
 """Real architectures with tiny random weights, built from configs in code (no download).
 
 Tests, benchmarks and the tiny-world recipe use these: a byte-level BPE tokenizer trained in code,
-CLIP/SigLIP dual encoders and a Qwen2.5-VL reasoner, each saved as a directory that the normal
+CLIP/SigLIP dual encoders and a Qwen2.5-VL or Qwen3-VL reasoner, each saved as a directory that the normal
 loaders (`clip:DIR`, `--reasoner DIR`) open like any downloaded model.
 """
 
@@ -29,6 +29,7 @@ QWEN_CHAT_TEMPLATE = (
     "<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
     "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+VLM_ARCHITECTURES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 REASONER_SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -164,8 +165,13 @@ def build_random_vlm(
     rope_theta: float = 10000.0,
     mrope_section: Sequence[int] | None = None,
     hub_layout: bool = False,
+    architecture: str = "qwen2_5_vl",
 ) -> Path:
-    """Save a random Qwen2_5_VLForConditionalGeneration with its tokenizer and image processor.
+    """Save a random Qwen2_5_VLForConditionalGeneration (or, with `architecture="qwen3_vl"`, a
+    Qwen3VLForConditionalGeneration: 32-px merged patches, interleaved M-RoPE, DeepStack features from every
+    vision layer into the first text layers; "qwen3_vl_moe", the same with mixture-of-experts FFNs; "qwen3_5",
+    Qwen3.5's Gated DeltaNet layers and a last full-attention layer, no DeepStack; "qwen3_5_moe", the same with
+    experts) with its tokenizer and image processor.
 
     `hub_layout` saves it the way Qwen ships an instruct model: the tokenizer has Qwen's own special tokens only
     (retrv's tags are plain text to it) and a chat template; otherwise retrv's role tokens are special tokens,
@@ -181,9 +187,10 @@ def build_random_vlm(
     the image processor are saved side by side; `rerank.checkpoint` rebuilds the processor.
     """
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    if architecture not in VLM_ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {', '.join(VLM_ARCHITECTURES)}, got {architecture!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -202,40 +209,77 @@ def build_random_vlm(
         "eos_token_id": ids("<|im_end|>"),
         "pad_token_id": tok.pad_token_id,
     }
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            vocab_size=len(tok),
-            max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta), "mrope_section": mrope},
-            tie_word_embeddings=True,
-            bos_token_id=ids("<|endoftext|>"),
-            eos_token_id=ids("<|im_end|>"),
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden,
-            intermediate_size=vision_hidden * 2,
-            num_heads=4,
-            out_hidden_size=hidden,
-            fullatt_block_indexes=list(range(vision_depth)),
-            window_size=112,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
+    text_config: dict[str, Any] = dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=len(tok),
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta), "mrope_section": mrope},
+        tie_word_embeddings=True,
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+    )
+    vision_config: dict[str, Any] = dict(
+        depth=vision_depth,
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_heads=4,
+        out_hidden_size=hidden,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    token_ids = dict(
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
-        **special_ids,
     )
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model: Any
+    if architecture != "qwen2_5_vl":
+        import transformers
+
+        text_config["head_dim"] = head_dim
+        text_config["rope_parameters"] = {**text_config["rope_parameters"], "mrope_interleaved": True}
+        if architecture.endswith("_moe"):  # every layer sparse: 4 experts, 2 per token (Qwen3.5: and a shared one)
+            text_config.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden)
+            shared = {"shared_expert_intermediate_size": hidden} if architecture == "qwen3_5_moe" else {}
+            text_config.update(decoder_sparse_step=1, **shared)
+        vision_config.update(patch_size=16, num_position_embeddings=64)
+        if architecture.startswith("qwen3_5"):  # Gated DeltaNet (linear attention) layers, then one of full attention
+            text_config.update(
+                layer_types=["linear_attention"] * (layers - 1) + ["full_attention"],
+                linear_key_head_dim=head_dim,
+                linear_value_head_dim=head_dim,
+                linear_num_key_heads=kv_heads,
+                linear_num_value_heads=heads,
+            )
+        else:
+            vision_config["deepstack_visual_indexes"] = list(range(min(vision_depth, layers)))
+        prefix = {
+            "qwen3_vl": "Qwen3VL",
+            "qwen3_vl_moe": "Qwen3VLMoe",
+            "qwen3_5": "Qwen3_5",
+            "qwen3_5_moe": "Qwen3_5Moe",
+        }[architecture]
+        config: Any = getattr(transformers, f"{prefix}Config")(
+            text_config=text_config, vision_config=vision_config, tie_word_embeddings=True, **token_ids
+        )
+        model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+        patch = 16
+    else:
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        vision_config.update(fullatt_block_indexes=list(range(vision_depth)), window_size=112, patch_size=14)
+        config = Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config, **token_ids, **special_ids)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        patch = 14
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(out)
+    side = 2 * patch  # one merged token; 2x2 to 4x4 of them, as the Qwen2.5-VL processor below
+    Qwen2VLImageProcessorPil(
+        min_pixels=(2 * side) ** 2, max_pixels=(4 * side) ** 2, patch_size=patch, merge_size=2
+    ).save_pretrained(out)
     return out

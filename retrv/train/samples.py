@@ -16,8 +16,8 @@ Bad data is reported through `DataIssues` with file and line and skipped: malfor
 a positive that is not in the pool (or not in the coarse top-K), a CoT whose answer or inspection index is
 outside 1..K.
 
-The tensor side (`sample_tokens`, `soft_tokens`, `reasoning_prompt`, `lm_hidden`) builds the prompt with the
-code inference uses (`icm.features`, `rerank.sequence.build_prompt`), with gradients through the ICM.
+The tensor side (`sample_tokens`, `soft_tokens`, `reasoning_prompt`) builds the prompt with the
+code inference uses (`icm.features`, `rerank.sequence.build_prompt`, `rerank.decode.text_stack`), with gradients through the ICM.
 """
 
 from __future__ import annotations
@@ -359,17 +359,3 @@ def reasoning_prompt(
     return build_prompt(
         tokenizer, embed_tokens, tokens.query, soft_tokens=soft, special=special or SpecialTokens(), style=style
     )
-
-
-def lm_hidden(
-    model: Any, embeds: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Last hidden states (B, L, H) of the text stack on a right-padded batch (`sequence.batch_segments`);
-    the same call `reasoner.forward_segment` makes, without a cache."""
-    from retrv.icm.features import unwrap_model
-
-    base = unwrap_model(model)
-    out = base.model.language_model(
-        inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
-    )
-    return out.last_hidden_state

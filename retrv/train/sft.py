@@ -275,8 +275,8 @@ def sft_loss(
     import torch.nn.functional as F
 
     from retrv.icm.features import unwrap_model
-    from retrv.rerank.sequence import batch_segments
-    from retrv.train.samples import lm_hidden, reasoning_prompt, sample_tokens
+    from retrv.rerank.decode import text_stack
+    from retrv.train.samples import reasoning_prompt, sample_tokens
 
     base_embed = unwrap_model(model).get_input_embeddings()
     embed = base_embed if rows is None else RowEmbedding(base_embed, torch.tensor(ctx.role_ids), rows["input"])
@@ -296,8 +296,7 @@ def sft_loss(
                 max_inspections=ctx.max_inspections,
             )
         )
-    embeds, positions, mask = batch_segments([b.sequence for b in built])
-    hidden = lm_hidden(model, embeds, positions, mask)
+    hidden = text_stack(model, [b.sequence for b in built])
     picked, labels = [], []
     for i, b in enumerate(built):
         targets = b.targets.to(hidden.device)

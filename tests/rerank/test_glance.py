@@ -179,6 +179,6 @@ def test_glance_search_end_to_end_with_a_hub_layout_model(hub_vlm_dir, sample_ph
 def test_glance_reason_mode_refuses_a_text_stack_it_cannot_drive(hub, monkeypatch):
     from retrv.errors import UsageError
 
-    monkeypatch.setattr(hub.model.config, "model_type", "qwen3_vl")  # deepstack features the loop does not inject
-    with pytest.raises(UsageError, match="--rerank score"):
+    monkeypatch.setattr(hub.model.config, "model_type", "llava")  # 1-D RoPE, a fixed number of tokens per image
+    with pytest.raises(UsageError, match="'llava': use --rerank score"):
         Reasoner.from_loaded(hub)

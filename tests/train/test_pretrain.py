@@ -246,11 +246,11 @@ def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, tra
 
     from retrv.icm.features import tokens_of
     from retrv.rerank.checkpoint import load_reasoner
+    from retrv.rerank.decode import text_stack
     from retrv.rerank.sequence import build_prompt
     from retrv.train.loop import DataIssues
     from retrv.train.pretrain import IGNORE, PretrainCollator
     from retrv.train.pretrain_examples import load_examples
-    from retrv.train.samples import lm_hidden
 
     loaded = load_reasoner(trained[0].out, device="cpu")
     tok, embed = loaded.tokenizer, loaded.model.get_input_embeddings()
@@ -288,9 +288,7 @@ def test_a_text_in_the_reasoners_layout_is_the_reasoners_prompt(synth_world, tra
             }
             with torch.no_grad():
                 theirs = loaded.model(**inputs, output_hidden_states=True).hidden_states[-1][0, :n]
-                ours = lm_hidden(
-                    loaded.model, prompt.embeds[None], prompt.position_ids[:, None], torch.ones(1, n, dtype=torch.long)
-                )[0]
+                ours = text_stack(loaded.model, [prompt])[0]
             torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
