@@ -42,7 +42,7 @@ _retrv_bench_mbeir() {
         '(--k -k)'{--k,-k}'[Depth of each ranking]:value: ' \
         '--rerank[Stage 2 none, score or reason]:value:(none score reason)' \
         '--encoder[Encoder auto, lite, clipID|DIR, textID|DIR]:value: ' \
-        '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
+        '--reasoner[Reasoner a Hugging Face id or a local directory]:value: ' \
         '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
         '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
@@ -100,7 +100,7 @@ _retrv_completions() {
 _retrv_compress() {
     local curcontext=$curcontext state line
     _arguments -s -C \
-        '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
+        '--reasoner[Reasoner a Hugging Face id or a local directory]:value: ' \
         '(--index -i)'{--index,-i}'[Index name (under the user data dir) or directory (e.g. ./photos-index)]:index:_retrv_indexes' \
         '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '--batch-size[Items per batch (one table write each)]:value: ' \
@@ -238,7 +238,7 @@ _retrv_search() {
         '--subtract[Subtract words or an image from the query vector (repeatable)]:value: ' \
         '--rerank[Stage 2 none, score (training-free) or reason (Retrv-R1)]:value:(none score reason)' \
         '--no-rerank[Same as --rerank none]' \
-        '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
+        '--reasoner[Reasoner a Hugging Face id or a local directory]:value: ' \
         '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
         '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
@@ -282,7 +282,7 @@ _retrv_serve() {
         '--token[Secret every API request must carry (Authorization Bearer TOKEN; the page takes /#token=TOKEN)]:value: ' \
         '--insecure[Serve a non-loopback --host without a token (anyone may search)]' \
         '--rerank[Stage 2 the server offers besides none score or reason]:value:(none score reason)' \
-        '--reasoner[Reasoner a Hugging Face id or a local directory (a retrv checkpoint for reason mode)]:value: ' \
+        '--reasoner[Reasoner a Hugging Face id or a local directory]:value: ' \
         '--rerank-k[How many coarse candidates the reranker sees]:value: ' \
         '--fusion-weight[score mode final = coarse + W * P(yes)]:value: ' \
         '--max-inspections[reason mode cap on detail inspections]:value: ' \

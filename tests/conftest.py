@@ -79,6 +79,15 @@ def hub_qwen3_vl_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory) -> Path:
+    """A tiny random LLaVA (CLIP vision tower, Qwen2 text stack) with its processor: a VLM outside the Qwen-VL
+    families, 16 tokens per image whatever its size."""
+    from retrv.train.random_models import build_random_llava
+
+    return build_random_llava(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture(scope="session")
 def reasoner_checkpoint(tiny_reasoner_dir, tmp_path_factory) -> Path:
     """The tiny Qwen2.5-VL with a freshly initialised ICM, saved as a retrv reasoner checkpoint."""
     import torch

@@ -62,7 +62,10 @@ ReasonerOption = Annotated[
     typer.Option(
         metavar="ID|DIR",
         envvar="RETRV_REASONER",
-        help="Reasoner: a Hugging Face id or a local directory (a retrv checkpoint for reason mode).",
+        help=(
+            "Reasoner: a Hugging Face id or a local directory. Score mode reads any instruct VLM; reason mode a "
+            "Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 model, or a retrv checkpoint."
+        ),
     ),
 ]
 CandidateTokensOption = Annotated[
@@ -71,7 +74,7 @@ CandidateTokensOption = Annotated[
         metavar="icm|glance|full",
         envvar="RETRV_CANDIDATE_TOKENS",
         help="reason mode: candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first "
-        "words: any instruct VLM) or every token. Default: icm with ICM weights, else glance.",
+        "words: any Qwen-VL-family instruct VLM) or every token. Default: icm with ICM weights, else glance.",
     ),
 ]
 GlanceImageTokensOption = Annotated[

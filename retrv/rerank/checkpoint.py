@@ -225,7 +225,7 @@ def load_reasoner(
     if require_icm and (config.icm is None or not (root / ICM_WEIGHTS).is_file()):
         raise ModelLoadError(
             f"reasoner {spec!r} has no ICM weights ({'stage ' + config.stage if is_checkpoint else 'a bare base model'}); "
-            "ICM tokens need a checkpoint from `retrv train`. With any instruct VLM use --candidate-tokens glance "
+            "ICM tokens need a checkpoint from `retrv train`. With a Qwen-VL-family instruct VLM use --candidate-tokens glance "
             "(reason mode) or --rerank score"
         )
     llm_dir = root if (not is_checkpoint or config.weights == "full") else resolve_spec(config.base_model)
@@ -275,9 +275,11 @@ def load_reasoner(
                 )
             model = PeftModel.from_pretrained(model, str(root)).merge_and_unload()
 
-    linear_patch_embeddings(model)
-    cap_image_tokens(image_processor, max_image_tokens)
-    processor = build_processor(model.config.model_type, image_processor, tokenizer)
+        linear_patch_embeddings(model)
+        cap_image_tokens(image_processor, max_image_tokens)
+        processor = build_processor(model.config.model_type, image_processor, tokenizer, root, trust_remote_code)
+        if image_processor is None and processor is not None:
+            image_processor = processor.image_processor
     model.to(choice.device).eval()  # type: ignore[arg-type]  # transformers' stubs type `to` oddly
 
     icm = None

@@ -27,7 +27,7 @@ def make_reranker(
     notify: Callable[[str], None] | None = None,
 ) -> Reranker | None:
     """`score`: any instruct VLM, training-free (`score_style` lamra or retllm, optionally with visual
-    `retracing`). `reason`: any instruct VLM with glance tokens, or a retrv checkpoint with ICM tokens
+    `retracing`). `reason`: a Qwen-VL-family instruct VLM with glance tokens, or a retrv checkpoint with ICM tokens
     (`reason.candidate_tokens`), with detail inspection. `notify` hears which device the reasoner runs on."""
     from retrv.rerank.checkpoint import DEFAULT_REASONER, load_reasoner
 

@@ -57,9 +57,19 @@ def read_chat_template(directory: Path) -> str | None:
     return None
 
 
-def build_processor(model_type: str, image_processor: Any, tokenizer: Any) -> Any:
+def build_processor(
+    model_type: str,
+    image_processor: Any,
+    tokenizer: Any,
+    directory: Path | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """The model's processor: the Qwen-VL families' built here from their parts (their own cannot load without
+    torchvision), any other model's as it saved it in `directory` (`AutoProcessor`); None when there is none."""
     cls = _processor_class(model_type)
-    if cls is None or image_processor is None:
+    if cls is None:
+        return _saved_processor(directory, trust_remote_code) if directory is not None else None
+    if image_processor is None:
         return None
     return cls(
         image_processor=image_processor,
@@ -67,6 +77,17 @@ def build_processor(model_type: str, image_processor: Any, tokenizer: Any) -> An
         video_processor=None,
         chat_template=getattr(tokenizer, "chat_template", None),
     )
+
+
+def _saved_processor(directory: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError, ImportError, AttributeError):
+        return None
+    # a tokenizer alone is no processor: score mode then reads text candidates only
+    return processor if getattr(processor, "image_processor", None) is not None else None
 
 
 def cap_image_tokens(image_processor: Any, max_image_tokens: int | None) -> None:

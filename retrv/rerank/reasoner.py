@@ -47,7 +47,7 @@ class ReasonerOptions:
     top_p: float = 1.0
     seed: int | None = None
     # How candidates enter the prompt (`sequence.CANDIDATE_TOKENS`): "icm" (two soft tokens each, a checkpoint
-    # with ICM weights), "glance" (each at `glance`'s small budget: any instruct VLM, no training), "full"
+    # with ICM weights), "glance" (each at `glance`'s small budget: any Qwen-VL-family instruct VLM, no training), "full"
     # (every token: the paper's "w/o ICM"); None picks icm when the reasoner has an ICM, else glance.
     candidate_tokens: str | None = None
     glance: GlanceBudget = field(default_factory=GlanceBudget)
@@ -111,7 +111,7 @@ class Reasoner:
         if self.candidate_tokens == "icm" and icm is None:
             raise UsageError(
                 "--candidate-tokens icm needs a reasoner checkpoint with ICM weights (retrv train icm); "
-                "use glance (any instruct VLM) or full"
+                "use glance (any Qwen-VL-family instruct VLM) or full"
             )
         model_type = getattr(unwrap_model(model).config, "model_type", "")
         if model_type not in REASON_MODEL_TYPES:

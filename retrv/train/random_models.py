@@ -283,3 +283,64 @@ def build_random_vlm(
         min_pixels=(2 * side) ** 2, max_pixels=(4 * side) ** 2, patch_size=patch, merge_size=2
     ).save_pretrained(out)
     return out
+
+
+def build_random_llava(out_dir: str | Path, hidden: int = 64, image_size: int = 64, seed: int = 0) -> Path:
+    """Save a random LlavaForConditionalGeneration (a CLIP vision tower, a Qwen2 text stack) with its processor, as
+    the hub ships one: an `<image>` token the processor expands to a fixed 16 tokens per image, a chat template.
+    A VLM outside the Qwen-VL families: score mode reads it, reason mode refuses it."""
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    corpus = [*DEFAULT_CORPUS, *["Please output True or False. True. False."] * 20]
+    tok = train_byte_bpe_tokenizer(corpus, 400, ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"])
+    tok.chat_template = QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>")
+    ids = tok.convert_tokens_to_ids
+    patch = image_size // 4
+    config = LlavaConfig(
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            max_position_embeddings=4096,
+            bos_token_id=ids("<|endoftext|>"),
+            eos_token_id=ids("<|im_end|>"),
+            tie_word_embeddings=True,
+        ),
+        image_token_id=ids("<image>"),
+        vision_feature_select_strategy="default",  # the patch tokens, CLS dropped
+        vision_feature_layer=-1,
+        image_seq_length=16,
+    )
+    LlavaForConditionalGeneration(config).save_pretrained(out)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        chat_template=tok.chat_template,
+        image_token="<image>",
+        num_additional_image_tokens=1,
+    )
+    processor.save_pretrained(out)
+    return out

@@ -174,11 +174,3 @@ def test_glance_search_end_to_end_with_a_hub_layout_model(hub_vlm_dir, sample_ph
         ],
     )
     assert full.exit_code == 0 and json.loads(full.stdout)["candidate_tokens"] == "full"
-
-
-def test_glance_reason_mode_refuses_a_text_stack_it_cannot_drive(hub, monkeypatch):
-    from retrv.errors import UsageError
-
-    monkeypatch.setattr(hub.model.config, "model_type", "llava")  # 1-D RoPE, a fixed number of tokens per image
-    with pytest.raises(UsageError, match="'llava': use --rerank score"):
-        Reasoner.from_loaded(hub)

@@ -216,6 +216,35 @@ def test_retllm_composed_and_reverse_prompts(hub, candidates, sample_photos_dir)
     assert 'match the caption "a rocket launching into the sky"' in reverse
 
 
+# ---------------------------------------------------------------- any instruct VLM
+
+
+@pytest.mark.parametrize("style", ["lamra", "retllm"])
+def test_score_mode_reads_a_vlm_outside_the_qwen_families(llava_dir, candidates, style):
+    """A LLaVA loads with the processor it saved, and scores image candidates as an independent forward does."""
+    llava = load_reasoner(str(llava_dir), device="cpu")
+    assert type(llava.processor).__name__ == "LlavaProcessor"
+    query = Query(text="a photo of a cat")
+    scorer = Scorer(llava, style=style)
+    assert "<image>" in scorer.prompt(query, candidates[1])  # the model's own image token
+    result = scorer.rerank(query, candidates)
+    assert all(s is not None for s in result.rerank_scores)  # the image candidates too
+    for cand, score in zip(candidates, result.rerank_scores, strict=True):
+        if style == "lamra":
+            assert score == pytest.approx(_reference_p_yes(scorer, query, cand), abs=1e-5)
+        else:
+            assert score == pytest.approx(_reference_retllm(scorer, query, cand)[0], abs=1e-9)
+
+
+def test_reason_mode_refuses_a_vlm_outside_the_qwen_families_in_one_line(llava_dir):
+    from retrv.errors import UsageError
+    from retrv.rerank.reasoner import Reasoner
+
+    with pytest.raises(UsageError, match="this reasoner is 'llava': use --rerank score") as refused:
+        Reasoner.from_loaded(load_reasoner(str(llava_dir), device="cpu"))
+    assert "\n" not in str(refused.value)
+
+
 # ---------------------------------------------------------------- visual retracing
 
 
