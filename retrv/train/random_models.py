@@ -324,7 +324,7 @@ def build_random_llava(out_dir: str | Path, hidden: int = 64, image_size: int = 
             eos_token_id=ids("<|im_end|>"),
             tie_word_embeddings=True,
         ),
-        image_token_id=ids("<image>"),
+        image_token_index=ids("<image>"),
         vision_feature_select_strategy="default",  # the patch tokens, CLS dropped
         vision_feature_layer=-1,
         image_seq_length=16,
