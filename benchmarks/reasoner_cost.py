@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/reasoner_cost.py                        # CPU config (~66M params), K=10,50
     .venv/bin/python benchmarks/reasoner_cost.py --ks 10,50,100 --repeats 3
     .venv/bin/python benchmarks/reasoner_cost.py --config 3b --device cuda --ks 10,50,100
-    .venv/bin/python benchmarks/reasoner_cost.py --config cpu-qwen3 --image-size 512 --ks 50   # 256 tokens, as 448 px above
+    .venv/bin/python benchmarks/reasoner_cost.py --config cpu-qwen3 --image-size 512 --ks 50  # Qwen3: 256 tokens
 
 What one resolve is (the timed region, the same code for every arm: `Reasoner.prepare`, then the decode loop):
   encode the query -> make the candidates' tokens -> build the prompt -> prefill -> decode `--decode-tokens`
@@ -127,7 +127,7 @@ def build_checkpoint(work: Path, config: str, device: str, image_size: int) -> P
         build_3b_shaped(model_dir, device)
     else:
         build_random_vlm(model_dir, **CONFIGS[config])
-    # the tiny builder's processor stops at 4x4 tokens; let candidates reach `image_size` (load_reasoner caps at 256 tokens)
+    # the tiny builder's processor stops at 4x4 tokens; let candidates reach `image_size` (load_reasoner caps at 256)
     patch = 16 if CONFIGS[config].get("architecture", "qwen2_5_vl") != "qwen2_5_vl" else 14
     Qwen2VLImageProcessorPil(
         min_pixels=(4 * patch) ** 2, max_pixels=image_size * image_size, patch_size=patch, merge_size=2

@@ -225,8 +225,8 @@ def load_reasoner(
     if require_icm and (config.icm is None or not (root / ICM_WEIGHTS).is_file()):
         raise ModelLoadError(
             f"reasoner {spec!r} has no ICM weights ({'stage ' + config.stage if is_checkpoint else 'a bare base model'}); "
-            "ICM tokens need a checkpoint from `retrv train`. With a Qwen-VL-family instruct VLM use --candidate-tokens glance "
-            "(reason mode) or --rerank score"
+            "ICM tokens need a checkpoint from `retrv train`. With a Qwen-VL-family instruct VLM use "
+            "--candidate-tokens glance (reason mode) or --rerank score"
         )
     llm_dir = root if (not is_checkpoint or config.weights == "full") else resolve_spec(config.base_model)
     if not _has_safetensors(llm_dir):

@@ -1,8 +1,8 @@
 """A vision tower's patch embedding as the matrix product it is.
 
-Qwen2-VL, Qwen2.5-VL and Qwen3-VL embed each patch with a Conv3d whose kernel is its stride and whose input is exactly one
-kernel (the patch embedding views its input that way), so the convolution is a linear map of the flattened
-patch. On a CPU the convolution is the slow way to compute it, the backward pass above all (docs/benchmarks.md,
+Qwen2-VL, Qwen2.5-VL and Qwen3-VL embed each patch with a Conv3d whose kernel is its stride and whose input is
+exactly one kernel (the patch embedding views its input that way), so the convolution is a linear map of the
+flattened patch. On a CPU the convolution is the slow way to compute it, the backward pass above all (docs/benchmarks.md,
 7). Same parameters, same state-dict keys, same outputs to float rounding.
 """
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from retrv.icm.features import PIXELS_PER_IMAGE_TOKEN, pixels_per_image_token  # noqa: F401 (re-exported)
 
-# Candidates are capped at 256 image tokens (about 448x448 px; 512x512 for Qwen3-VL) unless the caller asks otherwise: the hub default
-# (1280 tokens) would make a top-50 rerank 64k image tokens long. A processor that already asks for fewer
-# pixels is kept as is.
+# Candidates are capped at 256 image tokens (about 448x448 px; 512x512 for Qwen3-VL) unless the caller asks
+# otherwise: the hub default (1280 tokens) would make a top-50 rerank 64k image tokens long. A processor that
+# already asks for fewer pixels is kept as is.
 DEFAULT_MAX_IMAGE_TOKENS = 256
 
 

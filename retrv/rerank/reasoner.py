@@ -47,8 +47,9 @@ class ReasonerOptions:
     top_p: float = 1.0
     seed: int | None = None
     # How candidates enter the prompt (`sequence.CANDIDATE_TOKENS`): "icm" (two soft tokens each, a checkpoint
-    # with ICM weights), "glance" (each at `glance`'s small budget: any Qwen-VL-family instruct VLM, no training), "full"
-    # (every token: the paper's "w/o ICM"); None picks icm when the reasoner has an ICM, else glance.
+    # with ICM weights), "glance" (each at `glance`'s small budget: any Qwen-VL-family instruct VLM, no
+    # training), "full" (every token: the paper's "w/o ICM"); None picks icm when the reasoner has an ICM, else
+    # glance.
     candidate_tokens: str | None = None
     glance: GlanceBudget = field(default_factory=GlanceBudget)
     budget: TokenBudget = field(default_factory=TokenBudget)  # full tokens: inspections, the query, "full"
@@ -72,7 +73,8 @@ class PreparedPrompt:
 
 ICM_TABLE_PREFIX = "icm_"
 # The decode loop feeds `model.model.language_model` directly with 3-row M-RoPE positions (`rerank/sequence.py`)
-# and, for Qwen3-VL, the vision tower's DeepStack features; glance tokens need the family's native dynamic resolution.
+# and, for Qwen3-VL, the vision tower's DeepStack features; glance tokens need the family's native dynamic
+# resolution.
 REASON_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
 
 

@@ -58,7 +58,8 @@ class IcmTrainConfig(CachedFeaturesConfig):
     reasoner: str | None = field(
         default=None,
         metadata=help_text(
-            "Reasoner to align: a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 model (HF id or directory) or a retrv reasoner checkpoint.",
+            "Reasoner to align: a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 model (HF id or directory) or a retrv "
+            "reasoner checkpoint.",
             required=True,
         ),
     )

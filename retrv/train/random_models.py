@@ -1,8 +1,8 @@
 """Real architectures with tiny random weights, built from configs in code (no download).
 
 Tests, benchmarks and the tiny-world recipe use these: a byte-level BPE tokenizer trained in code,
-CLIP/SigLIP dual encoders and a Qwen2.5-VL or Qwen3-VL reasoner, each saved as a directory that the normal
-loaders (`clip:DIR`, `--reasoner DIR`) open like any downloaded model.
+CLIP/SigLIP dual encoders, Qwen2.5-VL / Qwen3-VL / Qwen3.5 reasoners and a LLaVA, each saved as a directory
+that the normal loaders (`clip:DIR`, `--reasoner DIR`) open like any downloaded model.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Bad data is reported through `DataIssues` with file and line and skipped: malfor
 a positive that is not in the pool (or not in the coarse top-K), a CoT whose answer or inspection index is
 outside 1..K.
 
-The tensor side (`sample_tokens`, `soft_tokens`, `reasoning_prompt`) builds the prompt with the
-code inference uses (`icm.features`, `rerank.sequence.build_prompt`, `rerank.decode.text_stack`), with gradients through the ICM.
+The tensor side (`sample_tokens`, `soft_tokens`, `reasoning_prompt`) builds the prompt with the code inference
+uses (`icm.features`, `rerank.sequence.build_prompt`, `rerank.decode.text_stack`), with gradients through the ICM.
 """
 
 from __future__ import annotations
