@@ -48,10 +48,10 @@ _retrv_bench_mbeir() {
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
-        '--glance-image-tokens[reason mode, glance image tokens per candidate (4)]:value: ' \
+        '--glance-image-tokens[reason mode, glance image tokens per candidate, at most (4; never more than the models own image b]:value: ' \
         '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
         '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
-        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR)]' \
+        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR; dens]' \
         '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '(--instructions --no-instructions)'{--instructions,--no-instructions}'[Prefix queries with UniIRs task instructions]' \
         '--limit[At most this many queries per dataset]:value: ' \
@@ -245,10 +245,10 @@ _retrv_search() {
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
-        '--glance-image-tokens[reason mode, glance image tokens per candidate (4)]:value: ' \
+        '--glance-image-tokens[reason mode, glance image tokens per candidate, at most (4; never more than the models own image b]:value: ' \
         '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
         '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
-        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR)]' \
+        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR; dens]' \
         '--under[Only items at or below this folder (repeatable any of them)]:file:_files' \
         '--since[Only items made on or after DATE (2024-05-01, 2024-05, 2024, or 30d / 6w ago) the photos EXIF date]:value: ' \
         '--until[Only items made on or before DATE (a month or year all of it)]:value: ' \
@@ -289,10 +289,10 @@ _retrv_serve() {
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
-        '--glance-image-tokens[reason mode, glance image tokens per candidate (4)]:value: ' \
+        '--glance-image-tokens[reason mode, glance image tokens per candidate, at most (4; never more than the models own image b]:value: ' \
         '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
         '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
-        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR)]' \
+        '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR; dens]' \
         '--device[Where models run auto (cuda > mps > cpu), cpu, cuda or mps]:value: ' \
         '--storage-options[For an --index on object storage (s3//, gs//, az//) LanceDB storage options, e.g. aws_endpoint=h]:value: ' \
         '--ann-memory[Memory budget of the ANN index (e.g. 512MB, 4GiB) flat, HNSW or IVF-PQ is chosen to fit; once given]:value: ' \

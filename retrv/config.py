@@ -26,6 +26,7 @@ else:  # pragma: no cover - Python 3.10
 
 APP_NAME = "retrv"
 DEFAULT_INDEX = "default"
+DEFAULT_REASONER = "Qwen/Qwen2.5-VL-3B-Instruct"  # --rerank score|reason without --reasoner
 RERANK_MODES = ("none", "score", "reason")
 CANDIDATE_TOKENS = ("icm", "glance", "full")
 SCORE_STYLES = ("lamra", "retllm")
@@ -59,7 +60,7 @@ class Settings:
     max_new_tokens: int = _setting(512, minimum=1)
     candidate_tokens: str | None = _setting(None, choices=CANDIDATE_TOKENS)  # None: icm with ICM weights, else glance
     glance_image_tokens: int = _setting(4, minimum=1)
-    glance_text_tokens: int = _setting(16, minimum=0)
+    glance_text_tokens: int = _setting(16, minimum=1)
     score_style: str = _setting("lamra", choices=SCORE_STYLES)
     visual_retracing: bool = False
     exact_search_max: int = _setting(50_000, minimum=0)
@@ -67,6 +68,11 @@ class Settings:
     ann_memory: str | None = _setting(None, size=True)  # e.g. "512MB", "4GiB": the ANN kind is chosen to fit
     storage_options: str | None = _setting(None, pairs=True)  # "key=value,..." for an index on object storage
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def rerank_mode(self) -> str:
+        """The stage 2 that runs: `rerank`, or "score" when only a reasoner is given, else "none"."""
+        return self.rerank or ("score" if self.reasoner else "none")
 
     def origin(self, name: str) -> str:
         """Where the value of setting `name` came from: a flag, a variable, `FILE:LINE`, or "default"."""

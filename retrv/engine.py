@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from retrv.errors import RetrvError
 from retrv.items import Hit, Item, Query, Ranking
 
 SEARCH_SCHEMA = "retrv.search/1"
@@ -33,7 +34,7 @@ def reranker_from_settings(
     from retrv.rerank.reasoner import ReasonerOptions
     from retrv.rerank.retracing import RetracingConfig
 
-    mode = settings.rerank or ("score" if settings.reasoner else "none")
+    mode = settings.rerank_mode
     if mode == "none":
         return None
     resolve_device(settings.device, origin=settings.origin("device"))  # fail early, naming where it came from
@@ -44,17 +45,24 @@ def reranker_from_settings(
         glance=GlanceBudget(settings.glance_image_tokens, settings.glance_text_tokens),
         force_answer=force_answer,
     )
-    return make_reranker(
-        mode,
-        settings.reasoner,
-        device=settings.device,
-        fusion_weight=settings.fusion_weight,
-        score_style=settings.score_style,
-        retracing=RetracingConfig() if settings.visual_retracing else None,
-        reason=reason,
-        trust_remote_code=trust_remote_code,
-        notify=notify,
-    )
+    try:
+        return make_reranker(
+            mode,
+            settings.reasoner,
+            device=settings.device,
+            fusion_weight=settings.fusion_weight,
+            score_style=settings.score_style,
+            retracing=RetracingConfig() if settings.visual_retracing else None,
+            reason=reason,
+            trust_remote_code=trust_remote_code,
+            notify=notify,
+        )
+    except RetrvError as exc:  # a model that cannot do what a setting asks: name where that setting came from
+        for name, said in (("candidate_tokens", "ICM"), ("visual_retracing", "--visual-retracing")):
+            origin = settings.origin(name)
+            if said in str(exc) and not origin.startswith(("--", "default")):
+                exc.args = (f"{exc} ({name} from {origin})", *exc.args[1:])
+        raise
 
 
 class Engine:
@@ -161,6 +169,9 @@ class Engine:
         ranking.hits = hits[:k]
         for rank, hit in enumerate(ranking.hits, 1):
             hit.rank = rank
+        if ranking.rerank != "none":
+            head = {c.item.id for c in kept[: self.rerank_k]}
+            ranking.reranked = sum(hit.id in head for hit in ranking.hits)
         latency["total"] = (time.perf_counter() - started) * 1000
         return ranking
 

@@ -140,8 +140,11 @@ def model_dir(
     if why is None and not hub_reachable():
         why = "the hub is unreachable"
     if why is not None:
+        local = Path(ref.target)  # "models/mine" reads as a hub id; say so when "models/" is a folder here
+        nearly = f" (nor is there a directory {local})" if local.parent.name and local.parent.is_dir() else ""
         raise ModelNotCachedError(
-            f"{ref} is not in the Hugging Face cache ({cache}) and {why}; run once with network, or pass {instead}",
+            f"{ref} is not in the Hugging Face cache ({cache}){nearly} and {why}; run once with network, or pass "
+            f"{instead}",
             why,
         )
     from huggingface_hub import snapshot_download

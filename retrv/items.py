@@ -218,6 +218,8 @@ class Ranking:
     `fallback` names why a reranker's output was not used (malformed output), else None.
     `forced_answer` is True when the reasoner stopped without a usable answer and was made to name a candidate.
     `candidate_tokens` says how reason mode showed the candidates (icm, glance, full); None in other modes.
+    `reranked` is how many of the top hits stage 2 ordered; the hits after them (k above the reranked depth)
+    follow in coarse order, with coarse scores.
     `filters` is what the search kept and folded: under, since, until, modality, all_copies, dedup.
     `latency_ms` is per stage ("encode", "coarse", "fetch", "rerank", "total").
     """
@@ -231,6 +233,7 @@ class Ranking:
     fallback: str | None = None
     forced_answer: bool = False
     candidate_tokens: str | None = None
+    reranked: int = 0
     prompt_tokens: int = 0
     generated_tokens: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -253,6 +256,7 @@ class Ranking:
             "fallback": self.fallback,
             "forced_answer": self.forced_answer,
             "candidate_tokens": self.candidate_tokens,
+            "reranked": self.reranked,
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "latency_ms": dict(self.latency_ms),
@@ -272,6 +276,7 @@ class Ranking:
             fallback=data["fallback"],
             forced_answer=data["forced_answer"],
             candidate_tokens=data.get("candidate_tokens"),
+            reranked=int(data.get("reranked", 0)),
             prompt_tokens=data["prompt_tokens"],
             generated_tokens=data["generated_tokens"],
             latency_ms=dict(data["latency_ms"]),

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import click
 import typer
 
+from retrv.config import DEFAULT_REASONER
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -64,7 +66,8 @@ ReasonerOption = Annotated[
         envvar="RETRV_REASONER",
         help=(
             "Reasoner: a Hugging Face id or a local directory. Score mode reads any instruct VLM; reason mode a "
-            "Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 model, or a retrv checkpoint."
+            f"Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3.5 model, or a retrv checkpoint. With --rerank and no "
+            f"reasoner: {DEFAULT_REASONER}."
         ),
     ),
 ]
@@ -80,7 +83,9 @@ CandidateTokensOption = Annotated[
 GlanceImageTokensOption = Annotated[
     int | None,
     typer.Option(
-        metavar="N", envvar="RETRV_GLANCE_IMAGE_TOKENS", help="reason mode, glance: image tokens per candidate (4)."
+        metavar="N",
+        envvar="RETRV_GLANCE_IMAGE_TOKENS",
+        help="reason mode, glance: image tokens per candidate, at most (4; never more than the model's own image budget).",
     ),
 ]
 GlanceTextTokensOption = Annotated[
@@ -103,7 +108,8 @@ VisualRetracingOption = Annotated[
     typer.Option(
         "--visual-retracing/--no-visual-retracing",
         envvar="RETRV_VISUAL_RETRACING",
-        help="score mode: when the model hesitates mid-way, its FFN looks again at the input (RetLLM's MemVR).",
+        help="score mode: when the model hesitates mid-way, its FFN looks again at the input (RetLLM's MemVR; "
+        "dense models of at least 7 layers).",
         show_default=False,
     ),
 ]
@@ -272,7 +278,25 @@ def settings_from_flags(ctx: typer.Context, **flags: Any) -> Settings:
         if getattr(source, "name", None) == "ENVIRONMENT":  # typer may bring its own copy of click's enum
             continue
         given[name] = value.value if hasattr(value, "value") else value
-    return load_settings(given)
+    settings = load_settings(given)
+    if "index" in flags:
+        _note_a_folder_the_name_hides(settings, notice(bool(ctx.params.get("quiet"))))
+    return settings
+
+
+def _note_a_folder_the_name_hides(settings: Settings, notify: Callable[[str], None]) -> None:
+    """`--index photos` is the named index in the user data dir, even where `./photos` is an index too: say so."""
+    from pathlib import Path
+
+    from retrv.config import is_index_name, resolve_index_path
+    from retrv.index.store import META_FILE
+
+    name = settings.index
+    if is_index_name(name) and (Path(name) / META_FILE).is_file() and Path(name).resolve() != resolve_index_path(name):
+        notify(
+            f"index {name!r} (from {settings.origin('index')}) is the named index at {resolve_index_path(name)}; "
+            f"for the index in the folder here, pass ./{name}"
+        )
 
 
 def silence_library(quiet: bool) -> None:

@@ -32,13 +32,19 @@ def report_on_stderr(ranking: Ranking, *, quiet: bool = False) -> None:
         )
     elif ranking.forced_answer and not quiet:
         stderr_console().print("[yellow]note:[/yellow] the reasoner stopped without an answer; it was made to name one")
+    below = len(ranking.hits) - ranking.reranked
+    if ranking.rerank != "none" and not ranking.fallback and ranking.reranked and below > 0 and not quiet:
+        stderr_console().print(
+            f"[yellow]note:[/yellow] hits {ranking.reranked + 1}-{len(ranking.hits)} are below the reranked depth "
+            f"(--rerank-k): they follow in coarse order, with coarse scores"
+        )
 
 
 def render_ranking(
     ranking: Ranking, *, paths_only: bool = False, null: bool = False, show_reasoning: bool = False, quiet: bool = False
 ) -> None:
     if paths_only or null:
-        if show_reasoning and ranking.reasoning and not quiet:
+        if show_reasoning and ranking.reasoning:  # asked for: kept off stdout, which holds paths only
             stderr_console().print(ranking.reasoning, markup=False)
         if null:
             import os

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -208,6 +209,7 @@ def search(
     )
     if no_rerank:
         settings = dataclasses.replace(settings, rerank="none", origins={**settings.origins, "rerank": "--no-rerank"})
+    _note_flags_the_mode_ignores(ctx, settings.rerank_mode, notice(quiet))
     q = parse_query(query, image, add=add or [], subtract=subtract or [], warn=warn)
     where = SearchFilter.make(
         under=under or [], since=since, until=until, modality=modality.value if modality else None
@@ -274,6 +276,29 @@ SERVER_SIDE_FLAGS = (
     "storage_options",
     "ann_memory",
 )
+
+
+# The stage-2 flags that only one rerank mode reads.
+MODE_FLAGS = {
+    "score": ("fusion_weight", "score_style", "visual_retracing"),
+    "reason": (
+        "max_inspections",
+        "max_new_tokens",
+        "force_answer",
+        "candidate_tokens",
+        "glance_image_tokens",
+        "glance_text_tokens",
+    ),
+}
+
+
+def _note_flags_the_mode_ignores(ctx: typer.Context, mode: str, notify: Callable[[str], None]) -> None:
+    for owner, names in MODE_FLAGS.items():
+        given = [n for n in names if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"]
+        if owner != mode and given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            verb, pronoun = ("applies", "it does") if len(given) == 1 else ("apply", "they do")
+            notify(f"{flags} {verb} to --rerank {owner}; the stage 2 here is {mode}, so {pronoun} nothing")
 
 
 def _refuse_server_side_flags(ctx: typer.Context) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retrv.config import DEFAULT_REASONER
 from retrv.errors import ModelLoadError, ModelNotCachedError, UsageError
 from retrv.hub import model_dir, parse_model_ref, quiet_transformers
 from retrv.rerank.processor import (  # noqa: F401  (constants re-exported as part of this module's API)
@@ -44,7 +45,6 @@ from retrv.rerank.processor import (  # noqa: F401  (constants re-exported as pa
 if TYPE_CHECKING:
     from retrv.icm.module import ICM
 
-DEFAULT_REASONER = "Qwen/Qwen2.5-VL-3B-Instruct"
 REASONER_CONFIG = "retrv-reasoner.json"
 ICM_WEIGHTS = "icm.safetensors"
 TOKEN_EMBEDDINGS = "token_embeddings.safetensors"
@@ -115,6 +115,25 @@ class LoadedReasoner:
 
 
 # ---------------------------------------------------------------- resolving a spec to a directory
+
+
+def reference_kernels_note(loaded: LoadedReasoner) -> str | None:
+    """What to tell the user when the model's linear-attention layers (Qwen3.5's Gated DeltaNet) run on
+    transformers' reference PyTorch code; None for a model without them or with their CUDA kernels at hand
+    (`load_reasoner` silences transformers' own warning, one per kernel, in favour of this one line)."""
+    import importlib.util
+
+    if not _has_linear_attention(loaded.model):
+        return None
+    missing = [name for name in ("fla", "causal_conv1d") if importlib.util.find_spec(name) is None]
+    if loaded.device.startswith("cuda") and not missing:
+        return None
+    why = "on the CPU" if not loaded.device.startswith("cuda") else f"without {', '.join(missing)}"
+    return f"its linear-attention layers run transformers' reference PyTorch code {why}: correct, but slower"
+
+
+def _has_linear_attention(model: Any) -> bool:
+    return "linear_attention" in (getattr(model.config.get_text_config(), "layer_types", None) or [])
 
 
 def resolve_spec(spec: str) -> Path:
@@ -197,6 +216,13 @@ def _has_safetensors(directory: Path, name: str = "model") -> bool:
     return any(directory.glob(f"{name}*.safetensors"))
 
 
+def _model_type(directory: Path) -> str:
+    try:
+        return str(json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type", "unknown"))
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+
+
 def load_reasoner(
     spec: str | None = None,
     *,
@@ -224,7 +250,7 @@ def load_reasoner(
         config = ReasonerConfig(base_model=_pinned_spec(spec, root))
     if require_icm and (config.icm is None or not (root / ICM_WEIGHTS).is_file()):
         raise ModelLoadError(
-            f"reasoner {spec!r} has no ICM weights ({'stage ' + config.stage if is_checkpoint else 'a bare base model'}); "
+            f"reasoner {spec!r} has no ICM weights ({'stage ' + config.stage if is_checkpoint else 'a plain model, not a retrv checkpoint'}); "
             "ICM tokens need a checkpoint from `retrv train`. With a Qwen-VL-family instruct VLM use "
             "--candidate-tokens glance (reason mode) or --rerank score"
         )
@@ -258,6 +284,12 @@ def load_reasoner(
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if "Unrecognized configuration class" in first:  # a model, but not one that reads images and writes text
+                kind = _model_type(llm_dir)
+                raise ModelLoadError(
+                    f"reasoner {spec!r} is a {kind!r} model, not a vision-language model that writes text "
+                    "(transformers' AutoModelForImageTextToText); an image-text embedding model goes in --encoder"
+                ) from None
             raise ModelLoadError(f"reasoner {spec!r}: cannot load from {llm_dir} ({first})") from None
 
         if role_tokens or (role_tokens is None and is_checkpoint):
@@ -281,6 +313,10 @@ def load_reasoner(
         if image_processor is None and processor is not None:
             image_processor = processor.image_processor
     model.to(choice.device).eval()  # type: ignore[arg-type]  # transformers' stubs type `to` oddly
+    if _has_linear_attention(model):  # `reference_kernels_note` says it once, where transformers warns per kernel
+        import logging
+
+        logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
 
     icm = None
     if config.icm is not None and (root / ICM_WEIGHTS).is_file():

@@ -67,20 +67,27 @@ def retraced(mlp: Any, x: Any, ffn: Any, memory: Any, alpha: float) -> Any:
 
 
 def check_retracing(model: Any, config: RetracingConfig | None) -> None:
-    """Raise UsageError unless every FFN that `config` would retrace is dense (has `gate_proj` and `down_proj`)."""
+    """Raise UsageError where retracing cannot do what it says: a mixture-of-experts FFN (no single `gate_proj`
+    and `down_proj` to scale), or a model too shallow for `config`'s layers (nothing would ever be retraced)."""
     if config is None:
         return
     from retrv.errors import UsageError
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = base.model.language_model.layers
-    for layer in range(config.first_layer, min(config.last_layer, len(layers) - 1)):
-        mlp = layers[layer + 1].mlp
-        if not (hasattr(mlp, "gate_proj") and hasattr(mlp, "down_proj")):
-            raise UsageError(
-                f"--visual-retracing needs a dense FFN with gate_proj and down_proj; layer {layer + 1} of this "
-                f"reasoner is a {type(mlp).__name__}"
-            )
+    sparse = [
+        i for i, layer in enumerate(layers) if not (hasattr(layer.mlp, "gate_proj") and hasattr(layer.mlp, "down_proj"))
+    ]
+    if sparse:
+        raise UsageError(
+            f"--visual-retracing scales one dense FFN per layer, and this reasoner is a mixture-of-experts model "
+            f"(layer {sparse[0]}: {type(layers[sparse[0]].mlp).__name__}); drop --visual-retracing"
+        )
+    if not range(config.first_layer, min(config.last_layer, len(layers) - 1)):
+        raise UsageError(
+            f"--visual-retracing reads layers {config.first_layer} to {config.last_layer - 1} out early and retraces "
+            f"the layer after; this reasoner has {len(layers)} layers, so nothing would be retraced"
+        )
 
 
 @contextmanager

@@ -80,7 +80,10 @@ def pick_answer_tokens(tokenizer: Any, prefix: str, pairs: tuple[tuple[str, str]
         if yes_id is not None and no_id is not None and yes_id != no_id:
             return AnswerTokens(yes, no, yes_id, no_id)
     words = " or ".join(f"{yes}/{no}" for yes, no in pairs)
-    raise ScoreError(f"the reasoner's tokenizer has no single token for {words}; score mode cannot read an answer")
+    other = "; try --score-style lamra (Yes/No)" if pairs == (("True", "False"),) else ""
+    raise ScoreError(
+        f"the reasoner's tokenizer has no single token for {words}; score mode cannot read an answer{other}"
+    )
 
 
 def normalised_confidence(p_yes: np.ndarray) -> np.ndarray:
@@ -240,7 +243,7 @@ class Scorer:
             rerank_scores=p_yes,
             confidences=conf,
             prompt_tokens=prompt_tokens,
-            latency_ms={"rerank": (time.perf_counter() - started) * 1000.0},
+            latency_ms={"total": (time.perf_counter() - started) * 1000.0},
         )
 
 

@@ -58,6 +58,14 @@ def test_search_json_schema(photo_index):
     scores = [h["score"] for h in data["hits"]]
     assert scores == sorted(scores, reverse=True)
     assert set(data["hits"][0]) >= {"id", "source", "modality", "score", "coarse_score", "rerank_score"}
+    documented = json.loads(
+        (Path(__file__).parents[2] / "docs/cli.md")
+        .read_text()
+        .split("## `retrv search --json`")[1]
+        .split("```json")[1]
+        .split("```")[0]
+    )
+    assert set(data) == set(documented) and set(data["hits"][0]) == set(documented["hits"][0])  # the docs' example
 
 
 def test_image_query_finds_itself(photo_index, sample_photos_dir):
@@ -185,3 +193,15 @@ def test_an_encoder_that_matches_no_file_locks_no_index(sample_photos_dir, tmp_p
     assert not root.exists()
     ok = runner.invoke(app, ["build-index", str(sample_photos_dir), "--index", str(root), "--encoder", "lite", "-q"])
     assert ok.exit_code == 0 and (root / "retrv.json").is_file()  # the same path is free for the right encoder
+
+
+def test_a_name_that_is_also_an_index_folder_here_is_said(photo_index, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(photo_index, tmp_path / "here")
+    result = runner.invoke(app, ["search", "a rocket", "--index", "here", "-f"])
+    assert "index 'here' (from --index) is the named index at" in result.stderr
+    assert "for the index in the folder here, pass ./here" in result.stderr
+    folder = runner.invoke(app, ["search", "a rocket", "--index", "./here", "-f"])
+    assert folder.exit_code == 0 and "named index" not in folder.stderr

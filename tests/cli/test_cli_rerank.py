@@ -240,3 +240,75 @@ def test_min_score_in_reason_mode_is_on_the_coarse_score(mixed_index, reasoner_c
         assert data["no_match"] is False
     none_left = _reason(mixed_index, reasoner_checkpoint, "--json", "--force-answer", "--min-score", "1.01")
     assert json.loads(none_left.stdout)["no_match"] is True and "no match" in none_left.stderr
+
+
+def test_hits_below_the_reranked_depth_are_counted_and_said(mixed_index, tiny_reasoner_dir):
+    args = [
+        "search",
+        "a rocket",
+        "--index",
+        str(mixed_index),
+        "--rerank",
+        "score",
+        "--reasoner",
+        str(tiny_reasoner_dir),
+    ]
+    data = json.loads(runner.invoke(app, [*args, "--k", "5", "--rerank-k", "2", "--json", "-q"]).stdout)
+    assert data["reranked"] == 2
+    assert [h["rerank_score"] is not None for h in data["hits"]] == [True, True, False, False, False]
+    assert data["latency_ms"].keys() >= {"rerank", "rerank.total"}
+    plain = runner.invoke(app, [*args, "--k", "5", "--rerank-k", "2"])
+    assert plain.exit_code == 0 and "hits 3-5 are below the reranked depth" in plain.stderr
+    whole = runner.invoke(app, [*args, "--k", "5", "--json"])
+    assert json.loads(whole.stdout)["reranked"] == 5 and "below the reranked depth" not in whole.stderr
+    plain_coarse = json.loads(runner.invoke(app, ["search", "a rocket", "--index", str(mixed_index), "--json"]).stdout)
+    assert plain_coarse["reranked"] == 0
+
+
+def test_flags_of_another_rerank_mode_are_said_to_do_nothing(mixed_index, tiny_reasoner_dir):
+    args = ["search", "a rocket", "--index", str(mixed_index), "--k", "3"]
+    result = runner.invoke(app, [*args, "--visual-retracing", "--max-new-tokens", "9"])
+    assert result.exit_code == 0, result.output
+    assert "--visual-retracing applies to --rerank score; the stage 2 here is none" in result.stderr
+    assert "--max-new-tokens applies to --rerank reason" in result.stderr
+    quiet = runner.invoke(app, [*args, "--visual-retracing", "-q"])
+    assert "applies to" not in quiet.stderr
+
+
+def test_visual_retracing_that_would_retrace_nothing_is_refused(mixed_index, tiny_reasoner_dir):
+    args = [
+        "search",
+        "a rocket",
+        "--index",
+        str(mixed_index),
+        "--rerank",
+        "score",
+        "--reasoner",
+        str(tiny_reasoner_dir),
+    ]
+    result = runner.invoke(app, [*args, "--visual-retracing"])
+    assert result.exit_code == 1
+    assert "this reasoner has 2 layers, so nothing would be retraced" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # the device note, then one line
+
+
+def test_an_icm_setting_from_a_variable_is_named_in_the_error(mixed_index, tiny_reasoner_dir):
+    args = [
+        "search",
+        "a rocket",
+        "--index",
+        str(mixed_index),
+        "--rerank",
+        "reason",
+        "--reasoner",
+        str(tiny_reasoner_dir),
+    ]
+    result = runner.invoke(app, args, env={"RETRV_CANDIDATE_TOKENS": "icm"})
+    assert result.exit_code == 1 and "(candidate_tokens from RETRV_CANDIDATE_TOKENS)" in result.stderr
+
+
+def test_an_embedding_model_given_as_reasoner_is_named_for_what_it_is(mixed_index, tiny_clip_dir):
+    args = ["search", "a rocket", "--index", str(mixed_index), "--rerank", "score", "--reasoner", str(tiny_clip_dir)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "is a 'clip' model, not a vision-language model" in result.stderr and "--encoder" in result.stderr

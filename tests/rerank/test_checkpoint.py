@@ -189,3 +189,12 @@ def test_bad_specs_fail_fast_with_one_line(tmp_path, monkeypatch):
 def test_bare_base_refused_in_reason_mode(tiny_reasoner_dir):
     with pytest.raises(ModelLoadError, match="--rerank score"):
         load_reasoner(str(tiny_reasoner_dir), device="cpu", require_icm=True)
+
+
+def test_a_hub_id_that_reads_like_a_missing_folder_says_so(tmp_path, monkeypatch):
+    from retrv.errors import ModelLoadError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ModelLoadError, match="nor is there a directory models/mine"):
+        load_reasoner("models/mine", device="cpu")

@@ -190,9 +190,20 @@ def test_visual_retracing_runs_on_a_dense_qwen3_vl_and_refuses_experts(hub3, can
 
     every_layer = RetracingConfig(first_layer=0, last_layer=2, threshold=0.0)
     if hub3.model.config.model_type.endswith("_moe"):
-        with pytest.raises(UsageError, match="dense FFN"):
-            Scorer(hub3, retracing=every_layer)
+        for config in (every_layer, RetracingConfig()):  # whatever the layers asked for
+            with pytest.raises(UsageError, match="mixture-of-experts model .*; drop --visual-retracing"):
+                Scorer(hub3, retracing=config)
         return
     plain = Scorer(hub3).rerank(Query(text="a rocket"), candidates)
     retraced = Scorer(hub3, retracing=every_layer).rerank(Query(text="a rocket"), candidates)
     assert plain.rerank_scores != retraced.rerank_scores  # the forced retrace changed the forward
+
+
+def test_qwen3_5_linear_attention_on_the_cpu_is_said_once(hub3):
+    from retrv.rerank.checkpoint import reference_kernels_note
+
+    note = reference_kernels_note(hub3)
+    if hub3.model.config.model_type.startswith("qwen3_5"):
+        assert note is not None and "reference PyTorch code on the CPU" in note
+    else:
+        assert note is None
