@@ -191,7 +191,7 @@ def test_visual_retracing_runs_on_a_dense_qwen3_vl_and_refuses_experts(hub3, can
     every_layer = RetracingConfig(first_layer=0, last_layer=2, threshold=0.0)
     if hub3.model.config.model_type.endswith("_moe"):
         for config in (every_layer, RetracingConfig()):  # whatever the layers asked for
-            with pytest.raises(UsageError, match="mixture-of-experts model .*; drop --visual-retracing"):
+            with pytest.raises(UsageError, match=r"mixture-of-experts model .*; drop --visual-retracing"):
                 Scorer(hub3, retracing=config)
         return
     plain = Scorer(hub3).rerank(Query(text="a rocket"), candidates)
