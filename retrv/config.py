@@ -26,6 +26,7 @@ else:  # pragma: no cover - Python 3.10
 
 APP_NAME = "retrv"
 DEFAULT_INDEX = "default"
+INDEX_META_FILE = "retrv.json"  # in an index's folder: its encoder, dim and version
 DEFAULT_REASONER = "Qwen/Qwen2.5-VL-3B-Instruct"  # --rerank score|reason without --reasoner
 RERANK_MODES = ("none", "score", "reason")
 CANDIDATE_TOKENS = ("icm", "glance", "full")

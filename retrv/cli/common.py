@@ -288,11 +288,14 @@ def _note_a_folder_the_name_hides(settings: Settings, notify: Callable[[str], No
     """`--index photos` is the named index in the user data dir, even where `./photos` is an index too: say so."""
     from pathlib import Path
 
-    from retrv.config import is_index_name, resolve_index_path
-    from retrv.index.store import META_FILE
+    from retrv.config import INDEX_META_FILE, is_index_name, resolve_index_path
 
     name = settings.index
-    if is_index_name(name) and (Path(name) / META_FILE).is_file() and Path(name).resolve() != resolve_index_path(name):
+    if (
+        is_index_name(name)
+        and (Path(name) / INDEX_META_FILE).is_file()
+        and Path(name).resolve() != resolve_index_path(name)
+    ):
         notify(
             f"index {name!r} (from {settings.origin('index')}) is the named index at {resolve_index_path(name)}; "
             f"for the index in the folder here, pass ./{name}"

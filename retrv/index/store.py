@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from retrv.config import INDEX_META_FILE as META_FILE
 from retrv.config import cache_dir, is_uri
 from retrv.errors import DiskFullError, IndexDamagedError, IndexNotFoundError, IndexSchemaError, RetrvError
 from retrv.index.filters import sql_quote
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 # 2: the `date` column (EXIF capture time, else mtime). A version-1 index reads as is (dates are the mtimes)
 # and becomes version 2 at its next write.
 SCHEMA_VERSION = 2
-META_FILE = "retrv.json"
 ITEMS = "items"
 ITEM_COLUMNS = ("id", "source", "modality", "text", "image_path", "mtime", "size", "content_hash", "date")
 _IN_CHUNK = 2000  # values per `col IN (...)` filter
