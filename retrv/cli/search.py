@@ -258,26 +258,6 @@ def search(
     render_ranking(ranking, paths_only=paths_only, null=null, show_reasoning=show_reasoning, quiet=quiet)
 
 
-# What the server decides when it loads its models (`retrv serve` takes these flags), not a request.
-SERVER_SIDE_FLAGS = (
-    "encoder",
-    "reasoner",
-    "device",
-    "fusion_weight",
-    "max_inspections",
-    "max_new_tokens",
-    "force_answer",
-    "candidate_tokens",
-    "glance_image_tokens",
-    "glance_text_tokens",
-    "score_style",
-    "visual_retracing",
-    "trust_remote_code",
-    "storage_options",
-    "ann_memory",
-)
-
-
 # The stage-2 flags that only one rerank mode reads.
 MODE_FLAGS = {
     "score": ("fusion_weight", "score_style", "visual_retracing"),
@@ -290,6 +270,17 @@ MODE_FLAGS = {
         "glance_text_tokens",
     ),
 }
+# What the server decides when it loads its models (`retrv serve` takes these flags), not a request.
+SERVER_SIDE_FLAGS = (
+    "encoder",
+    "reasoner",
+    "device",
+    *MODE_FLAGS["score"],
+    *MODE_FLAGS["reason"],
+    "trust_remote_code",
+    "storage_options",
+    "ann_memory",
+)
 
 
 def _note_flags_the_mode_ignores(ctx: typer.Context, mode: str, notify: Callable[[str], None]) -> None:

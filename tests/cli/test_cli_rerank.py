@@ -190,22 +190,17 @@ def test_compress_then_reason(mixed_index, reasoner_checkpoint):
 
 
 def test_reason_mode_with_a_plain_model_glances_and_icm_needs_a_checkpoint(mixed_index, tiny_reasoner_dir):
-    args = [
-        "search",
-        "a rocket",
-        "--index",
-        str(mixed_index),
-        "--rerank",
-        "reason",
-        "--reasoner",
-        str(tiny_reasoner_dir),
-    ]
+    args = _stage2(mixed_index, "reason", tiny_reasoner_dir)
     glance = runner.invoke(app, [*args, "--json", "--max-new-tokens", "4", "-q"])
     assert glance.exit_code == 0, glance.output
     assert json.loads(glance.stdout)["candidate_tokens"] == "glance"
     icm = runner.invoke(app, [*args, "--candidate-tokens", "icm"])
     assert icm.exit_code == 1
     assert "--candidate-tokens glance" in icm.stderr and "--rerank score" in icm.stderr
+
+
+def _stage2(index, mode, reasoner) -> list[str]:
+    return ["search", "a rocket", "--index", str(index), "--rerank", mode, "--reasoner", str(reasoner)]
 
 
 def _reason(index, checkpoint, *extra):
@@ -243,16 +238,7 @@ def test_min_score_in_reason_mode_is_on_the_coarse_score(mixed_index, reasoner_c
 
 
 def test_hits_below_the_reranked_depth_are_counted_and_said(mixed_index, tiny_reasoner_dir):
-    args = [
-        "search",
-        "a rocket",
-        "--index",
-        str(mixed_index),
-        "--rerank",
-        "score",
-        "--reasoner",
-        str(tiny_reasoner_dir),
-    ]
+    args = _stage2(mixed_index, "score", tiny_reasoner_dir)
     data = json.loads(runner.invoke(app, [*args, "--k", "5", "--rerank-k", "2", "--json", "-q"]).stdout)
     assert data["reranked"] == 2
     assert [h["rerank_score"] is not None for h in data["hits"]] == [True, True, False, False, False]
@@ -276,16 +262,7 @@ def test_flags_of_another_rerank_mode_are_said_to_do_nothing(mixed_index, tiny_r
 
 
 def test_visual_retracing_that_would_retrace_nothing_is_refused(mixed_index, tiny_reasoner_dir):
-    args = [
-        "search",
-        "a rocket",
-        "--index",
-        str(mixed_index),
-        "--rerank",
-        "score",
-        "--reasoner",
-        str(tiny_reasoner_dir),
-    ]
+    args = _stage2(mixed_index, "score", tiny_reasoner_dir)
     result = runner.invoke(app, [*args, "--visual-retracing"])
     assert result.exit_code == 1
     assert "this reasoner has 2 layers, so nothing would be retraced" in result.stderr
@@ -293,16 +270,7 @@ def test_visual_retracing_that_would_retrace_nothing_is_refused(mixed_index, tin
 
 
 def test_an_icm_setting_from_a_variable_is_named_in_the_error(mixed_index, tiny_reasoner_dir):
-    args = [
-        "search",
-        "a rocket",
-        "--index",
-        str(mixed_index),
-        "--rerank",
-        "reason",
-        "--reasoner",
-        str(tiny_reasoner_dir),
-    ]
+    args = _stage2(mixed_index, "reason", tiny_reasoner_dir)
     result = runner.invoke(app, args, env={"RETRV_CANDIDATE_TOKENS": "icm"})
     assert result.exit_code == 1 and "(candidate_tokens from RETRV_CANDIDATE_TOKENS)" in result.stderr
 
