@@ -48,7 +48,7 @@ _retrv_bench_mbeir() {
         '--max-inspections[reason mode cap on detail inspections]:value: ' \
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
-        '--glance-image-tokens[reason mode, glance image tokens per candidate, at most (4; never more than the models own image b]:value: ' \
+        '--glance-image-tokens[reason mode, glance at most this many image tokens per candidate (4), within the models own image ]:value: ' \
         '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
         '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
         '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR; dens]' \
@@ -245,7 +245,7 @@ _retrv_search() {
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
-        '--glance-image-tokens[reason mode, glance image tokens per candidate, at most (4; never more than the models own image b]:value: ' \
+        '--glance-image-tokens[reason mode, glance at most this many image tokens per candidate (4), within the models own image ]:value: ' \
         '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
         '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
         '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR; dens]' \
@@ -289,7 +289,7 @@ _retrv_serve() {
         '--max-new-tokens[reason mode cap on generated tokens (then the coarse order stands, or see --force-answer)]:value: ' \
         '--force-answer[reason mode when the reasoner stops without a usable answer (token cap, end of turn, no candidate n]' \
         '--candidate-tokens[reason mode candidates as 2 ICM tokens (a retrv checkpoint), a glance (a thumbnail and the first wo]:value: ' \
-        '--glance-image-tokens[reason mode, glance image tokens per candidate, at most (4; never more than the models own image b]:value: ' \
+        '--glance-image-tokens[reason mode, glance at most this many image tokens per candidate (4), within the models own image ]:value: ' \
         '--glance-text-tokens[reason mode, glance text tokens per candidate (16)]:value: ' \
         '--score-style[score mode lamra (coarse + w * P(yes)) or retllm (P(True) over the vocabulary, 2 decimals, ties by ]:value: ' \
         '(--visual-retracing --no-visual-retracing)'{--visual-retracing,--no-visual-retracing}'[score mode when the model hesitates mid-way, its FFN looks again at the input (RetLLMs MemVR; dens]' \

@@ -85,7 +85,8 @@ GlanceImageTokensOption = Annotated[
     typer.Option(
         metavar="N",
         envvar="RETRV_GLANCE_IMAGE_TOKENS",
-        help="reason mode, glance: image tokens per candidate, at most (4; never more than the model's own image budget).",
+        help="reason mode, glance: at most this many image tokens per candidate (4), within the model's own image "
+        "budget.",
     ),
 ]
 GlanceTextTokensOption = Annotated[
