@@ -21,33 +21,15 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import urllib.parse
 from pathlib import Path
 
-RETRV = [str(Path(sys.executable).with_name("retrv"))]
+from cli_startup import RETRV, build_random_index, wall  # a sibling script: `python benchmarks/serve_latency.py`
+
 WORDS = ["a red car", "a cup of coffee", "a dog in the snow", "a rocket launch", "a mountain lake", "a city at night"]
-
-
-def build_random_index(root: Path, n: int) -> None:
-    import numpy as np
-
-    from retrv.encoders.registry import load_encoder
-    from retrv.index.index import Index
-    from retrv.index.store import Store
-    from retrv.items import Item
-
-    encoder = load_encoder("text", device="cpu")
-    store = Store.create(root, encoder_spec=encoder.spec, dim=encoder.dim)
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((n, encoder.dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    items = [Item(id=f"doc{i}", source=f"/bench/doc{i}.txt", modality="text", text=f"document {i}") for i in range(n)]
-    store.upsert(items, vectors)
-    Index.open(root).ann()  # the faiss cache, as build-index leaves it
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,15 +56,6 @@ def timed_searches(host: str, port: int, count: int, offset: int, engine_ms: lis
     return times
 
 
-def wall(cmd: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
-    return elapsed
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
@@ -101,6 +74,9 @@ def main() -> None:
         root = Path(tmp) / "index"
         started = time.perf_counter()
         build_random_index(root, args.n)
+        from retrv.index.index import Index
+
+        Index.open(root).ann()  # the faiss cache, as build-index leaves it
         print(f"built a {args.n}-item index in {time.perf_counter() - started:.1f} s")
 
         started = time.perf_counter()

@@ -58,10 +58,9 @@ def reranker_from_settings(
             notify=notify,
         )
     except RetrvError as exc:  # a model that cannot do what a setting asks: name where that setting came from
-        for name, said in (("candidate_tokens", "ICM"), ("visual_retracing", "--visual-retracing")):
-            origin = settings.origin(name)
-            if said in str(exc) and not origin.startswith(("--", "default")):
-                exc.args = (f"{exc} ({name} from {origin})", *exc.args[1:])
+        origin = settings.origin(exc.setting) if exc.setting else "default"
+        if not origin.startswith(("--", "default")):  # a flag names itself in the message already
+            exc.args = (f"{exc} ({exc.setting} from {origin})", *exc.args[1:])
         raise
 
 

@@ -7,7 +7,13 @@ callers that catch those keep working.
 
 
 class RetrvError(Exception):
-    """Base class: the message is complete and meant for a person."""
+    """Base class: the message is complete and meant for a person. `setting`, where given, names the setting
+    (a `config.Settings` field) the error is about, so that a caller who knows where its value came from (a
+    variable, a config-file line) can say so."""
+
+    def __init__(self, *args: object, setting: str | None = None) -> None:
+        super().__init__(*args)
+        self.setting = setting
 
 
 class UsageError(RetrvError, ValueError):

@@ -34,6 +34,7 @@ from retrv.cli.common import (
     ray_cluster,
     settings_from_flags,
     silence_library,
+    stage2_settings,
     stdout_console,
 )
 
@@ -127,17 +128,7 @@ def mbeir(
         ctx,
         encoder=encoder,
         device=device,
-        reasoner=reasoner,
-        rerank=rerank,
-        rerank_k=rerank_k,
-        fusion_weight=fusion_weight,
-        max_inspections=max_inspections,
-        max_new_tokens=max_new_tokens,
-        candidate_tokens="full" if no_icm else candidate_tokens,
-        glance_image_tokens=glance_image_tokens,
-        glance_text_tokens=glance_text_tokens,
-        score_style=score_style,
-        visual_retracing=visual_retracing,
+        **{**stage2_settings(ctx), "candidate_tokens": "full" if no_icm else candidate_tokens},
     )
     config = BenchConfig(
         data=data,

@@ -265,6 +265,29 @@ def _interrupted() -> None:
     raise typer.Exit(130) from None
 
 
+# The stage-2 flags that only one rerank mode reads (`search` notes the others as doing nothing).
+MODE_FLAGS = {
+    "score": ("fusion_weight", "score_style", "visual_retracing"),
+    "reason": (
+        "max_inspections",
+        "max_new_tokens",
+        "force_answer",
+        "candidate_tokens",
+        "glance_image_tokens",
+        "glance_text_tokens",
+    ),
+}
+
+
+def stage2_settings(ctx: typer.Context) -> dict[str, Any]:
+    """The stage-2 flags of a command that takes them all (search, serve, bench), by setting name, for
+    `settings_from_flags`."""
+    from retrv.config import SETTING_NAMES
+
+    names = ("reasoner", "rerank", "rerank_k", *MODE_FLAGS["score"], *MODE_FLAGS["reason"])
+    return {name: ctx.params[name] for name in names if name in SETTING_NAMES}
+
+
 def settings_from_flags(ctx: typer.Context, **flags: Any) -> Settings:
     """Settings with these flag values over the environment, the config file and the defaults.
 

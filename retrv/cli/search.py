@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from retrv.cli.common import (
+    MODE_FLAGS,
     AnnMemoryOption,
     CandidateTokensOption,
     DeviceOption,
@@ -35,6 +36,7 @@ from retrv.cli.common import (
     print_json,
     settings_from_flags,
     silence_library,
+    stage2_settings,
     warn,
 )
 
@@ -192,20 +194,10 @@ def search(
         ctx,
         index=index,
         device=device,
-        reasoner=reasoner,
-        rerank_k=rerank_k,
-        fusion_weight=fusion_weight,
-        max_inspections=max_inspections,
-        max_new_tokens=max_new_tokens,
-        rerank=rerank,
-        candidate_tokens=candidate_tokens,
-        glance_image_tokens=glance_image_tokens,
-        glance_text_tokens=glance_text_tokens,
-        score_style=score_style,
-        visual_retracing=visual_retracing,
         server=server,
         storage_options=storage_options,
         ann_memory=ann_memory,
+        **stage2_settings(ctx),
     )
     if no_rerank:
         settings = dataclasses.replace(settings, rerank="none", origins={**settings.origins, "rerank": "--no-rerank"})
@@ -258,18 +250,6 @@ def search(
     render_ranking(ranking, paths_only=paths_only, null=null, show_reasoning=show_reasoning, quiet=quiet)
 
 
-# The stage-2 flags that only one rerank mode reads.
-MODE_FLAGS = {
-    "score": ("fusion_weight", "score_style", "visual_retracing"),
-    "reason": (
-        "max_inspections",
-        "max_new_tokens",
-        "force_answer",
-        "candidate_tokens",
-        "glance_image_tokens",
-        "glance_text_tokens",
-    ),
-}
 # What the server decides when it loads its models (`retrv serve` takes these flags), not a request.
 SERVER_SIDE_FLAGS = (
     "encoder",

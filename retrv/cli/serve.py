@@ -29,6 +29,7 @@ from retrv.cli.common import (
     notice,
     settings_from_flags,
     silence_library,
+    stage2_settings,
     stderr_console,
 )
 
@@ -109,21 +110,7 @@ def serve(
     require_server_packages()
     check_binding(host, token=token, insecure=insecure)
     settings = settings_from_flags(
-        ctx,
-        device=device,
-        reasoner=reasoner,
-        rerank_k=rerank_k,
-        fusion_weight=fusion_weight,
-        max_inspections=max_inspections,
-        max_new_tokens=max_new_tokens,
-        rerank=rerank,
-        candidate_tokens=candidate_tokens,
-        glance_image_tokens=glance_image_tokens,
-        glance_text_tokens=glance_text_tokens,
-        score_style=score_style,
-        visual_retracing=visual_retracing,
-        storage_options=storage_options,
-        ann_memory=ann_memory,
+        ctx, device=device, storage_options=storage_options, ann_memory=ann_memory, **stage2_settings(ctx)
     )
     limits = ServeLimits(
         max_upload_bytes=int(max_upload_mb * 2**20),

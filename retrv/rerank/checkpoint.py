@@ -117,25 +117,6 @@ class LoadedReasoner:
 # ---------------------------------------------------------------- resolving a spec to a directory
 
 
-def reference_kernels_note(loaded: LoadedReasoner) -> str | None:
-    """What to tell the user when the model's linear-attention layers (Qwen3.5's Gated DeltaNet) run on
-    transformers' reference PyTorch code; None for a model without them or with their CUDA kernels at hand
-    (`load_reasoner` silences transformers' own warning, one per kernel, in favour of this one line)."""
-    import importlib.util
-
-    if not _has_linear_attention(loaded.model):
-        return None
-    missing = [name for name in ("fla", "causal_conv1d") if importlib.util.find_spec(name) is None]
-    if loaded.device.startswith("cuda") and not missing:
-        return None
-    why = "on the CPU" if not loaded.device.startswith("cuda") else f"without {', '.join(missing)}"
-    return f"its linear-attention layers run transformers' reference PyTorch code {why}: correct, but slower"
-
-
-def _has_linear_attention(model: Any) -> bool:
-    return "linear_attention" in (getattr(model.config.get_text_config(), "layer_types", None) or [])
-
-
 def resolve_spec(spec: str) -> Path:
     """A local directory for `spec` (a directory, or a hub id whose snapshot is cached or downloaded)."""
     spec = (spec or DEFAULT_REASONER).strip()
@@ -249,10 +230,12 @@ def load_reasoner(
     else:
         config = ReasonerConfig(base_model=_pinned_spec(spec, root))
     if require_icm and (config.icm is None or not (root / ICM_WEIGHTS).is_file()):
+        what = f"stage {config.stage}" if is_checkpoint else "a plain model, not a retrv checkpoint"
         raise ModelLoadError(
-            f"reasoner {spec!r} has no ICM weights ({'stage ' + config.stage if is_checkpoint else 'a plain model, not a retrv checkpoint'}); "
+            f"reasoner {spec!r} has no ICM weights ({what}); "
             "ICM tokens need a checkpoint from `retrv train`. With a Qwen-VL-family instruct VLM use "
-            "--candidate-tokens glance (reason mode) or --rerank score"
+            "--candidate-tokens glance (reason mode) or --rerank score",
+            setting="candidate_tokens",
         )
     llm_dir = root if (not is_checkpoint or config.weights == "full") else resolve_spec(config.base_model)
     if not _has_safetensors(llm_dir):
@@ -336,6 +319,25 @@ def load_reasoner(
         source_dir=root,
         device_reason=choice.reason,
     )
+
+
+def reference_kernels_note(loaded: LoadedReasoner) -> str | None:
+    """What to tell the user when the model's linear-attention layers (Qwen3.5's Gated DeltaNet) run on
+    transformers' reference PyTorch code; None for a model without them or with their CUDA kernels at hand
+    (`load_reasoner` silences transformers' own warning, one per kernel, in favour of this one line)."""
+    import importlib.util
+
+    if not _has_linear_attention(loaded.model):
+        return None
+    missing = [name for name in ("fla", "causal_conv1d") if importlib.util.find_spec(name) is None]
+    if loaded.device.startswith("cuda") and not missing:
+        return None
+    why = "on the CPU" if not loaded.device.startswith("cuda") else f"without {', '.join(missing)}"
+    return f"its linear-attention layers run transformers' reference PyTorch code {why}: correct, but slower"
+
+
+def _has_linear_attention(model: Any) -> bool:
+    return "linear_attention" in (getattr(model.config.get_text_config(), "layer_types", None) or [])
 
 
 def load_icm(path: Path, icm_config: dict[str, Any], *, device: str = "cpu", dtype: Any = None) -> ICM:

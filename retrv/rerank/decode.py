@@ -118,7 +118,7 @@ def text_stack(model: Any, segments: list[Segment], cache: Any = None) -> torch.
             raise ValueError("a batch of segments runs without a cache")
         embeds, positions, mask = batch_segments(segments)
     language_model = base.model.language_model
-    cached = {_cache_argument(language_model.forward): cache} if cache is not None else {}
+    cached = {_cache_argument(language_model): cache} if cache is not None else {}
     out = language_model(
         inputs_embeds=embeds,
         position_ids=positions,
@@ -130,9 +130,16 @@ def text_stack(model: Any, segments: list[Segment], cache: Any = None) -> torch.
     return out.last_hidden_state
 
 
-def _cache_argument(forward: Callable[..., Any]) -> str:
+_CACHE_ARGUMENT: dict[type, str] = {}  # per text-stack class: read once, not at every decoded token
+
+
+def _cache_argument(language_model: Any) -> str:
     """`cache` since transformers 5.x renamed it (the old name warns on every model), `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    kind = type(language_model)
+    if kind not in _CACHE_ARGUMENT:
+        names = inspect.signature(language_model.forward).parameters
+        _CACHE_ARGUMENT[kind] = "cache" if "cache" in names else "past_key_values"
+    return _CACHE_ARGUMENT[kind]
 
 
 def forward_segment(model: Any, cache: Any, segment: Segment) -> torch.Tensor:

@@ -113,7 +113,8 @@ class Reasoner:
         if self.candidate_tokens == "icm" and icm is None:
             raise UsageError(
                 "--candidate-tokens icm needs a reasoner checkpoint with ICM weights (retrv train icm); "
-                "use glance (any Qwen-VL-family instruct VLM) or full"
+                "use glance (any Qwen-VL-family instruct VLM) or full",
+                setting="candidate_tokens",
             )
         model_type = getattr(unwrap_model(model).config, "model_type", "")
         if model_type not in REASON_MODEL_TYPES:

@@ -81,12 +81,14 @@ def check_retracing(model: Any, config: RetracingConfig | None) -> None:
     if sparse:
         raise UsageError(
             f"--visual-retracing scales one dense FFN per layer, and this reasoner is a mixture-of-experts model "
-            f"(layer {sparse[0]}: {type(layers[sparse[0]].mlp).__name__}); drop --visual-retracing"
+            f"(layer {sparse[0]}: {type(layers[sparse[0]].mlp).__name__}); drop --visual-retracing",
+            setting="visual_retracing",
         )
     if not range(config.first_layer, min(config.last_layer, len(layers) - 1)):
         raise UsageError(
             f"--visual-retracing reads layers {config.first_layer} to {config.last_layer - 1} out early and retraces "
-            f"the layer after; this reasoner has {len(layers)} layers, so nothing would be retraced"
+            f"the layer after; this reasoner has {len(layers)} layers, so nothing would be retraced",
+            setting="visual_retracing",
         )
 
 

@@ -82,7 +82,8 @@ def pick_answer_tokens(tokenizer: Any, prefix: str, pairs: tuple[tuple[str, str]
     words = " or ".join(f"{yes}/{no}" for yes, no in pairs)
     other = "; try --score-style lamra (Yes/No)" if pairs == (("True", "False"),) else ""
     raise ScoreError(
-        f"the reasoner's tokenizer has no single token for {words}; score mode cannot read an answer{other}"
+        f"the reasoner's tokenizer has no single token for {words}; score mode cannot read an answer{other}",
+        setting="score_style" if other else None,
     )
 
 

@@ -127,14 +127,11 @@ class SegmentBuilder:
         self._positions: list[torch.Tensor] = []
         self._ids: list[torch.Tensor] = []
         self._deepstack: list[tuple[int, torch.Tensor]] = []  # (first row, (D, n, H) features of rows first..+n)
+        self._rows = 0
 
     @property
     def _weight(self) -> torch.Tensor:
         return self.embed_tokens.weight
-
-    @property
-    def _rows(self) -> int:
-        return sum(int(e.shape[0]) for e in self._embeds)
 
     def token_id(self, token: str) -> int:
         ids = self.tokenizer.convert_tokens_to_ids([token])
@@ -146,6 +143,7 @@ class SegmentBuilder:
         self._embeds.append(embeds.to(self._weight.device, self._weight.dtype))
         self._positions.append(positions.to(self._weight.device))
         self._ids.append(ids.to(self._weight.device))
+        self._rows += int(embeds.shape[0])
         self.position = int(positions.max()) + 1
         return self
 
